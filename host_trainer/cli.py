@@ -1,0 +1,124 @@
+"""`host-trainer`: evolve compact networks (`evolve`) and draw a run's figures (`report`).
+
+Every option also reads an environment variable (HOST_TRAINER_<OPTION>). Bad input ends with a
+one-line `error: …` on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from host_trainer.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Evolutionary synthesis with synaptic precision restriction (host side).")
+
+
+def _env(name: str) -> str:
+    return "HOST_TRAINER_" + name.upper().replace("-", "_")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def evolve(
+    model: str = typer.Option("vgg-small", "--model", envvar=_env("model"),
+                              help="Built-in (mlp, lenet5, vgg-small, resnet-small) or path/to/file.py:factory."),
+    dataset: str = typer.Option("glyphs", "--dataset", envvar=_env("dataset"),
+                                help="Built-in (digits, glyphs) or imagefolder:PATH."),
+    generations: Optional[int] = typer.Option(None, "--generations", envvar=_env("generations"),
+                                              help="Offspring generations after the dense generation 0 [default: 13]."),
+    epochs: int = typer.Option(3, "--epochs", envvar=_env("epochs"), help="Training epochs per offspring."),
+    gen0_epochs: int = typer.Option(10, "--gen0-epochs", envvar=_env("gen0_epochs"),
+                                    help="Training epochs of the dense generation 0."),
+    precision: str = typer.Option("fp16", "--precision", envvar=_env("precision"), help="fp16, bf16 or fp32."),
+    env_factor: str = typer.Option("0.85", "--env-factor", envvar=_env("env_factor"),
+                                   help="Environmental factor α, or α_c,α_s (fraction inherited per generation)."),
+    probability_model: str = typer.Option("calibrated", "--probability-model", envvar=_env("probability_model"),
+                                          help="calibrated or darwin."),
+    tau: float = typer.Option(0.1, "--tau", envvar=_env("tau"), help="Heredity sharpness τ (1 = the papers')."),
+    channel_multiple: Optional[int] = typer.Option(
+        None, "--channel-multiple", envvar=_env("channel_multiple"),
+        help="Round surviving channels to a multiple [default: 16 for onnxruntime, 8 for tensorrt]."),
+    init: str = typer.Option("inherit", "--init", envvar=_env("init"), help="inherit or reinit."),
+    seed: int = typer.Option(0, "--seed", envvar=_env("seed")),
+    run_dir: Path = typer.Option(Path("runs"), "--run-dir", envvar=_env("run_dir"),
+                                 help="Folder under which a new run directory is made."),
+    resume: Optional[Path] = typer.Option(None, "--resume", envvar=_env("resume"),
+                                          help="Continue this run directory from its last completed generation."),
+    max_accuracy_drop: float = typer.Option(2.0, "--max-accuracy-drop", envvar=_env("max_accuracy_drop"),
+                                            help="Largest accepted validation-accuracy drop vs generation 0, in points."),
+    distill: float = typer.Option(0.0, "--distill", envvar=_env("distill"),
+                                  help="Weight of distillation from the parent's outputs (0 = off)."),
+    train_subset: int = typer.Option(0, "--train-subset", envvar=_env("train_subset"),
+                                     help="Train on the first N training images only (0 = all)."),
+    bench_threads: int = typer.Option(1, "--bench-threads", envvar=_env("bench_threads"),
+                                      help="ONNX Runtime intra-op threads for the local benchmark."),
+    log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
+) -> None:
+    """Evolve generations of ever smaller offspring; write everything to a run directory."""
+    from host_trainer.config import CHANNEL_MULTIPLE_BY_BACKEND, EvolveConfig, parse_env_factor
+    from host_trainer.session import resume_run, start_run
+
+    _configure_logging(log_level)
+    try:
+        if resume is not None:
+            rows = resume_run(resume, generations)
+        else:
+            alpha_c, alpha_s = parse_env_factor(env_factor)
+            cfg = EvolveConfig(
+                model=model, dataset=dataset, generations=13 if generations is None else generations,
+                epochs=epochs, gen0_epochs=gen0_epochs, precision=precision, alpha_c=alpha_c, alpha_s=alpha_s,
+                probability_model=probability_model, tau=tau, init=init, seed=seed,
+                channel_multiple=channel_multiple or CHANNEL_MULTIPLE_BY_BACKEND["onnxruntime"],
+                max_accuracy_drop=max_accuracy_drop, distill=distill, train_subset=train_subset,
+                bench_threads=bench_threads,
+            ).validate()
+            rows = start_run(cfg, run_dir, _run_id(cfg))
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
+        raise typer.Exit(code=130) from None
+    typer.echo(f"done: {sum(1 for r in rows if r['accepted'])} generations recorded")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="A run directory made by `host-trainer evolve`.")) -> None:
+    """Draw the run's figures (PNG) and write report.md."""
+    from host_trainer.report import write_report
+
+    try:
+        outputs = write_report(run)
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    for path in outputs:
+        typer.echo(str(path))
+
+
+def _run_id(cfg) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.model.split(':')[0]).stem}-{cfg.dataset.split(':')[0]}")
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-s{cfg.seed}"
+
+
+def _configure_logging(level: str) -> None:
+    from edge_evolver.logging_setup import configure_logging
+
+    configure_logging(level)
+
+
+def main() -> None:
+    app(prog_name="host-trainer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

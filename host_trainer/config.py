@@ -1,0 +1,86 @@
+"""The configuration of one evolution run, as one dataclass (no globals).
+
+Defaults are chosen by measurement; docs/method.md says why for each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from host_trainer.errors import UserError
+from host_trainer.precision import PRECISIONS
+from host_trainer.synthesis import PROBABILITY_MODELS
+
+# Surviving channel counts are rounded to these multiples by default (FACTS.md): ONNX Runtime on
+# x86 prefers blocks of 16, TensorRT fp16 tensor cores prefer multiples of 8.
+CHANNEL_MULTIPLE_BY_BACKEND = {"onnxruntime": 16, "tensorrt": 8}
+INITS = ("inherit", "reinit")
+
+
+@dataclass
+class EvolveConfig:
+    model: str = "vgg-small"
+    dataset: str = "glyphs"
+    generations: int = 13
+    epochs: int = 3               # per offspring generation
+    gen0_epochs: int = 10         # the dense ancestor
+    precision: str = "fp16"
+    alpha_c: float = 0.85
+    alpha_s: float = 0.85
+    probability_model: str = "calibrated"
+    tau: float = 0.1
+    channel_multiple: int = 16
+    init: str = "inherit"
+    seed: int = 0
+    max_accuracy_drop: float = 2.0  # percentage points of validation accuracy vs generation 0
+    max_attempts: int = 3
+    distill: float = 0.0
+    batch_size: int = 128
+    lr: float = 0.05
+    train_subset: int = 0         # use only this many training images (0 = all); for quick runs
+    bench_backend: str = "onnxruntime"
+    bench_threads: int = 1
+    bench_min_seconds: float = 1.0
+    bench_min_iterations: int = 200
+
+    def validate(self) -> EvolveConfig:
+        checks = [
+            (self.generations >= 0, "--generations must be >= 0"),
+            (self.epochs >= 1 and self.gen0_epochs >= 1, "--epochs must be >= 1"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (0 < self.alpha_c <= 1 and 0 < self.alpha_s <= 1, "--env-factor values must lie in (0, 1]"),
+            (self.probability_model in PROBABILITY_MODELS,
+             f"--probability-model must be one of {', '.join(PROBABILITY_MODELS)}"),
+            (self.tau > 0, "--tau must be > 0"),
+            (self.channel_multiple >= 1, "--channel-multiple must be >= 1"),
+            (self.init in INITS, f"--init must be one of {', '.join(INITS)}"),
+            (self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
+            (self.max_attempts >= 1, "--max-attempts must be >= 1"),
+            (0 <= self.distill < 1, "--distill must lie in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvolveConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def parse_env_factor(text: str) -> tuple[float, float]:
+    """`α` or `α_c,α_s` → (α_c, α_s); anything else is a one-line UserError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) not in (1, 2):
+        raise UserError(f"--env-factor takes α or α_c,α_s, got {text!r}")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--env-factor must be a number or two numbers 'α_c,α_s', got {text!r}") from None
+    if not all(0 < v <= 1 for v in values):
+        raise UserError(f"--env-factor values must lie in (0, 1], got {text!r}")
+    return (values[0], values[-1])

@@ -1,0 +1,190 @@
+"""The generation loop: synthesis → compaction → training → restriction → export → measurement.
+
+Each offspring is a pure function of (parent checkpoint, config, generation, attempt): its seed
+comes from numpy's SeedSequence([seed, generation, attempt]), so `--resume` reproduces exactly
+what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_evolver.benchmark import BenchSettings
+from edge_evolver.measure import measure_model
+from host_trainer import checkpoint as ckpt
+from host_trainer.compaction import cluster_groups, compact, prunable_layers
+from host_trainer.config import EvolveConfig
+from host_trainer.controller import Controller
+from host_trainer.data import Dataset
+from host_trainer.display import Display
+from host_trainer.export import check_parity, sha256, to_onnx_bytes
+from host_trainer.metrics import size_metrics
+from host_trainer.models import build_model, fixed_layers
+from host_trainer.precision import restrict
+from host_trainer.runstore import RunDir
+from host_trainer.synthesis import SynthesisConfig, plan_offspring
+from host_trainer.training import TrainConfig, apply_masks, evaluate, train
+
+PARITY_SAMPLES = 256
+
+
+def derive_seed(seed: int, generation: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, generation, attempt]).generate_state(1)[0])
+
+
+@dataclass
+class Member:
+    """One network of the lineage, in memory."""
+
+    generation: int
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    val_accuracy: float
+
+
+class Evolution:
+    def __init__(self, cfg: EvolveConfig, data: Dataset, run: RunDir, display: Display):
+        self.cfg, self.data, self.run, self.display = cfg, data, run, display
+        self.example = torch.zeros((1, *data.input_shape))
+        self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0)
+        self.rows: list[dict] = []
+        self.train_split = data.train
+        if cfg.train_subset:
+            self.train_split = type(data.train)(x=data.train.x[: cfg.train_subset], y=data.train.y[: cfg.train_subset])
+
+    # ---- the run -------------------------------------------------------------------------
+    def run_all(self, parent: Member | None = None) -> list[dict]:
+        if parent is None:
+            parent = self.generation_zero()
+        baseline = float(self.rows[0]["val_accuracy"])
+        for generation in range(parent.generation + 1, self.cfg.generations + 1):
+            parent = self.next_generation(parent, generation, baseline)
+        return self.rows
+
+    def generation_zero(self) -> Member:
+        seed = derive_seed(self.cfg.seed, 0, 0)
+        torch.manual_seed(seed)
+        model = build_model(self.cfg.model, self.data.num_classes, self.data.input_shape)
+        masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+        tcfg = self._train_config(self.cfg.gen0_epochs, seed)
+        loss = train(model, masks, self.train_split, tcfg, progress=self.display.progress(0, tcfg.epochs))
+        member, row = self._finish(model, masks, generation=0, parent=None, seed=seed, alpha=None, loss=loss)
+        self._commit(member, row, seed=seed, parent=None)
+        return member
+
+    def next_generation(self, parent: Member, generation: int, baseline: float) -> Member:
+        for attempt in range(self.cfg.max_attempts):
+            seed = derive_seed(self.cfg.seed, generation, attempt)
+            alpha = self.controller.alpha(baseline, parent.val_accuracy, attempt)
+            child, masks, loss = self._offspring(parent, generation, seed, alpha)
+            member, row = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
+            reason = self.controller.verdict(baseline, member.val_accuracy, loss)
+            if reason is None:
+                self._commit(member, row, seed=seed, parent=parent.generation)
+                return member
+            self.rows.append({**row, "accepted": False, "reject_reason": reason})
+            self.display.rejected(self.rows[-1])
+        return self._carry_over(parent, generation)
+
+    # ---- one offspring ---------------------------------------------------------------------
+    def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float]):
+        cfg = self.cfg
+        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
+        groups = cluster_groups(parent.model, self.example, fixed_layers(parent.model))
+        plan = plan_offspring(parent.model, groups, parent.masks, scfg, np.random.default_rng(seed))
+        child, masks = compact(parent.model, plan.masks, groups, plan.keep, self.example)
+        if cfg.init == "reinit":
+            torch.manual_seed(seed)
+            child = ckpt.build_architecture(self._architecture(child))
+        apply_masks(child, masks)
+        teacher = parent.model if cfg.distill > 0 else None
+        tcfg = self._train_config(cfg.epochs, seed)
+        loss = train(child, masks, self.train_split, tcfg, teacher, self.display.progress(generation, tcfg.epochs))
+        return child, masks, loss
+
+    def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
+                seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0):
+        """Restrict precision, evaluate before and after, and build the generation's row."""
+        before = evaluate(model, self.data.test, self.data.num_classes)
+        restrict(model, self.cfg.precision)
+        apply_masks(model, masks)
+        test = evaluate(model, self.data.test, self.data.num_classes)
+        val = evaluate(model, self.data.val, self.data.num_classes)
+        row: dict[str, Any] = {
+            "generation": generation, "parent": parent, "attempt": attempt, "seed": seed,
+            "alpha": list(alpha) if alpha else None, "alpha_c": alpha[0] if alpha else None,
+            "alpha_s": alpha[1] if alpha else None, "precision_format": self.cfg.precision,
+            **size_metrics(model, self.data.input_shape).to_dict(), **test.to_dict(),
+            "val_accuracy": val.accuracy, "train_loss": loss,
+            "accuracy_before_restriction": before.accuracy, "accepted": True, "reject_reason": None,
+        }
+        return Member(generation, model, masks, val.accuracy), row
+
+    # ---- persistence -----------------------------------------------------------------------
+    def _commit(self, member: Member, row: dict, seed: int, parent: int | None) -> None:
+        """Export, check, measure, then land the folder and the row (folder first)."""
+        started = time.perf_counter()
+        onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision)
+        parity = check_parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
+        if not parity.ok:
+            raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch "
+                               f"(max abs err {parity.max_abs_err:.4g}, top-1 {parity.top1_agreement:.4f})")
+        bench = self._measure(onnx_bytes)
+        path = f"gen-{member.generation:03d}/model.onnx"
+        row.update({"onnx_path": path, "onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes),
+                    **parity.to_dict(), **bench, "export_seconds": time.perf_counter() - started})
+        meta = {"generation": member.generation, "parent": parent, "seed": seed,
+                "architecture": self._architecture(member.model), "config": self.cfg.to_dict(),
+                "metrics": {k: row[k] for k in ("synapses", "clusters", "params", "macs", "accuracy")}}
+
+        def fill(folder: Path) -> None:
+            ckpt.write_checkpoint(folder, member.model, member.masks, meta)
+            (folder / "model.onnx").write_bytes(onnx_bytes)
+
+        self.run.commit_generation(member.generation, fill)
+        self.rows.append(row)
+        self.run.write_rows(self.rows)
+        self.display.generation(row)
+
+    def _carry_over(self, parent: Member, generation: int) -> Member:
+        """No offspring survived: the parent lives on as this generation, recorded as such."""
+        carried = Member(generation, copy.deepcopy(parent.model), dict(parent.masks), parent.val_accuracy)
+        last = next(r for r in reversed(self.rows) if r["accepted"] and r["generation"] == parent.generation)
+        row = {**last, "generation": generation, "parent": parent.generation, "attempt": self.cfg.max_attempts,
+               "carried_over": True, "accepted": True, "reject_reason": None}
+        self._commit(carried, row, seed=int(last["seed"]), parent=parent.generation)
+        return carried
+
+    def _measure(self, onnx_bytes: bytes) -> dict:
+        settings = BenchSettings(batch=1, min_iterations=self.cfg.bench_min_iterations,
+                                 min_seconds=self.cfg.bench_min_seconds)
+        result = measure_model(onnx_bytes, backend=self.cfg.bench_backend, settings=settings,
+                               options={"threads": self.cfg.bench_threads}).to_dict()
+        keep = ("fps", "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+                "latency_ms_min", "latency_ms_max", "iterations", "seconds", "status", "code", "message")
+        out = {("bench_" + k if k in ("iterations", "seconds", "status", "code", "message") else k): result.get(k)
+               for k in keep}
+        out.update({"bench_backend": result.get("backend"), "bench_backend_version": result.get("backend_version"),
+                    "bench_threads": result.get("threads")})
+        return out
+
+    def _architecture(self, model: nn.Module) -> dict:
+        return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)
+
+    def _train_config(self, epochs: int, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
+                           distill=self.cfg.distill)
+
+
+def resume_member(run: RunDir, rows: list[dict]) -> Member:
+    last = rows[-1]
+    checkpoint = ckpt.read_checkpoint(run.gen_dir(int(last["generation"])))
+    return Member(int(last["generation"]), checkpoint.model, checkpoint.masks, float(last["val_accuracy"]))

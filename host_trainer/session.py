@@ -1,0 +1,64 @@
+"""Starting and resuming a run: checks every input before anything is written, then drives
+`Evolution`. Bad input raises UserError while the run directory does not exist yet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+import torch
+
+from host_trainer.config import EvolveConfig
+from host_trainer.data import Dataset, load_dataset
+from host_trainer.display import Display
+from host_trainer.errors import UserError
+from host_trainer.evolve import Evolution, resume_member
+from host_trainer.models import build_model
+from host_trainer.runstore import CONFIG, RunDir
+
+log = structlog.get_logger("host_trainer")
+
+
+def _prepare(cfg: EvolveConfig) -> Dataset:
+    """Load the data and build the model once, so that bad input fails before any write."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    build_model(cfg.model, data.num_classes, data.input_shape)
+    return data
+
+
+def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str) -> list[dict]:
+    data = _prepare(cfg)
+    path = Path(parent_dir) / run_id
+    suffix = 1
+    while path.exists():
+        path, suffix = Path(parent_dir) / f"{run_id}-{suffix}", suffix + 1
+    path.mkdir(parents=True)
+    run = RunDir(path)
+    run.write_config(cfg.to_dict())
+    log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
+             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid())
+    print(f"run directory: {path}", flush=True)
+    return Evolution(cfg, data, run, Display()).run_all()
+
+
+def resume_run(path: Path, generations: int | None) -> list[dict]:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UserError(f"not a run directory (no {CONFIG}): {path}")
+    run = RunDir(path)
+    cfg = EvolveConfig.from_dict(run.read_config())
+    if generations is not None and generations != cfg.generations:
+        cfg.generations = generations
+        run.write_config(cfg.to_dict())
+    data = _prepare(cfg.validate())
+    rows = run.completed_rows()
+    last = int(rows[-1]["generation"]) if rows else -1
+    run.clean_partial(last)
+    run.write_rows(rows)
+    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations)
+    print(f"run directory: {path} (resuming after generation {last})", flush=True)
+    evolution = Evolution(cfg, data, run, Display())
+    evolution.rows = rows
+    return evolution.run_all(resume_member(run, rows) if rows else None)
