@@ -63,6 +63,10 @@ def evolve(
                                      help="Train on the first N training images only (0 = all)."),
     bench_threads: int = typer.Option(1, "--bench-threads", envvar=_env("bench_threads"),
                                       help="ONNX Runtime intra-op threads for the local benchmark."),
+    bench_min_seconds: float = typer.Option(1.0, "--bench-min-seconds", envvar=_env("bench_min_seconds"),
+                                            help="Shortest timed window of the local benchmark."),
+    bench_min_iterations: int = typer.Option(200, "--bench-min-iterations", envvar=_env("bench_min_iterations"),
+                                             help="Fewest timed inferences of the local benchmark."),
     log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
@@ -81,7 +85,8 @@ def evolve(
                 probability_model=probability_model, tau=tau, init=init, seed=seed,
                 channel_multiple=channel_multiple or CHANNEL_MULTIPLE_BY_BACKEND["onnxruntime"],
                 max_accuracy_drop=max_accuracy_drop, distill=distill, train_subset=train_subset,
-                bench_threads=bench_threads,
+                bench_threads=bench_threads, bench_min_seconds=bench_min_seconds,
+                bench_min_iterations=bench_min_iterations,
             ).validate()
             rows = start_run(cfg, run_dir, _run_id(cfg))
     except UserError as exc:

@@ -1,0 +1,64 @@
+"""The interface every inference runtime implements (ONNX Runtime now, TensorRT next).
+
+Kept deliberately small: the benchmark only needs to load bytes, learn the inputs, and call
+``infer`` in a loop. Backend modules import their runtime lazily, inside methods, so that
+listing or probing backends never fails on a board where a runtime is missing.
+"""
+
+import abc
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..inputs import TensorSpec
+
+
+class Engine(abc.ABC):
+    """A loaded model ready to run. Subclasses set these attributes in ``__init__``."""
+
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    # What the runtime actually used for this engine (threads, providers, precision...);
+    # recorded with every measurement because it changes the numbers.
+    info: Dict[str, Any]
+
+    @abc.abstractmethod
+    def infer(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """One forward pass; raise EdgeError(INFERENCE_FAILED) on failure."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook: most runtimes free on GC
+        """Release runtime resources; safe to call twice."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class Backend(abc.ABC):
+    """A runtime that can turn ONNX bytes into an Engine."""
+
+    name = "base"
+
+    @classmethod
+    @abc.abstractmethod
+    def available(cls) -> Tuple[bool, str]:
+        """(True, version text) or (False, why not); must never raise."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """Runtime version; raise EdgeError(BACKEND_UNAVAILABLE) when it is missing."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def load(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+        """Build an engine; raise EdgeError(INVALID_MODEL / UNSUPPORTED_OP / BUILD_FAILED)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def describe(self) -> Dict[str, Any]:
+        """Name, version and device facts (providers, threads...) for `info` and logs."""
+        raise NotImplementedError

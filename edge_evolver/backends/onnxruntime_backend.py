@@ -1,0 +1,228 @@
+"""ONNX Runtime backend: the CPU reference on every board, and the host's local measure.
+
+Session settings aim at stable, comparable numbers rather than peak speed: one intra-op
+thread by default (multi-threaded CPU timings on a Jetson swing with DVFS and other load),
+one inter-op thread, sequential execution, and full graph optimisation as in deployment.
+``onnxruntime`` is imported inside functions so a board without it can still list backends.
+"""
+
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import EdgeError, ErrorCode
+from ..inputs import TensorSpec
+from .base import Backend, Engine
+
+DEFAULT_THREADS = 1
+DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
+KNOWN_OPTIONS = ("threads", "providers")
+MAX_MESSAGE = 400
+
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "string",
+}
+
+# Lower-cased fragments of ORT load errors, checked in this order. ORT's Python exception
+# classes differ between releases (1.10 on JetPack vs 1.2x), so the text is what is stable.
+_UNSUPPORTED_MARKERS = (
+    "not_implemented",
+    "could not find an implementation",
+    "no op registered",
+    "is not a registered function/op",
+    "unsupported model ir version",
+    "is till opset",
+    "validateopsetfordomain",
+)
+_INVALID_MARKERS = (
+    "invalid_protobuf",
+    "protobuf parsing failed",
+    "no graph was found",
+    "invalid_graph",
+    "invalid_argument",
+    "this is an invalid model",
+    "type error",
+)
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : (\w+) : ")
+# "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(<args>) " precedes the reason.
+_SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ [^(]*\([^)]*\)(?: const)? ")
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EdgeError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            f"onnxruntime is not installed ({exc}); pip install onnxruntime, or the Jetson Zoo wheel",
+        ) from None
+    return onnxruntime
+
+
+def clean_message(exc: BaseException) -> str:
+    """One readable line from an ORT exception: status word kept, C++ location dropped."""
+    text = " ".join(str(exc).split())
+    status = ""
+    match = _ORT_PREFIX.match(text)
+    if match:
+        status, text = match.group(1), text[match.end() :]
+    text = _SOURCE_LOCATION.sub("", text)
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    return f"{text} ({status})" if status else text
+
+
+def classify_load_error(exc: BaseException) -> EdgeError:
+    """Map an InferenceSession failure to UNSUPPORTED_OP, INVALID_MODEL or BUILD_FAILED."""
+    lowered = str(exc).lower()
+    message = "onnxruntime could not load the model: " + clean_message(exc)
+    if any(marker in lowered for marker in _UNSUPPORTED_MARKERS):
+        return EdgeError(ErrorCode.UNSUPPORTED_OP, message)
+    if any(marker in lowered for marker in _INVALID_MARKERS):
+        return EdgeError(ErrorCode.INVALID_MODEL, message)
+    return EdgeError(ErrorCode.BUILD_FAILED, message)
+
+
+def ort_dtype(type_string: str) -> str:
+    """ "tensor(float)" -> "float32"; unknown types keep ORT's own word."""
+    if type_string in _ORT_DTYPES:
+        return _ORT_DTYPES[type_string]
+    if type_string.startswith("tensor(") and type_string.endswith(")"):
+        return type_string[len("tensor(") : -1]
+    return type_string
+
+
+def _spec(node_arg: Any) -> TensorSpec:
+    try:
+        shape = tuple(node_arg.shape)
+    except Exception:  # sequences/maps have no tensor shape
+        shape = ()
+    return TensorSpec(name=node_arg.name, shape=shape, dtype=ort_dtype(node_arg.type))
+
+
+def _parse_options(options: Optional[Dict[str, Any]]) -> Tuple[int, List[str]]:
+    # Unknown keys are ignored on purpose: one options dict is shared by all backends
+    # (e.g. TensorRT's "fp16"), and backend="auto" may land on either.
+    options = options or {}
+    threads = options.get("threads")
+    threads = DEFAULT_THREADS if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"threads must be an integer >= 1 (got {threads!r})")
+    providers = options.get("providers") or DEFAULT_PROVIDERS
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    return int(threads), list(providers)
+
+
+def _check_providers(ort: Any, providers: Sequence[str]) -> None:
+    have = list(ort.get_available_providers())
+    missing = [p for p in providers if p not in have]
+    if missing:
+        raise EdgeError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            f"onnxruntime provider(s) {missing} not available; this build has {have}",
+        )
+
+
+def _session_options(ort: Any, threads: int) -> Any:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Errors only: ORT's warnings go straight to stderr and would break one-line output.
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntimeEngine(Engine):
+    def __init__(self, session: Any, info: Dict[str, Any]) -> None:
+        self._session = session
+        self.inputs = [_spec(arg) for arg in session.get_inputs()]
+        self.outputs = [_spec(arg) for arg in session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+        self.info = info
+
+    def infer(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        if self._session is None:
+            raise EdgeError(ErrorCode.INFERENCE_FAILED, "engine is closed")
+        try:
+            return list(self._session.run(self._output_names, feeds))
+        except Exception as exc:
+            raise EdgeError(
+                ErrorCode.INFERENCE_FAILED, "onnxruntime run failed: " + clean_message(exc)
+            ) from None
+
+    def close(self) -> None:
+        # ORT frees the session when the last reference goes; dropping ours is the close.
+        self._session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    @classmethod
+    def available(cls) -> Tuple[bool, str]:
+        try:
+            ort = _import_ort()
+            return True, "onnxruntime {} ({})".format(
+                ort.__version__, ", ".join(ort.get_available_providers())
+            )
+        except EdgeError as exc:
+            return False, exc.message
+        except Exception as exc:  # a broken wheel (wrong numpy ABI...) must not crash `info`
+            return False, f"onnxruntime failed to import: {type(exc).__name__}: {exc}"
+
+    def version(self) -> str:
+        return str(_import_ort().__version__)
+
+    def load(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+        ort = _import_ort()
+        threads, providers = _parse_options(options)
+        _check_providers(ort, providers)
+        if not model_bytes:
+            raise EdgeError(ErrorCode.INVALID_MODEL, "model is empty (0 bytes)")
+        try:
+            session = ort.InferenceSession(
+                bytes(model_bytes), sess_options=_session_options(ort, threads), providers=providers
+            )
+        except Exception as exc:
+            raise classify_load_error(exc) from None
+        info = {
+            "threads": threads,
+            "inter_op_threads": 1,
+            "providers": list(session.get_providers()),
+            "graph_optimization": "ORT_ENABLE_ALL",
+            "execution_mode": "ORT_SEQUENTIAL",
+        }
+        return OnnxRuntimeEngine(session, info)
+
+    def describe(self) -> Dict[str, Any]:
+        ok, reason = self.available()
+        out: Dict[str, Any] = {"name": self.name, "available": ok, "detail": reason}
+        if ok:
+            ort = _import_ort()
+            out.update(
+                version=str(ort.__version__),
+                available_providers=list(ort.get_available_providers()),
+                default_providers=list(DEFAULT_PROVIDERS),
+                default_threads=DEFAULT_THREADS,
+                device=str(ort.get_device()),
+                cpu_count=os.cpu_count(),
+            )
+        return out

@@ -1,0 +1,220 @@
+"""`edge-evolver` command line: measure a model on this board, report what the board has.
+
+Written in typer's classic style (defaults via ``typer.Option``, no ``Annotated``) so it runs
+with typer 0.10 / click 8.0 on Python 3.6 as well as with current releases. Errors print one
+line, ``error: <CODE>: <message>``, on stderr and exit with status 2; stdout carries only
+the report (or exactly one JSON object with ``--json``).
+"""
+
+import json
+import os
+import platform
+import re
+from typing import Any, Dict, Optional
+
+import structlog
+import typer
+
+from . import __version__
+from .backends import available_backends, resolve_backend
+from .benchmark import BenchSettings
+from .errors import EdgeError, ErrorCode
+from .logging_setup import configure_logging
+from .measure import MeasureResult, measure_model
+
+EXIT_ERROR = 2
+BOARD_MODEL_PATH = "/proc/device-tree/model"
+L4T_RELEASE_PATH = "/etc/nv_tegra_release"
+_L4T_PATTERN = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)")
+
+app = typer.Typer(add_completion=False, help="Measure ONNX models on the device they will run on.")
+log = structlog.get_logger("edge_evolver.cli")
+
+
+def _fail(code: str, message: str) -> None:
+    """Print the one-line error and exit 2 (newlines folded so it stays one line)."""
+    typer.echo("error: {}: {}".format(code, " ".join(str(message).split())), err=True)
+    raise typer.Exit(code=EXIT_ERROR)
+
+
+@app.callback()
+def _root(
+    log_level: str = typer.Option(
+        "info", "--log-level", envvar="EDGE_EVOLVER_LOG_LEVEL", help="debug, info, warning, error."
+    ),
+) -> None:
+    """Measure ONNX models on the device they will run on."""
+    try:
+        configure_logging(log_level)
+    except EdgeError as exc:
+        _fail(exc.code, exc.message)
+
+
+def _read_model(path: str) -> bytes:
+    if os.path.isdir(path):
+        raise EdgeError(ErrorCode.BAD_INPUT, f"model path '{path}' is a directory")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise EdgeError(
+            ErrorCode.BAD_INPUT, f"cannot read model file '{path}': {exc.strerror or exc}"
+        ) from None
+
+
+def _print_table(model: str, result: MeasureResult) -> None:
+    bench = result.bench
+    rows = [
+        ("model", f"{model} (sha256 {result.model_sha256[:12]})"),
+        ("backend", f"{result.backend} {result.backend_version} (threads {result.threads})"),
+        ("load", f"{result.load_seconds or 0.0:.3f} s"),
+    ]
+    if bench is not None:
+        rows += [
+            (
+                "throughput",
+                f"{bench.fps:.1f} inferences/s "
+                f"(batch {bench.batch}, {bench.iterations} iterations in {bench.seconds:.2f} s)",
+            ),
+            (
+                "latency ms",
+                f"mean {bench.mean:.3f}  p50 {bench.p50:.3f}  p90 {bench.p90:.3f}  "
+                f"p99 {bench.p99:.3f}  min {bench.min:.3f}  max {bench.max:.3f}",
+            ),
+        ]
+    for key, value in rows:
+        typer.echo(f"{key:<11} {value}")
+
+
+def _log_summary(model: str, result: MeasureResult) -> None:
+    fields = result.to_dict()
+    keep = (
+        "status",
+        "code",
+        "backend",
+        "threads",
+        "batch",
+        "fps",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "iterations",
+    )
+    # Rounded: the log line is for people and grep; the JSON result keeps full precision.
+    summary = {k: round(v, 3) if isinstance(v, float) else v for k, v in ((k, fields[k]) for k in keep)}
+    log.info("bench", model=os.path.basename(model), sha256=result.model_sha256[:12], **summary)
+
+
+@app.command()
+def bench(
+    model: str = typer.Argument(..., metavar="MODEL.onnx", help="ONNX model file to measure."),
+    backend: str = typer.Option(
+        "auto", "--backend", envvar="EDGE_EVOLVER_BACKEND", help="auto or onnxruntime."
+    ),
+    threads: int = typer.Option(1, "--threads", envvar="EDGE_EVOLVER_THREADS", help="Intra-op CPU threads."),
+    batch: int = typer.Option(
+        1, "--batch", envvar="EDGE_EVOLVER_BATCH", help="Batch size for dynamic inputs."
+    ),
+    min_iterations: int = typer.Option(
+        200, "--min-iterations", envvar="EDGE_EVOLVER_MIN_ITERATIONS", help="Timed runs, at least."
+    ),
+    min_seconds: float = typer.Option(
+        1.0, "--min-seconds", envvar="EDGE_EVOLVER_MIN_SECONDS", help="Timed window, at least."
+    ),
+    max_seconds: float = typer.Option(
+        30.0, "--max-seconds", envvar="EDGE_EVOLVER_MAX_SECONDS", help="Timed window, at most."
+    ),
+    warmup_s: float = typer.Option(
+        0.2, "--warmup-s", envvar="EDGE_EVOLVER_WARMUP_S", help="Discarded warm-up seconds."
+    ),
+    seed: int = typer.Option(0, "--seed", envvar="EDGE_EVOLVER_SEED", help="Seed of the synthetic inputs."),
+    json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON", help="Print one JSON object."),
+) -> None:
+    """Measure one model locally (trtexec-like: warm-up, then a timed window)."""
+    settings = BenchSettings(
+        batch=batch,
+        warmup_s=warmup_s,
+        min_iterations=min_iterations,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+    )
+    try:
+        model_bytes = _read_model(model)
+    except EdgeError as exc:
+        # Nothing was measured, so no job log line: stderr carries only the error line.
+        result = MeasureResult(status="error", code=exc.code, message=exc.message)
+    else:
+        result = measure_model(
+            model_bytes, backend=backend, settings=settings, options={"threads": threads}, seed=seed
+        )
+        _log_summary(model, result)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), sort_keys=True))
+    elif result.ok:
+        _print_table(model, result)
+    if not result.ok:
+        _fail(result.code or ErrorCode.INTERNAL, result.message)
+
+
+def parse_l4t_release(text: str) -> Optional[str]:
+    """'# R32 (release), REVISION: 7.1, GCID: ...' -> '32.7.1'; None when unrecognised."""
+    match = _L4T_PATTERN.search(text)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as handle:
+            # The device-tree string is NUL-terminated.
+            return handle.read().decode("utf-8", "replace").replace("\x00", "").strip() or None
+    except OSError:
+        return None
+
+
+def _auto_backend() -> Optional[str]:
+    try:
+        return resolve_backend("auto").name
+    except EdgeError:
+        return None
+
+
+def collect_info() -> Dict[str, Any]:
+    """What this machine offers: Python, board, L4T release, CPUs and backends."""
+    l4t_text = _read_text(L4T_RELEASE_PATH)
+    return {
+        "python": platform.python_version(),
+        "edge_evolver": __version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "board": _read_text(BOARD_MODEL_PATH),
+        "l4t": parse_l4t_release(l4t_text) if l4t_text else None,
+        "cpu_count": os.cpu_count(),
+        "backends": {
+            name: {"available": ok, "detail": detail} for name, (ok, detail) in available_backends().items()
+        },
+        "auto_backend": _auto_backend(),
+    }
+
+
+@app.command()
+def info(
+    json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON", help="Print one JSON object."),
+) -> None:
+    """Show what this device offers (board, L4T release, Python, backends)."""
+    data = collect_info()
+    if json_out:
+        typer.echo(json.dumps(data, sort_keys=True))
+        return
+    for key, value in data.items():
+        if key != "backends":
+            typer.echo("{:<13} {}".format(key, "-" if value is None else value))
+    for name, entry in data["backends"].items():
+        state = "available" if entry["available"] else "unavailable"
+        typer.echo("{:<13} {}: {} ({})".format("backend", name, state, entry["detail"]))
+
+
+def main() -> None:
+    app(prog_name="edge-evolver")
+
+
+if __name__ == "__main__":
+    main()

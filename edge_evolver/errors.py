@@ -1,0 +1,43 @@
+"""Error codes the device side reports.
+
+A measurement never raises to its caller: failures come back as a result carrying one of
+these codes, so the host (and later the MQTT daemon) can tell a bad genome (INVALID_MODEL,
+UNSUPPORTED_OP, BAD_SHAPE) from a broken device (BACKEND_UNAVAILABLE, INTERNAL).
+Codes are plain strings so they survive JSON and MQTT unchanged.
+"""
+
+from typing import List
+
+
+class ErrorCode:
+    """String constants; a class rather than an Enum so the values serialise as themselves."""
+
+    INVALID_MODEL = "INVALID_MODEL"  # bytes are not a loadable ONNX model
+    UNSUPPORTED_OP = "UNSUPPORTED_OP"  # the backend has no kernel for an operator
+    BAD_SHAPE = "BAD_SHAPE"  # an input shape cannot be resolved or is absurd
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"  # the runtime is not installed / usable
+    BUILD_FAILED = "BUILD_FAILED"  # the runtime refused to build an engine/session
+    INFERENCE_FAILED = "INFERENCE_FAILED"  # the engine built but running it failed
+    SHA_MISMATCH = "SHA_MISMATCH"  # received bytes differ from the announced digest
+    OVERSIZE = "OVERSIZE"  # the model or a request exceeds a size limit
+    BAD_INPUT = "BAD_INPUT"  # a caller-supplied argument is wrong (unknown backend, file...)
+    TIMEOUT = "TIMEOUT"  # the job took longer than allowed
+    INTERNAL = "INTERNAL"  # a bug: an exception nobody anticipated
+
+    @classmethod
+    def all(cls) -> List[str]:
+        return sorted(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
+
+
+# Codes that blame the model itself rather than the device or the request: the host may
+# treat a genome that earns one of these as unfit on this device instead of retrying.
+MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE)
+
+
+class EdgeError(Exception):
+    """A failure with a machine-readable ``code`` and a one-line human ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,138 @@
+"""`edge-evolver` through typer's CliRunner and once as a real subprocess."""
+
+import json
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edge_evolver import cli
+from edge_evolver.benchmark import RESULT_KEYS
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+QUICK = ["--min-iterations", "5", "--min-seconds", "0", "--warmup-s", "0"]
+
+
+def _runner() -> CliRunner:
+    # click < 8.2 mixes stderr into stdout unless told not to; 8.2+ always separates them.
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _error_lines(stderr: str):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bench_json(tiny_model):
+    result = _runner().invoke(cli.app, ["bench", str(tiny_model), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == "ok" and data["backend"] == "onnxruntime" and data["threads"] == 1
+    assert data["iterations"] >= 5 and data["fps"] > 0
+    assert set(RESULT_KEYS) <= set(data)
+
+
+def test_bench_table_and_env_vars(tiny_model):
+    env = {"EDGE_EVOLVER_MIN_ITERATIONS": "7", "EDGE_EVOLVER_THREADS": "2", "EDGE_EVOLVER_JSON": "1"}
+    result = _runner().invoke(
+        cli.app, ["bench", str(tiny_model), "--min-seconds", "0", "--warmup-s", "0"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["iterations"] >= 7 and data["threads"] == 2
+    table = _runner().invoke(cli.app, ["bench", str(tiny_model), *QUICK])
+    assert table.exit_code == 0
+    assert "throughput" in table.stdout and "p99" in table.stdout
+
+
+def test_bench_missing_file_is_one_line_exit_2(tmp_path):
+    result = _runner().invoke(cli.app, ["bench", str(tmp_path / "missing.onnx")])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == _error_lines(result.stderr)
+    assert len(_error_lines(result.stderr)) == 1
+    assert _error_lines(result.stderr)[0].startswith("error: BAD_INPUT: cannot read model file")
+
+
+def test_bench_invalid_model_still_prints_json(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    result = _runner().invoke(cli.app, ["bench", str(bad), "--json", *QUICK])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["code"] == "INVALID_MODEL"
+    assert _error_lines(result.stderr)[0].startswith("error: INVALID_MODEL: ")
+
+
+def test_info_json(tmp_path, monkeypatch):
+    board = tmp_path / "model"
+    board.write_bytes(b"NVIDIA Jetson TX1 Developer Kit\x00")
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64\n")
+    monkeypatch.setattr(cli, "BOARD_MODEL_PATH", str(board))
+    monkeypatch.setattr(cli, "L4T_RELEASE_PATH", str(release))
+    result = _runner().invoke(cli.app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["python"] == platform.python_version()
+    assert data["board"] == "NVIDIA Jetson TX1 Developer Kit" and data["l4t"] == "32.7.1"
+    assert data["backends"]["onnxruntime"]["available"] is True
+    assert data["auto_backend"] == "onnxruntime" and data["cpu_count"] >= 1
+    human = _runner().invoke(cli.app, ["info"])
+    assert human.exit_code == 0 and "onnxruntime: available" in human.stdout
+
+
+def test_parse_l4t_release():
+    assert cli.parse_l4t_release("# R32 (release), REVISION: 4.3, GCID: 1") == "32.4.3"
+    assert cli.parse_l4t_release("garbage") is None
+
+
+def _run(cmd):
+    # PIPE + universal_newlines rather than capture_output/text: these tests also run on the
+    # board's Python 3.6.
+    return subprocess.run(  # noqa: UP022
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,  # noqa: UP021
+        timeout=120,
+    )
+
+
+def test_subprocess_bench_json(tiny_model, tmp_path):
+    base = [sys.executable, "-m", "edge_evolver.cli", "bench"]
+    done = _run(base + [str(tiny_model), "--json", *QUICK])
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1
+    assert json.loads(done.stdout)["status"] == "ok"
+    # Not a TTY, so the job's summary log line on stderr is JSON.
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [entry["event"] for entry in logs] == ["bench"] and logs[0]["status"] == "ok"
+    missing = _run(base + [str(tmp_path / "nope.onnx")])
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().startswith("error: BAD_INPUT: ")
+    assert len(missing.stderr.strip().splitlines()) == 1

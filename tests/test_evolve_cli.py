@@ -1,0 +1,165 @@
+"""`host-trainer evolve` end to end: tiny runs through the CLI as real subprocesses, resume after
+SIGKILL, and every bad input (one line, exit 2, nothing written)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from host_trainer import checkpoint as ckpt
+from host_trainer.cli import app
+from host_trainer.precision import is_representable
+
+TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
+        "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "20"]
+# What must be identical between an uninterrupted and a resumed run (timings are not).
+DETERMINISTIC = ("generation", "parent", "attempt", "seed", "alpha", "synapses", "clusters", "params", "macs",
+                 "accuracy", "precision", "recall", "val_accuracy", "model_sha256", "accepted", "reject_reason")
+REQUIRED = ("generation", "synapses", "clusters", "params", "macs", "accuracy", "precision", "recall", "alpha",
+            "fps", "latency_ms_p50", "latency_ms_p99", "onnx_path", "model_sha256", "accepted")
+
+
+def _evolve(args, cwd, **kw):
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _run_dir(parent: Path) -> Path:
+    (run,) = [p for p in parent.iterdir() if p.is_dir()]
+    return run
+
+
+def _rows(run: Path):
+    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+
+
+def _essential(rows):
+    return [{k: r.get(k) for k in DETERMINISTIC} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 3-generation run, shared by several tests."""
+    parent = tmp_path_factory.mktemp("ref")
+    proc = _evolve([*TINY, "--generations", "3", "--run-dir", str(parent)], cwd=parent, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return _run_dir(parent), proc
+
+
+def test_tiny_run_writes_a_complete_run_directory(reference_run):
+    run, proc = reference_run
+    rows = _rows(run)
+    accepted = [r for r in rows if r["accepted"]]
+    assert [r["generation"] for r in accepted] == [0, 1, 2, 3]
+    for row in accepted:
+        assert all(k in row for k in REQUIRED)
+        assert row["fps"] > 0 and row["bench_backend"] == "onnxruntime" and row["bench_threads"] == 1
+        folder = run / f"gen-{row['generation']:03d}"
+        data = (run / row["onnx_path"]).read_bytes()
+        onnx.checker.check_model(onnx.load_from_string(data))
+        assert row["onnx_parity_ok"] and row["onnx_bytes"] == len(data)
+        loaded = ckpt.read_checkpoint(folder)
+        assert loaded.meta["generation"] == row["generation"] and loaded.meta["seed"] == row["seed"]
+        assert all(is_representable(p, "fp16") for p in loaded.model.state_dict().values() if p.is_floating_point())
+    assert accepted[-1]["synapses"] < accepted[0]["synapses"]
+    assert accepted[-1]["params"] < accepted[0]["params"]
+    assert json.loads((run / "config.json").read_text())["model"] == "mlp"
+    assert "synapses" in proc.stdout and "acc%" in proc.stdout  # the per-generation table
+
+
+def test_same_seed_gives_identical_offspring_and_metrics(reference_run, tmp_path):
+    run, _ = reference_run
+    proc = _evolve([*TINY, "--generations", "3", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert _essential(_rows(_run_dir(tmp_path))) == _essential(_rows(run))
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path):
+    run_ref, _ = reference_run
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "3", "--run-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill as soon as generation 1 has landed: generation 2 is in progress
+        runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+        if runs and (runs[0] / "generations.jsonl").exists() and any(r["generation"] == 1 for r in _rows(runs[0])):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = _run_dir(tmp_path)
+    assert max(r["generation"] for r in _rows(run)) < 3
+    resumed = _evolve(["--resume", str(run)], cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _essential(_rows(run)) == _essential(_rows(run_ref))
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("gen-")) == [f"gen-{g:03d}" for g in range(4)]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def _factory(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text(body)
+    return f"{path}:make"
+
+
+BAD_INPUTS = {
+    "unknown model": (["--model", "no-such-net"], "unknown model"),
+    "unknown dataset": (["--dataset", "no-such-data"], "unknown dataset"),
+    "unreadable factory": (["--model", "/nonexistent/model.py:make"], "not found"),
+    "factory returns no module": (["--model", "FACTORY_NOT_MODULE"], "not a torch.nn.Module"),
+    "factory raises": (["--model", "FACTORY_BROKEN"], "failed"),
+    "empty image folder": (["--dataset", "imagefolder:EMPTY"], "image"),
+    "alpha not a number": (["--env-factor", "abc"], "--env-factor"),
+    "alpha out of range": (["--env-factor", "1.5"], "--env-factor"),
+    "resume of a non-run": (["--resume", "EMPTY"], "not a run directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
+    args, expected = BAD_INPUTS[case]
+    empty = tmp_path / "empty"
+    (empty / "class_a").mkdir(parents=True)
+    subs = {"FACTORY_NOT_MODULE": _factory(tmp_path, "returns_int", "def make():\n    return 42\n"),
+            "FACTORY_BROKEN": _factory(tmp_path, "raises", "def make():\n    raise RuntimeError('boom')\n"),
+            "imagefolder:EMPTY": f"imagefolder:{empty}", "EMPTY": str(empty)}
+    args = [subs.get(a, a) for a in args]
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["evolve", "--run-dir", str(runs), "--model", "mlp", "--dataset", "digits", *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], result.output
+    assert not runs.exists()
+
+
+def test_bad_input_as_subprocess(tmp_path):
+    proc = _evolve(["--model", "nope", "--run-dir", str(tmp_path / "runs")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_env_vars_set_options(tmp_path):
+    env = {"HOST_TRAINER_MODEL": "no-such-from-env"}
+    result = CliRunner().invoke(app, ["evolve", "--run-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 2 and "no-such-from-env" in result.output
+
+
+def test_reinit_and_bf16_run(tmp_path):
+    args = [*TINY, "--generations", "1", "--init", "reinit", "--precision", "bf16", "--run-dir", str(tmp_path)]
+    proc = _evolve(args, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = _run_dir(tmp_path)
+    loaded = ckpt.read_checkpoint(run / "gen-001")
+    assert all(is_representable(p, "bf16") for p in loaded.model.state_dict().values() if p.is_floating_point())
+    assert np.isfinite(_rows(run)[-1]["accuracy"])
+    assert torch.count_nonzero(next(iter(loaded.masks.values()))) > 0
