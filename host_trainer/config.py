@@ -22,8 +22,8 @@ class EvolveConfig:
     model: str = "vgg-small"
     dataset: str = "glyphs"
     generations: int = 13
-    epochs: int = 3               # per offspring generation
-    gen0_epochs: int = 10         # the dense ancestor
+    epochs: float = 3.0           # per offspring generation (fractions of an epoch allowed)
+    gen0_epochs: float = 10.0     # the dense ancestor
     precision: str = "fp16"
     alpha_c: float = 0.85
     alpha_s: float = 0.85
@@ -46,7 +46,7 @@ class EvolveConfig:
     def validate(self) -> EvolveConfig:
         checks = [
             (self.generations >= 0, "--generations must be >= 0"),
-            (self.epochs >= 1 and self.gen0_epochs >= 1, "--epochs must be >= 1"),
+            (self.epochs > 0 and self.gen0_epochs > 0, "--epochs and --gen0-epochs must be > 0"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (0 < self.alpha_c <= 1 and 0 < self.alpha_s <= 1, "--env-factor values must lie in (0, 1]"),
             (self.probability_model in PROBABILITY_MODELS,

@@ -57,7 +57,7 @@ class Display:
     def rejected(self, row: dict) -> None:
         self._print(f"  gen {row['generation']} attempt {row['attempt']} rejected: {row['reject_reason']}")
 
-    def progress(self, generation: int, epochs: int) -> Callable[[int, int, float], None] | None:
+    def progress(self, generation: int, epochs: float) -> Callable[[int, int, float], None] | None:
         if not self.live:
             return None
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -69,8 +69,8 @@ class Display:
         def update(step: int, total: int, loss: float) -> None:
             if step == 1:
                 bar.start()
-            epoch = min(epochs, 1 + (step - 1) * epochs // max(1, total))
-            bar.update(task, completed=step, total=total, description=f"epoch {epoch}/{epochs} loss {loss:.3f}")
+            epoch = step * epochs / max(1, total)
+            bar.update(task, completed=step, total=total, description=f"epoch {epoch:.2f}/{epochs:g} loss {loss:.3f}")
             if step >= total:
                 bar.stop()
 

@@ -179,7 +179,7 @@ class Evolution:
     def _architecture(self, model: nn.Module) -> dict:
         return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)
 
-    def _train_config(self, epochs: int, seed: int) -> TrainConfig:
+    def _train_config(self, epochs: float, seed: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
                            distill=self.cfg.distill)
 

@@ -165,7 +165,8 @@ def build_model(ref: str, num_classes: int, input_shape: tuple[int, int, int]) -
     if ref in BUILTIN_MODELS:
         return BUILTIN_MODELS[ref](num_classes, tuple(input_shape))  # type: ignore[arg-type]
     if ":" not in ref:
-        raise UserError(f"unknown model {ref!r}: choose one of {', '.join(BUILTIN_MODELS)} or give path/to/file.py:factory")
+        names = ", ".join(BUILTIN_MODELS)
+        raise UserError(f"unknown model {ref!r}: choose one of {names} or give path/to/file.py:factory")
     factory = _load_factory(ref)
     try:
         model = _call_factory(factory, num_classes, input_shape)

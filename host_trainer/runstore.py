@@ -90,8 +90,10 @@ class RunDir:
     def clean_partial(self, last_generation: int) -> None:
         """Remove temporary folders and generation folders beyond the last completed one."""
         for child in self.path.iterdir():
-            if child.name.startswith(".gen-") or child.name.startswith(f".{GENERATIONS}."):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-            elif child.name.startswith("gen-") and child.is_dir():
-                if int(child.name[4:]) > last_generation:
-                    shutil.rmtree(child)
+            temporary = child.name.startswith(".gen-") or child.name.startswith(f".{GENERATIONS}.")
+            if temporary and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            elif temporary:
+                child.unlink(missing_ok=True)
+            elif child.name.startswith("gen-") and child.is_dir() and int(child.name[4:]) > last_generation:
+                shutil.rmtree(child)

@@ -23,7 +23,7 @@ from host_trainer.metrics import Quality, classification_quality
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int
+    epochs: float  # may be fractional: the budget is round(epochs * batches per epoch) steps
     seed: int
     batch_size: int = 128
     lr: float = 0.05
@@ -79,7 +79,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: Tr
     gen = torch.Generator().manual_seed(cfg.seed)
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     steps_per_epoch = math.ceil(len(y_all) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    total = max(1, round(steps_per_epoch * cfg.epochs))
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() > 1 else no_decay).append(p)  # no weight decay on BatchNorm and biases
@@ -91,9 +91,11 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: Tr
     apply_masks(model, masks)
     model.train()
     step, last = 0, float("nan")
-    for _epoch in range(cfg.epochs):
-        order = torch.randperm(len(y_all), generator=gen)
+    while step < total:
+        order = torch.randperm(len(y_all), generator=gen)  # a fresh pass over the data
         for start in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
             idx = order[start: start + cfg.batch_size]
             x, y = _shift(x_all[idx], cfg.augment_shift, gen), y_all[idx]
             for group in opt.param_groups:

@@ -31,7 +31,7 @@ REQUIRED = ("generation", "synapses", "clusters", "params", "macs", "accuracy", 
 def _evolve(args, cwd, **kw):
     cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
 
 def _run_dir(parent: Path) -> Path:

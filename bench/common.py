@@ -1,0 +1,56 @@
+"""Shared by the bench scripts: same-process, interleaved latency measurement and table printing."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT))
+
+from edge_evolver.benchmark import BenchSettings  # noqa: E402
+from edge_evolver.measure import measure_model  # noqa: E402
+
+
+def interleaved_latency(models: dict[str, bytes], rounds: int = 5, threads: int = 1,
+                        min_seconds: float = 1.0) -> dict[str, dict]:
+    """Measure every model `rounds` times, alternating A B C A B C ..., so drift of the machine
+    (thermal, other load) hits all of them alike. Reports the median over rounds of each round's p50."""
+    settings = BenchSettings(batch=1, min_iterations=200, min_seconds=min_seconds)
+    samples: dict[str, list[dict]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, data in models.items():
+            result = measure_model(data, backend="onnxruntime", settings=settings, options={"threads": threads})
+            if not result.ok:
+                raise RuntimeError(f"{name}: {result.code}: {result.message}")
+            samples[name].append(result.to_dict())
+    return {name: {"p50_ms": statistics.median(r["latency_ms_p50"] for r in rs),
+                   "fps": statistics.median(r["fps"] for r in rs),
+                   "p99_ms": statistics.median(r["latency_ms_p99"] for r in rs),
+                   "threads": threads, "rounds": rounds, "backend": rs[0]["backend"],
+                   "backend_version": rs[0]["backend_version"]}
+            for name, rs in samples.items()}
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (header, key, format spec)."""
+    lines = ["| " + " | ".join(h for h, _k, _f in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for _h, key, spec in columns:
+            value = row.get(key)
+            cells.append("–" if value is None else format(value, spec))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save(name: str, payload: dict, table: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (OUT / f"{name}.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwritten: {OUT / (name + '.json')}, {OUT / (name + '.md')}")

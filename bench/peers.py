@@ -1,0 +1,157 @@
+"""Benchmark 2: ours against peers, on the same model, data and fine-tuning budget, in one run.
+
+For each seed, starting from the same trained, fp16-restricted generation 0:
+- dense control: generation 0 trained for the same extra epochs that our offspring received;
+- unstructured: global L1 magnitude pruning (torch.nn.utils.prune) to our final synapse count,
+  then the same fine-tuning budget with the pruning masks held;
+- Torch-Pruning: structured L1 magnitude channel pruning (round_to = our channel multiple) to our
+  final parameter count, then the same fine-tuning budget;
+- ours: the evolved lineage's last generation.
+Every model is restricted to fp16, exported to fp16 ONNX and timed in this process, interleaved,
+with ONNX Runtime on 1 intra-op thread.
+
+    python bench/peers.py --seeds 0 1                    # evolve with the defaults, then compare
+    python bench/peers.py --ours RUN_A --ours RUN_B      # reuse existing runs as "ours"
+    python bench/peers.py --seeds 0 -- --generations 4   # options after -- go to host-trainer evolve
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from common import OUT, ROOT, interleaved_latency, markdown, save
+from torch.nn.utils import prune
+
+from host_trainer import checkpoint as ckpt
+from host_trainer.compaction import prunable_layers
+from host_trainer.config import EvolveConfig
+from host_trainer.data import load_dataset
+from host_trainer.export import to_onnx_bytes
+from host_trainer.metrics import size_metrics
+from host_trainer.models import fixed_layers
+from host_trainer.precision import restrict
+from host_trainer.training import TrainConfig, evaluate, train
+
+METHODS = ("dense (gen 0)", "dense control", "unstructured L1", "Torch-Pruning L1", "ours")
+
+
+def evolve_run(seed: int, extra: list[str]) -> Path:
+    parent = OUT / "peers_runs"
+    parent.mkdir(parents=True, exist_ok=True)
+    before = set(parent.iterdir())
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(parent), "--seed", str(seed), *extra]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    (run,) = set(parent.iterdir()) - before
+    return run
+
+
+def finetune(model, masks, data, cfg: EvolveConfig, epochs: float, seed: int):
+    train(model, masks, data.train, TrainConfig(epochs=epochs, seed=seed, batch_size=cfg.batch_size, lr=cfg.lr))
+    return restrict(model, cfg.precision)
+
+
+def unstructured(gen0, data, cfg, target_synapses: int, epochs: float, seed: int):
+    model = copy.deepcopy(gen0.model)
+    layers = list(prunable_layers(model).items())
+    total = sum(m.weight.numel() for _n, m in layers)
+    prune.global_unstructured([(m, "weight") for _n, m in layers], prune.L1Unstructured,
+                              amount=1.0 - target_synapses / total)
+    masks = {n: m.weight_mask.bool() for n, m in layers}
+    for _n, m in layers:
+        prune.remove(m, "weight")  # bake the zeros in; our trainer holds them with the masks
+    return finetune(model, masks, data, cfg, epochs, seed), masks
+
+
+def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int):
+    """Torch-Pruning MagnitudePruner; the ratio is bisected until the parameter count matches ours."""
+    example = torch.zeros((1, *data.input_shape))
+
+    def pruned(ratio: float):
+        model = copy.deepcopy(gen0.model)
+        pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=fixed_layers(model),
+                                           round_to=cfg.channel_multiple)
+        pruner.step()
+        return model
+
+    lo, hi = 0.0, 0.99
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(p.numel() for p in pruned(mid).parameters()) > target_params else (lo, mid)
+    model = pruned(hi)
+    masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+    return finetune(model, masks, data, cfg, epochs, seed), masks
+
+
+def compare_seed(run: Path) -> list[dict]:
+    cfg = EvolveConfig.from_dict(json.loads((run / "config.json").read_text()))
+    data = load_dataset(cfg.dataset, seed=cfg.seed)
+    rows = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
+    lineage = [r for r in rows if r["accepted"]]
+    budget = sum(cfg.epochs for r in rows if r["generation"] > 0 and not r.get("carried_over"))
+    gen0 = ckpt.read_checkpoint(run / "gen-000")
+    last = ckpt.read_checkpoint(run / f"gen-{lineage[-1]['generation']:03d}")
+    seed = cfg.seed + 1000  # fine-tuning order differs from any generation's but is fixed per seed
+    models = {
+        "dense (gen 0)": gen0.model,
+        "dense control": finetune(copy.deepcopy(gen0.model), gen0.masks, data, cfg, budget, seed),
+        "unstructured L1": unstructured(gen0, data, cfg, lineage[-1]["synapses"], budget, seed)[0],
+        "Torch-Pruning L1": structured(gen0, data, cfg, lineage[-1]["params"], budget, seed)[0],
+        "ours": last.model,
+    }
+    onnx = {name: to_onnx_bytes(m, data.input_shape, cfg.precision) for name, m in models.items()}
+    latency = interleaved_latency(onnx, rounds=3, threads=1)
+    out = []
+    for name, model in models.items():
+        size = size_metrics(model, data.input_shape)
+        out.append({"method": name, "seed": cfg.seed, "accuracy": evaluate(model, data.test, data.num_classes).accuracy,
+                    "synapses": size.synapses, "params": size.params, "macs": size.macs,
+                    "onnx_kb": len(onnx[name]) / 1000, "p50_us": latency[name]["p50_ms"] * 1000,
+                    "budget_epochs": budget})
+    return out
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    dense = {r["seed"]: r["p50_us"] for r in results if r["method"] == "dense (gen 0)"}
+    rows = []
+    for method in METHODS:
+        mine = [r for r in results if r["method"] == method]
+        accs = [r["accuracy"] * 100 for r in mine]
+        rows.append({
+            "method": method, "acc": statistics.mean(accs), "acc_sd": statistics.pstdev(accs),
+            "accs": " / ".join(f"{a:.2f}" for a in accs),
+            "params": statistics.mean(r["params"] for r in mine), "synapses": statistics.mean(r["synapses"] for r in mine),
+            "mmacs": statistics.mean(r["macs"] for r in mine) / 1e6, "onnx_kb": statistics.mean(r["onnx_kb"] for r in mine),
+            "p50_us": statistics.mean(r["p50_us"] for r in mine),
+            "speedup": statistics.mean(dense[r["seed"]] / r["p50_us"] for r in mine),
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--ours", type=Path, action="append", help="reuse an existing run (repeatable)")
+    parser.add_argument("extra", nargs="*", help="options after -- go to host-trainer evolve")
+    args = parser.parse_args()
+    runs = args.ours or [evolve_run(seed, args.extra) for seed in args.seeds]
+    results = [row for run in runs for row in compare_seed(run)]
+    table = markdown(aggregate(results), [
+        ("method", "method", "s"), ("test accuracy % (mean)", "acc", ".2f"), ("per seed", "accs", "s"),
+        ("synapses", "synapses", ",.0f"), ("parameters", "params", ",.0f"), ("MMACs", "mmacs", ".2f"),
+        ("fp16 ONNX KB", "onnx_kb", ".0f"), ("batch-1 p50 µs", "p50_us", ".0f"), ("speed-up", "speedup", ".2f")])
+    table += (f"\n\n{len(runs)} seeds; fine-tuning budget {results[0]['budget_epochs']:g} epochs for every method; "
+              "ONNX Runtime CPU, 1 intra-op thread, 3 interleaved rounds")
+    save("peers", {"runs": [str(r) for r in runs], "results": results}, table)
+
+
+if __name__ == "__main__":
+    main()
