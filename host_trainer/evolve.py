@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 from torch import nn
 
@@ -34,6 +35,9 @@ from host_trainer.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.training import TrainConfig, apply_masks, evaluate, train
 
 PARITY_SAMPLES = 256
+SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
+                "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
+log = structlog.get_logger("host_trainer")
 
 
 def derive_seed(seed: int, generation: int, attempt: int) -> int:
@@ -92,6 +96,7 @@ class Evolution:
                 return member
             self.rows.append({**row, "accepted": False, "reject_reason": reason})
             self.display.rejected(self.rows[-1])
+            log.info("generation", **{k: self.rows[-1].get(k) for k in SUMMARY_KEYS})
         return self._carry_over(parent, generation)
 
     # ---- one offspring ---------------------------------------------------------------------
@@ -153,6 +158,7 @@ class Evolution:
         self.rows.append(row)
         self.run.write_rows(self.rows)
         self.display.generation(row)
+        log.info("generation", **{k: row.get(k) for k in SUMMARY_KEYS})
 
     def _carry_over(self, parent: Member, generation: int) -> Member:
         """No offspring survived: the parent lives on as this generation, recorded as such."""

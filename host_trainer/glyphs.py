@@ -10,7 +10,17 @@ from saturating.
 Every sample is drawn from its own `numpy.random.default_rng((seed, split, index))`, so the set does
 not depend on the number of worker processes or the order of generation, and two runs are identical.
 
-Calibration (PENDING).
+Default size: 12,000 train / 2,000 val / 3,000 test images of 32x32x1, 47 balanced classes. Generation
+takes about 5 s with two worker processes on an idle 2-core machine (8-9 s serially or under load);
+the arrays are then cached in memory and in $EDGE_EVOLVER_CACHE (default ~/.cache/edge-evolver, 17 MB;
+"off" disables it).
+
+Calibration (difficulty target: well below saturation): dense `VGGSmall` (676k parameters at 47 classes),
+SGD momentum 0.9, lr 0.05 with per-step cosine decay to 0, batch 128, weight decay 5e-4, no
+augmentation, train-set mean/std normalisation, torch seed 0, 2 CPU threads (about 20 s an epoch):
+    6 epochs: 88.8% test accuracy (val 88.6%)
+    8 epochs: 90.3% test accuracy (val 90.9%)
+The main residual confusions are O/0, M/N/H, a/d, B/8, g/q/9 and 1/I.
 """
 
 from __future__ import annotations
