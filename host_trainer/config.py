@@ -22,8 +22,8 @@ class EvolveConfig:
     model: str = "vgg-small"
     dataset: str = "glyphs"
     generations: int = 13
-    epochs: float = 3.0           # per offspring generation (fractions of an epoch allowed)
-    gen0_epochs: float = 10.0     # the dense ancestor
+    epochs: float = 0.5           # per offspring generation (fractions of an epoch allowed)
+    gen0_epochs: float = 4.0      # the dense ancestor
     precision: str = "fp16"
     alpha_c: float = 0.85
     alpha_s: float = 0.85
