@@ -50,7 +50,8 @@ def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
         "macs": [first["macs"], last["macs"]], "accuracy": [first["accuracy"], last["accuracy"]],
         "latency_p50_ms": [lat["gen0"]["p50_ms"], lat["last"]["p50_ms"]],
         "speedup": lat["gen0"]["p50_ms"] / lat["last"]["p50_ms"], "threads": 1,
-        "backend": f"onnxruntime {lat['gen0']['backend_version']} (CPU)", "rejected": sum(not r["accepted"] for r in rows),
+        "backend": f"onnxruntime {lat['gen0']['backend_version']} (CPU)",
+        "rejected": sum(not r["accepted"] for r in rows),
     }
     table = markdown([{
         "wall": f"{wall / 60:.1f} min" if wall else "(reused)", "gens": result["generations"],

@@ -128,8 +128,10 @@ def aggregate(results: list[dict]) -> list[dict]:
         rows.append({
             "method": method, "acc": statistics.mean(accs), "acc_sd": statistics.pstdev(accs),
             "accs": " / ".join(f"{a:.2f}" for a in accs),
-            "params": statistics.mean(r["params"] for r in mine), "synapses": statistics.mean(r["synapses"] for r in mine),
-            "mmacs": statistics.mean(r["macs"] for r in mine) / 1e6, "onnx_kb": statistics.mean(r["onnx_kb"] for r in mine),
+            "params": statistics.mean(r["params"] for r in mine),
+            "synapses": statistics.mean(r["synapses"] for r in mine),
+            "mmacs": statistics.mean(r["macs"] for r in mine) / 1e6,
+            "onnx_kb": statistics.mean(r["onnx_kb"] for r in mine),
             "p50_us": statistics.mean(r["p50_us"] for r in mine),
             "speedup": statistics.mean(dense[r["seed"]] / r["p50_us"] for r in mine),
         })

@@ -7,7 +7,6 @@ one-line `error: …` on stderr and exit code 2, before anything is written.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -126,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -70,7 +70,7 @@ def cluster_groups(model: nn.Module, example: torch.Tensor, fixed: list[nn.Modul
 
 
 def _out_channels(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    return int(module.weight.shape[0])  # type: ignore[union-attr,index]  # Conv2d and Linear always have one
 
 
 def prune_groups(model: nn.Module, example: torch.Tensor, remove: dict[str, list[int]]) -> None:
@@ -86,7 +86,7 @@ def prune_groups(model: nn.Module, example: torch.Tensor, remove: dict[str, list
         group.prune()
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 

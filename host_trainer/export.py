@@ -51,7 +51,7 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str
     example = torch.zeros((1, *input_shape))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the classic exporter's deprecation notice
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=OPSET,
+        torch.onnx.export(model, (example,), buf,  # type: ignore[arg-type]  # file objects are accepted dynamo=False, opset_version=OPSET,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())

@@ -182,5 +182,5 @@ def fixed_layers(model: nn.Module) -> list[nn.Module]:
     declared = getattr(model, "evolve_fixed_layers", None)
     if declared is not None:
         return [model.get_submodule(n) if isinstance(n, str) else n for n in declared]
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return layers[-1:]

@@ -78,8 +78,9 @@ def _lineage(rows: Sequence[Row]) -> list[Row]:
 def _num(row: Row, key: str, scale: float = 1.0) -> float:
     """The value as a float, NaN when missing, so that matplotlib leaves a gap instead of failing."""
     value = row.get(key)
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) * scale if numeric else math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) * scale
+    return math.nan
 
 
 def _ratio(top: float, bottom: float) -> Optional[float]:

@@ -80,7 +80,8 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: Tr
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     steps_per_epoch = math.ceil(len(y_all) / cfg.batch_size)
     total = max(1, round(steps_per_epoch * cfg.epochs))
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (decay if p.dim() > 1 else no_decay).append(p)  # no weight decay on BatchNorm and biases
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
