@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A second environment with the oldest edge_evolver dependencies (JetPack 4.6), no torch.
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
+EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.py
 ARGS   ?=
 
 .PHONY: evolve test lint bench-default bench-peers bench-precision clean
@@ -15,11 +19,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[host,dev]'
 	touch $(STAMP)
 
+$(OLDEST_STAMP): pyproject.toml requirements-oldest.txt
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST)/bin/python -m pip install -q -r requirements-oldest.txt
+	$(OLDEST)/bin/python -m pip install -q --no-deps -e .
+	touch $(OLDEST_STAMP)
+
 evolve: $(STAMP)
 	$(BIN)/host-trainer evolve $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+	# edge_evolver again, on the oldest library versions a Python 3.6 Jetson gets
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge_evolver host_trainer tests bench
@@ -36,4 +49,4 @@ bench-precision: $(STAMP)
 	$(BIN)/python bench/precision.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST) runs .pytest_cache

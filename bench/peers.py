@@ -96,7 +96,9 @@ def compare_seed(run: Path) -> list[dict]:
     data = load_dataset(cfg.dataset, seed=cfg.seed)
     rows = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
     lineage = [r for r in rows if r["accepted"]]
-    budget = sum(cfg.epochs for r in rows if r["generation"] > 0 and not r.get("carried_over"))
+    # The epochs the final network's lineage was trained for after generation 0 (rejected attempts were
+    # extra compute, but none of their training reached the final network).
+    budget = sum(cfg.epochs for r in lineage if r["generation"] > 0 and not r.get("carried_over"))
     gen0 = ckpt.read_checkpoint(run / "gen-000")
     last = ckpt.read_checkpoint(run / f"gen-{lineage[-1]['generation']:03d}")
     seed = cfg.seed + 1000  # fine-tuning order differs from any generation's but is fixed per seed

@@ -26,6 +26,7 @@ OPSET = 17
 ATOL, RTOL = 0.05, 0.02
 MIN_TOP1_AGREEMENT = 0.99
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+FP16_TINY, FP16_MAX = 2.0 ** -24, 65504.0  # smallest subnormal and largest finite fp16
 
 
 class ExportError(RuntimeError):
@@ -51,14 +52,20 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str
     example = torch.zeros((1, *input_shape))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the classic exporter's deprecation notice
-        torch.onnx.export(model, (example,), buf,  # type: ignore[arg-type]  # file objects are accepted dynamo=False, opset_version=OPSET,
+        # torch accepts a file object here, though its annotation says path only
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
     if precision != "fp32":
         # bf16 has no portable ONNX kernels on CPU or TensorRT 8; its weights are exported as fp16
         # (a bf16-restricted value is usually but not always exact in fp16, see docs/method.md).
-        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
+        # The converter clamps magnitudes to [1e-7, 1e4] by default, which would move restricted values
+        # (fp16 subnormals, large BatchNorm variances); fp16's own range keeps them exactly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns for every value at the range limits, even unchanged ones
+            proto = float16.convert_float_to_float16(proto, keep_io_types=True, min_positive_val=FP16_TINY,
+                                                     max_finite_val=FP16_MAX)
     proto.producer_name = "edge-evolver"
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
