@@ -10,8 +10,9 @@ For each seed, starting from the same trained, fp16-restricted generation 0:
 Every model is restricted to fp16, exported to fp16 ONNX and timed in this process, interleaved,
 with ONNX Runtime on 1 intra-op thread.
 
-    python bench/peers.py --seeds 0 1                    # evolve with the defaults, then compare
+    python bench/peers.py --seeds 0 1                    # evolve as bench/default_run.py does, then compare
     python bench/peers.py --ours RUN_A --ours RUN_B      # reuse existing runs as "ours"
+    python bench/peers.py --ours RUN_A --seeds 1         # reuse one run, evolve another seed
     python bench/peers.py --seeds 0 -- --generations 4   # options after -- go to host-trainer evolve
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 from common import OUT, ROOT, interleaved_latency, markdown, save
+from default_run import BUDGET
 from torch.nn.utils import prune
 
 from host_trainer import checkpoint as ckpt
@@ -47,7 +49,8 @@ def evolve_run(seed: int, extra: list[str]) -> Path:
     parent = OUT / "peers_runs"
     parent.mkdir(parents=True, exist_ok=True)
     before = set(parent.iterdir())
-    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(parent), "--seed", str(seed), *extra]
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(parent), "--seed", str(seed),
+           *BUDGET, *extra]  # the default run's budget, so seed 0 can reuse bench/default_run.py's run
     subprocess.run(cmd, cwd=ROOT, check=True)
     (run,) = set(parent.iterdir()) - before
     return run
@@ -142,11 +145,12 @@ def aggregate(results: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="*", help="seeds to evolve [default: 0 1 without --ours]")
     parser.add_argument("--ours", type=Path, action="append", help="reuse an existing run (repeatable)")
     parser.add_argument("extra", nargs="*", help="options after -- go to host-trainer evolve")
     args = parser.parse_args()
-    runs = args.ours or [evolve_run(seed, args.extra) for seed in args.seeds]
+    seeds = args.seeds if args.seeds is not None else ([] if args.ours else [0, 1])
+    runs = (args.ours or []) + [evolve_run(seed, args.extra) for seed in seeds]
     results = [row for run in runs for row in compare_seed(run)]
     table = markdown(aggregate(results), [
         ("method", "method", "s"), ("test accuracy % (mean)", "acc", ".2f"), ("per seed", "accs", "s"),

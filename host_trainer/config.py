@@ -22,11 +22,11 @@ class EvolveConfig:
     model: str = "vgg-small"
     dataset: str = "glyphs"
     generations: int = 13
-    epochs: float = 0.5           # per offspring generation (fractions of an epoch allowed)
+    epochs: float = 0.75          # per offspring generation (fractions of an epoch allowed)
     gen0_epochs: float = 4.0      # the dense ancestor
     precision: str = "fp16"
-    alpha_c: float = 0.85
-    alpha_s: float = 0.85
+    alpha_c: float = 0.8
+    alpha_s: float = 0.95
     probability_model: str = "calibrated"
     tau: float = 0.1
     channel_multiple: int = 16
