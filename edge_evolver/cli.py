@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .backends import available_backends, resolve_backend
 from .benchmark import BenchSettings
+from .cli_support import run_app
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
 from .measure import MeasureResult, measure_model
@@ -213,7 +214,7 @@ def info(
 
 
 def main() -> None:
-    app(prog_name="edge-evolver")
+    run_app(app, "edge-evolver")
 
 
 if __name__ == "__main__":

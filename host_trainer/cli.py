@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from edge_evolver.cli_support import run_app
 from host_trainer.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -121,7 +122,7 @@ def _configure_logging(level: str) -> None:
 
 
 def main() -> None:
-    app(prog_name="host-trainer")
+    run_app(app, "host-trainer")
 
 
 if __name__ == "__main__":

@@ -136,3 +136,15 @@ def test_subprocess_bench_json(tiny_model, tmp_path):
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().startswith("error: BAD_INPUT: ")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["bench", "--bogus"], "No such option: --bogus"),
+    (["bench", "m.onnx", "--threads", "many"], "--threads"),
+    (["bench"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_exit_2(args, expected):
+    done = _run([sys.executable, "-m", "edge_evolver.cli"] + args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr

@@ -163,3 +163,17 @@ def test_reinit_and_bf16_run(tmp_path):
     assert all(is_representable(p, "bf16") for p in loaded.model.state_dict().values() if p.is_floating_point())
     assert np.isfinite(_rows(run)[-1]["accuracy"])
     assert torch.count_nonzero(next(iter(loaded.masks.values()))) > 0
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["evolve", "--bogus"], "No such option: --bogus"),
+    (["evolve", "--epochs", "abc"], "--epochs"),
+    (["report"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_exit_2(args, expected, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "host_trainer.cli", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []
