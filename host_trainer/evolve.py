@@ -26,6 +26,7 @@ from host_trainer.config import EvolveConfig
 from host_trainer.controller import Controller
 from host_trainer.data import Dataset
 from host_trainer.display import Display
+from host_trainer.errors import UserError
 from host_trainer.export import check_parity, sha256, to_onnx_bytes
 from host_trainer.metrics import size_metrics
 from host_trainer.models import build_model, fixed_layers
@@ -192,5 +193,11 @@ class Evolution:
 
 def resume_member(run: RunDir, rows: list[dict]) -> Member:
     last = rows[-1]
-    checkpoint = ckpt.read_checkpoint(run.gen_dir(int(last["generation"])))
+    folder = run.gen_dir(int(last["generation"]))
+    try:
+        checkpoint = ckpt.read_checkpoint(folder)
+    except UserError:
+        raise
+    except Exception as exc:  # a damaged or hand-edited checkpoint: say which, in one line
+        raise UserError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from None
     return Member(int(last["generation"]), checkpoint.model, checkpoint.masks, float(last["val_accuracy"]))

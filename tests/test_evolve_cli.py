@@ -105,6 +105,17 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_resume_with_a_damaged_checkpoint_is_one_line(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(reference_run[0], run)
+    (run / "gen-003" / "weights.npz").write_bytes(b"not an npz")
+    result = CliRunner().invoke(app, ["evolve", "--resume", str(run)])
+    assert result.exit_code == 2
+    assert "cannot read checkpoint" in result.output and "gen-003" in result.output
+
+
 def _factory(tmp_path, name, body):
     path = tmp_path / f"{name}.py"
     path.write_text(body)
