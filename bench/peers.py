@@ -4,8 +4,9 @@ For each seed, starting from the same trained, fp16-restricted generation 0:
 - dense control: generation 0 trained for the same extra epochs that our offspring received;
 - unstructured: global L1 magnitude pruning (torch.nn.utils.prune) to our final synapse count,
   then the same fine-tuning budget with the pruning masks held;
-- Torch-Pruning: structured L1 magnitude channel pruning (round_to = our channel multiple) to our
-  final parameter count, then the same fine-tuning budget;
+- Torch-Pruning: structured L1 magnitude channel pruning to our final parameter count, then the same
+  fine-tuning budget; once without rounding and once with round_to=16 (FACTS.md's two baselines; with
+  rounding, Torch-Pruning's uniform ratio cannot get near our size, so the closest count is used);
 - ours: the evolved lineage's last generation.
 Every model is restricted to fp16, exported to fp16 ONNX and timed in this process, interleaved,
 with ONNX Runtime on 1 intra-op thread.
@@ -42,7 +43,8 @@ from host_trainer.models import fixed_layers
 from host_trainer.precision import restrict
 from host_trainer.training import TrainConfig, evaluate, train
 
-METHODS = ("dense (gen 0)", "dense control", "unstructured L1", "Torch-Pruning L1", "ours")
+TP_PLAIN, TP_ROUNDED = "Torch-Pruning L1", "Torch-Pruning L1, round_to=16"
+METHODS = ("dense (gen 0)", "dense control", "unstructured L1", TP_PLAIN, TP_ROUNDED, "ours")
 
 
 def evolve_run(seed: int, extra: list[str]) -> Path:
@@ -73,23 +75,25 @@ def unstructured(gen0, data, cfg, target_synapses: int, epochs: float, seed: int
     return finetune(model, masks, data, cfg, epochs, seed), masks
 
 
-def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int):
-    """Torch-Pruning MagnitudePruner; the ratio is bisected until the parameter count matches ours."""
+def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int, round_to: int | None):
+    """Torch-Pruning MagnitudePruner at the uniform ratio whose parameter count is closest to ours.
+
+    A grid, not a bisection: past some ratio Torch-Pruning skips layers it would empty, so the count
+    is not monotone in the ratio (at 0.99 it pruned nothing at all)."""
     example = torch.zeros((1, *data.input_shape))
 
     def pruned(ratio: float):
         model = copy.deepcopy(gen0.model)
         pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
                                            pruning_ratio=ratio, ignored_layers=fixed_layers(model),
-                                           round_to=cfg.channel_multiple)
+                                           round_to=round_to)
         pruner.step()
         return model
 
-    lo, hi = 0.0, 0.99
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(p.numel() for p in pruned(mid).parameters()) > target_params else (lo, mid)
-    model = pruned(hi)
+    def gap(ratio: float) -> int:
+        return abs(sum(p.numel() for p in pruned(ratio).parameters()) - target_params)
+
+    model = pruned(min((r / 100 for r in range(30, 98)), key=gap))
     masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
     return finetune(model, masks, data, cfg, epochs, seed), masks
 
@@ -105,13 +109,16 @@ def compare_seed(run: Path) -> list[dict]:
     gen0 = ckpt.read_checkpoint(run / "gen-000")
     last = ckpt.read_checkpoint(run / f"gen-{lineage[-1]['generation']:03d}")
     seed = cfg.seed + 1000  # fine-tuning order differs from any generation's but is fixed per seed
+    print(f"seed {cfg.seed}: fine-tuning three peers for {budget:g} epochs each", flush=True)
     models = {
         "dense (gen 0)": gen0.model,
         "dense control": finetune(copy.deepcopy(gen0.model), gen0.masks, data, cfg, budget, seed),
         "unstructured L1": unstructured(gen0, data, cfg, lineage[-1]["synapses"], budget, seed)[0],
-        "Torch-Pruning L1": structured(gen0, data, cfg, lineage[-1]["params"], budget, seed)[0],
+        TP_PLAIN: structured(gen0, data, cfg, lineage[-1]["params"], budget, seed, None)[0],
+        TP_ROUNDED: structured(gen0, data, cfg, lineage[-1]["params"], budget, seed, 16)[0],
         "ours": last.model,
     }
+    print(f"seed {cfg.seed}: timing {len(models)} models, interleaved", flush=True)
     onnx = {name: to_onnx_bytes(m, data.input_shape, cfg.precision) for name, m in models.items()}
     latency = interleaved_latency(onnx, rounds=3, threads=1)
     out = []
