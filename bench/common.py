@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,6 +15,18 @@ sys.path.insert(0, str(ROOT))
 
 from edge_evolver.benchmark import BenchSettings  # noqa: E402
 from edge_evolver.measure import measure_model  # noqa: E402
+
+
+def evolve_into(folder: Path, args: list[str]) -> tuple[Path, float]:
+    """Run the real CLI (`host-trainer evolve --run-dir folder ...`); returns the new run and its wall time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    before = set(folder.iterdir())
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(folder), *args]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.perf_counter() - started
+    (run,) = set(folder.iterdir()) - before
+    return run, wall
 
 
 def interleaved_latency(models: dict[str, bytes], rounds: int = 5, threads: int = 1,

@@ -13,33 +13,19 @@ the measured batch-1 speed-up, and the accuracy change.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from common import OUT, ROOT, interleaved_latency, markdown, save
+from common import OUT, evolve_into, interleaved_latency, markdown, save
+
+from host_trainer.runstore import RunDir
 
 # Twice the offspring training of `make evolve`'s default (4 and 0.75 epochs); the rest are the CLI's defaults.
 BUDGET = ["--gen0-epochs", "6", "--epochs", "1.5"]
 GOALS = "goal: >=10x fewer synapses, >=4x measured speed-up, accuracy within 2 points, < 15 min"
 
 
-def run_evolve(extra: list[str]) -> tuple[Path, float]:
-    parent = OUT / "default_run"
-    parent.mkdir(parents=True, exist_ok=True)
-    before = set(parent.iterdir())
-    started = time.perf_counter()
-    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(parent), *BUDGET, *extra]
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    wall = time.perf_counter() - started
-    (run,) = set(parent.iterdir()) - before
-    return run, wall
-
-
 def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
-    rows = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
+    rows = RunDir(run).rows()
     lineage = {r["generation"]: r for r in rows if r["accepted"]}
     first, last = lineage[0], lineage[max(lineage)]
     models = {"gen0": (run / first["onnx_path"]).read_bytes(), "last": (run / last["onnx_path"]).read_bytes()}
@@ -75,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("extra", nargs="*", help="options after -- go to host-trainer evolve")
     args = parser.parse_args()
-    run, wall = (args.reuse, None) if args.reuse else run_evolve(args.extra)
+    run, wall = (args.reuse, None) if args.reuse else evolve_into(OUT / "default_run", [*BUDGET, *args.extra])
     result, table = summarize(run, wall, args.rounds)
     save("default_run", result, table)
 

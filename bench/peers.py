@@ -21,41 +21,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import torch_pruning as tp
-from common import OUT, ROOT, interleaved_latency, markdown, save
+from common import OUT, evolve_into, interleaved_latency, markdown, save
 from default_run import BUDGET
 from torch.nn.utils import prune
 
 from host_trainer import checkpoint as ckpt
-from host_trainer.compaction import prunable_layers
+from host_trainer.compaction import dense_masks, prunable_layers
 from host_trainer.config import EvolveConfig
 from host_trainer.data import load_dataset
 from host_trainer.export import to_onnx_bytes
 from host_trainer.metrics import size_metrics
 from host_trainer.models import fixed_layers
 from host_trainer.precision import restrict
+from host_trainer.runstore import RunDir
 from host_trainer.training import TrainConfig, evaluate, train
 
 TP_PLAIN, TP_ROUNDED = "Torch-Pruning L1", "Torch-Pruning L1, round_to=16"
 METHODS = ("dense (gen 0)", "dense control", "unstructured L1", TP_PLAIN, TP_ROUNDED, "ours")
-
-
-def evolve_run(seed: int, extra: list[str]) -> Path:
-    parent = OUT / "peers_runs"
-    parent.mkdir(parents=True, exist_ok=True)
-    before = set(parent.iterdir())
-    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(parent), "--seed", str(seed),
-           *BUDGET, *extra]  # the default run's budget, so seed 0 can reuse bench/default_run.py's run
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    (run,) = set(parent.iterdir()) - before
-    return run
 
 
 def finetune(model, masks, data, cfg: EvolveConfig, epochs: float, seed: int):
@@ -94,14 +81,15 @@ def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int, ro
         return abs(sum(p.numel() for p in pruned(ratio).parameters()) - target_params)
 
     model = pruned(min((r / 100 for r in range(30, 98)), key=gap))
-    masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+    masks = dense_masks(model)
     return finetune(model, masks, data, cfg, epochs, seed), masks
 
 
 def compare_seed(run: Path) -> list[dict]:
-    cfg = EvolveConfig.from_dict(json.loads((run / "config.json").read_text()))
+    store = RunDir(run)
+    cfg = EvolveConfig.from_dict(store.read_config())
     data = load_dataset(cfg.dataset, seed=cfg.seed)
-    rows = [json.loads(x) for x in (run / "generations.jsonl").read_text().splitlines()]
+    rows = store.rows()
     lineage = [r for r in rows if r["accepted"]]
     # The epochs the final network's lineage was trained for after generation 0 (rejected attempts were
     # extra compute, but none of their training reached the final network).
@@ -157,7 +145,9 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="options after -- go to host-trainer evolve")
     args = parser.parse_args()
     seeds = args.seeds if args.seeds is not None else ([] if args.ours else [0, 1])
-    runs = (args.ours or []) + [evolve_run(seed, args.extra) for seed in seeds]
+    # The default run's budget, so that seed 0 can reuse bench/default_run.py's run.
+    runs = (args.ours or []) + [evolve_into(OUT / "peers_runs", ["--seed", str(s), *BUDGET, *args.extra])[0]
+                                for s in seeds]
     results = [row for run in runs for row in compare_seed(run)]
     table = markdown(aggregate(results), [
         ("method", "method", "s"), ("test accuracy % (mean)", "acc", ".2f"), ("per seed", "accs", "s"),

@@ -7,26 +7,27 @@ before and after restriction (from generations.jsonl), and the ONNX size at fp32
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common import markdown, save
 
 from host_trainer import checkpoint as ckpt
 from host_trainer.export import to_onnx_bytes
+from host_trainer.runstore import RunDir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     args = parser.parse_args()
-    config = json.loads((args.run / "config.json").read_text())
-    rows = [json.loads(x) for x in (args.run / "generations.jsonl").read_text().splitlines()]
+    store = RunDir(args.run)
+    config = store.read_config()
+    rows = store.rows()
     out = []
     for row in (r for r in rows if r["accepted"]):
-        model = ckpt.read_checkpoint(args.run / f"gen-{row['generation']:03d}").model
-        shape = tuple(input_shape(args.run, row))
-        fp32 = len(to_onnx_bytes(model, shape, "fp32"))
+        checkpoint = ckpt.read_checkpoint(store.gen_dir(row["generation"]))
+        shape = tuple(checkpoint.meta["architecture"]["input_shape"])
+        fp32 = len(to_onnx_bytes(checkpoint.model, shape, "fp32"))
         out.append({"gen": row["generation"], "before": row["accuracy_before_restriction"] * 100,
                     "after": row["accuracy"] * 100,
                     "delta": (row["accuracy"] - row["accuracy_before_restriction"]) * 100,
@@ -39,11 +40,6 @@ def main() -> None:
     table += (f"\n\nrestriction: {config['precision']}; mean change {sum(deltas) / len(deltas):+.3f} points, "
               f"largest {max(deltas, key=abs):+.2f}")
     save("precision", {"run": str(args.run), "rows": out}, table)
-
-
-def input_shape(run: Path, row: dict) -> list[int]:
-    meta = json.loads((run / f"gen-{row['generation']:03d}" / "checkpoint.json").read_text())
-    return meta["architecture"]["input_shape"]
 
 
 if __name__ == "__main__":

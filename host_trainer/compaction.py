@@ -90,6 +90,11 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
+def dense_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Masks under which every synapse of every prunable layer exists (a dense network)."""
+    return {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+
+
 def compact(model: nn.Module, masks: dict[str, torch.Tensor], groups: list[ClusterGroup],
             keep: dict[str, np.ndarray], example: torch.Tensor) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A physically smaller copy keeping `keep[root]` channels per group, and its sliced masks.

@@ -18,13 +18,13 @@ import structlog
 import torch
 from torch import nn
 
-from edge_evolver.benchmark import BenchSettings
+from edge_evolver.benchmark import RESULT_KEYS, BenchSettings
 from edge_evolver.measure import measure_model
 from host_trainer import checkpoint as ckpt
-from host_trainer.compaction import cluster_groups, compact, prunable_layers
+from host_trainer.compaction import cluster_groups, compact, dense_masks
 from host_trainer.config import EvolveConfig
 from host_trainer.controller import Controller
-from host_trainer.data import Dataset
+from host_trainer.data import Dataset, Split
 from host_trainer.display import Display
 from host_trainer.errors import UserError
 from host_trainer.export import check_parity, sha256, to_onnx_bytes
@@ -38,6 +38,7 @@ from host_trainer.training import TrainConfig, apply_masks, evaluate, train
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
                 "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
+BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
 log = structlog.get_logger("host_trainer")
 
 
@@ -63,7 +64,7 @@ class Evolution:
         self.rows: list[dict] = []
         self.train_split = data.train
         if cfg.train_subset:
-            self.train_split = type(data.train)(x=data.train.x[: cfg.train_subset], y=data.train.y[: cfg.train_subset])
+            self.train_split = Split(x=data.train.x[: cfg.train_subset], y=data.train.y[: cfg.train_subset])
 
     # ---- the run -------------------------------------------------------------------------
     def run_all(self, parent: Member | None = None) -> list[dict]:
@@ -78,7 +79,7 @@ class Evolution:
         seed = derive_seed(self.cfg.seed, 0, 0)
         torch.manual_seed(seed)
         model = build_model(self.cfg.model, self.data.num_classes, self.data.input_shape)
-        masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model).items()}
+        masks = dense_masks(model)
         tcfg = self._train_config(self.cfg.gen0_epochs, seed)
         loss = train(model, masks, self.train_split, tcfg, progress=self.display.progress(0, tcfg.epochs))
         member, row = self._finish(model, masks, generation=0, parent=None, seed=seed, alpha=None, loss=loss)
@@ -175,12 +176,9 @@ class Evolution:
                                  min_seconds=self.cfg.bench_min_seconds)
         result = measure_model(onnx_bytes, backend=self.cfg.bench_backend, settings=settings,
                                options={"threads": self.cfg.bench_threads}).to_dict()
-        keep = ("fps", "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
-                "latency_ms_min", "latency_ms_max", "iterations", "seconds", "status", "code", "message")
-        out = {("bench_" + k if k in ("iterations", "seconds", "status", "code", "message") else k): result.get(k)
-               for k in keep}
-        out.update({"bench_backend": result.get("backend"), "bench_backend_version": result.get("backend_version"),
-                    "bench_threads": result.get("threads")})
+        # fps and latency_ms_* keep their names; the rest says which benchmark it describes.
+        out = {k: result[k] for k in RESULT_KEYS if k == "fps" or k.startswith("latency_ms_")}
+        out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
         return out
 
     def _architecture(self, model: nn.Module) -> dict:
