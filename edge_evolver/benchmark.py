@@ -141,11 +141,29 @@ def _warm_up(infer: Callable[[], object], warmup_s: float, clock: Clock) -> Tupl
     return count, now - start
 
 
+class WindowMonitor:
+    """Told when the timed window opens and closes: power sampling and live telemetry hook in here.
+
+    ``window_started`` receives the list the loop appends latency samples to, so an observer on
+    another thread can read live progress (``len``, the last few items) without slowing the loop.
+    """
+
+    # Set by measure_model while a power sampler runs: returns the latest sample in W (or None).
+    live_power: Optional[Callable[[], Optional[float]]] = None
+
+    def window_started(self, latencies_ms: List[float]) -> None:
+        pass
+
+    def window_finished(self) -> None:
+        pass
+
+
 def _timed_window(
-    infer: Callable[[], object], settings: BenchSettings, clock: Clock
+    infer: Callable[[], object], settings: BenchSettings, clock: Clock, monitor: WindowMonitor
 ) -> Tuple[List[float], float]:
     """(latency samples in ms, window seconds) once both minimums are met or max_seconds is."""
     latencies: List[float] = []
+    monitor.window_started(latencies)
     start = clock()
     previous = start
     while True:
@@ -158,6 +176,7 @@ def _timed_window(
             break
         if len(latencies) >= settings.min_iterations and elapsed >= settings.min_seconds:
             break
+    monitor.window_finished()
     return latencies, previous - start
 
 
@@ -165,16 +184,18 @@ def run_benchmark(
     infer: Callable[[], object],
     settings: Optional[BenchSettings] = None,
     clock: Clock = time.perf_counter,
+    monitor: Optional[WindowMonitor] = None,
 ) -> BenchResult:
     """Measure ``infer`` (one call = one batch of ``settings.batch`` inferences).
 
-    ``clock`` returns seconds; tests pass a fake one. Exceptions from ``infer`` propagate.
+    ``clock`` returns seconds; tests pass a fake one. Exceptions from ``infer`` propagate
+    (``monitor.window_finished`` is then not called; the caller cleans up its own observer).
     """
     settings = settings if settings is not None else BenchSettings()
     settings.validate()
     warm_iterations, warm_seconds = _warm_up(infer, settings.warmup_s, clock)
     # The samples tile the window exactly, so they sum to ``seconds`` (up to rounding).
-    latencies, seconds = _timed_window(infer, settings, clock)
+    latencies, seconds = _timed_window(infer, settings, clock, monitor or WindowMonitor())
     stats = summarize(latencies)
     return BenchResult(
         latencies_ms=latencies,

@@ -18,6 +18,7 @@ import typer
 from . import __version__
 from .backends import available_backends, resolve_backend
 from .benchmark import BenchSettings
+from .cli_daemon import register as register_daemon_commands
 from .cli_support import run_app
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
@@ -211,6 +212,9 @@ def info(
     for name, entry in data["backends"].items():
         state = "available" if entry["available"] else "unavailable"
         typer.echo("{:<13} {}: {} ({})".format("backend", name, state, entry["detail"]))
+
+
+register_daemon_commands(app)
 
 
 def main() -> None:

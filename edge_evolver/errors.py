@@ -22,6 +22,8 @@ class ErrorCode:
     OVERSIZE = "OVERSIZE"  # the model or a request exceeds a size limit
     BAD_INPUT = "BAD_INPUT"  # a caller-supplied argument is wrong (unknown backend, file...)
     TIMEOUT = "TIMEOUT"  # the job took longer than allowed
+    INVALID_FRAME = "INVALID_FRAME"  # an MQTT job payload that does not follow the framing
+    QUEUE_FULL = "QUEUE_FULL"  # the daemon already holds its maximum of waiting jobs
     INTERNAL = "INTERNAL"  # a bug: an exception nobody anticipated
 
     @classmethod

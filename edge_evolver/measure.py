@@ -1,25 +1,36 @@
 """measure_model(): the single entry point shared by the host trainer, the CLI and the daemon.
 
-It never raises: every failure becomes a MeasureResult with status "error" and an
-ErrorCode, because the caller is usually evaluating a whole population and one broken
-genome must not stop the generation.
+Steps: check the ONNX (when the onnx package is there), get an engine (from the cache or by
+building it), make the feeds, run once (smoke test, agreement with reference outputs), then
+benchmark with the power sampler running exactly over the timed window.
+
+It never raises: every failure becomes a MeasureResult with status "error" and an ErrorCode,
+because the caller is usually evaluating a whole population and one broken genome must not
+stop the generation.
 """
 
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import structlog
 
+from .agreement import compare_outputs
 from .backends import resolve_backend
-from .backends.base import Engine
-from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, run_benchmark
+from .backends.base import Backend, Engine
+from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
+from .engine_cache import EngineCache
 from .errors import EdgeError, ErrorCode
 from .inputs import check_feeds, synthesize_inputs
+from .onnx_check import check_onnx
 
 log = structlog.get_logger("edge_evolver.measure")
+
+# Power keys of to_dict(); null with ``power_reason`` whenever nothing was measured, never 0.
+POWER_KEYS = ("power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason")
+ENGINE_KEYS = ("precision", "engine_build_s", "engine_bytes", "cache_hit")
 
 
 @dataclass
@@ -31,14 +42,36 @@ class MeasureResult:
     backend_version: Optional[str] = None
     threads: Optional[int] = None
     model_sha256: str = ""
-    load_seconds: Optional[float] = None
+    load_seconds: Optional[float] = None  # engine build, or plan load on a cache hit
+    cache_hit: Optional[bool] = None
+    engine_bytes: Optional[int] = None
+    precision: Optional[str] = None
+    engine_info: Dict[str, Any] = field(default_factory=dict)
     bench: Optional[BenchResult] = None
+    power: Optional[Dict[str, Any]] = None  # PowerSummary.to_dict()
+    agreement: Optional[Dict[str, Any]] = None
     # Outputs of the first (untimed) inference, for cross-device agreement checks.
     outputs: Optional[List[np.ndarray]] = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def energy_mj_per_inference(self) -> Optional[float]:
+        energy = (self.power or {}).get("energy_j")
+        if energy is None or self.bench is None or self.bench.iterations == 0:
+            return None
+        return energy * 1000.0 / (self.bench.iterations * self.bench.batch)
+
+    def power_fields(self) -> Dict[str, Any]:
+        power = self.power or {}
+        return {
+            "power_w_mean": power.get("mean_w"),
+            "energy_mj_per_inference": self.energy_mj_per_inference(),
+            "power_meter": power.get("meter"),
+            "power_rail": power.get("rail"),
+            "power_reason": power.get("reason") if self.power else "power was not measured",
+        }
 
     def to_dict(self, include_samples: bool = False) -> Dict[str, Any]:
         """Flat, JSON-ready dict; bench keys are present (None) even when there is no bench."""
@@ -51,47 +84,124 @@ class MeasureResult:
             "threads": self.threads,
             "model_sha256": self.model_sha256,
             "load_seconds": self.load_seconds,
+            "engine_build_s": self.load_seconds,
+            "engine_bytes": self.engine_bytes,
+            "cache_hit": self.cache_hit,
+            "precision": self.precision,
         }
         if self.bench is not None:
             out.update(self.bench.to_dict(include_samples=include_samples))
         else:
             out.update((key, None) for key in RESULT_KEYS)
+        out.update(self.power_fields())
+        out["agreement"] = self.agreement
+        if include_samples and self.power is not None:
+            out["power_samples_w"] = self.power.get("samples_w")
         return out
 
 
-def _feeds(
-    engine: Engine, inputs: Optional[Mapping[str, np.ndarray]], batch: int, seed: int
-) -> Dict[str, np.ndarray]:
+class _PowerWindow(WindowMonitor):
+    """Runs the power sampler over the timed window only, and lets an observer see progress."""
+
+    def __init__(self, meter: Any, observer: Optional[WindowMonitor]) -> None:
+        self.meter = meter
+        self.observer = observer
+        self.sampler: Any = None
+        self.summary: Optional[Dict[str, Any]] = None
+
+    def window_started(self, latencies_ms: List[float]) -> None:
+        if self.meter is not None:
+            from .power.sampler import PowerSampler
+
+            self.sampler = PowerSampler(self.meter)
+            self.sampler.start()
+        if self.observer is not None:
+            self.observer.live_power = self.latest_w
+            self.observer.window_started(latencies_ms)
+
+    def window_finished(self) -> None:
+        self.stop()
+        if self.observer is not None:
+            self.observer.window_finished()
+
+    def stop(self) -> None:
+        """Idempotent: also called from the error path so no sampler thread outlives a job."""
+        if self.sampler is not None:
+            self.summary = self.sampler.stop().to_dict()
+            self.sampler = None
+
+    def latest_w(self) -> Optional[float]:
+        sampler = self.sampler
+        return None if sampler is None else sampler.latest_w
+
+
+def _engine(runtime: Backend, model_bytes: bytes, result: MeasureResult, options: Dict[str, Any],
+            cache: Optional[EngineCache]) -> Engine:
+    """A cached plan when one loads, else a fresh build (stored for next time)."""
+    key = runtime.cache_key(options) if cache is not None else {}
+    plan = cache.get(result.model_sha256, key) if cache is not None else None
+    if plan is not None and cache is not None:
+        try:
+            engine = runtime.load_plan(plan, options)
+            result.cache_hit, result.engine_bytes = True, len(plan)
+            return engine
+        except EdgeError as exc:
+            log.warning("engine_cache_stale", sha256=result.model_sha256[:12], error=exc.message)
+            cache.discard(result.model_sha256, key)
+    engine, plan = runtime.build(model_bytes, options)
+    result.cache_hit = False
+    result.engine_bytes = len(plan) if plan else None
+    if cache is not None and plan:
+        cache.put(result.model_sha256, key, plan)
+    return engine
+
+
+def _feeds(engine: Engine, inputs: Optional[Mapping[str, np.ndarray]], batch: int, seed: int,
+           overrides: Optional[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
     if inputs is not None:
         return check_feeds(engine.inputs, inputs)
-    return synthesize_inputs(engine.inputs, batch, seed=seed)
+    return synthesize_inputs(engine.inputs, batch, seed=seed, overrides=overrides)
 
 
-def _run(
-    result: MeasureResult,
-    model_bytes: bytes,
-    backend: str,
-    settings: BenchSettings,
-    options: Dict[str, Any],
-    inputs: Optional[Mapping[str, np.ndarray]],
-    seed: int,
-) -> None:
+@dataclass
+class MeasureRequest:
+    """Everything about one measurement besides the model bytes."""
+
+    backend: str = "auto"
+    settings: BenchSettings = field(default_factory=BenchSettings)
+    options: Dict[str, Any] = field(default_factory=dict)
+    inputs: Optional[Mapping[str, np.ndarray]] = None
+    reference: Optional[Sequence[np.ndarray]] = None
+    seed: int = 0
+    cache: Optional[EngineCache] = None
+    meter: Any = None  # a power.PowerMeter, or None for "not measured"
+    observer: Optional[WindowMonitor] = None
+
+
+def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window: _PowerWindow) -> None:
     """Fill ``result`` step by step so that an error keeps everything learned before it."""
-    settings.validate()
-    runtime = resolve_backend(backend)
-    result.backend = runtime.name
-    result.backend_version = runtime.version()
+    req.settings.validate()
+    check_onnx(model_bytes)
+    runtime = resolve_backend(req.backend)
+    result.backend, result.backend_version = runtime.name, runtime.version()
+    options = dict(req.options)
+    options.setdefault("batch", req.settings.batch)
     start = time.perf_counter()
-    engine = runtime.load(model_bytes, options)
+    engine = _engine(runtime, model_bytes, result, options, req.cache)
     result.load_seconds = time.perf_counter() - start
-    result.threads = engine.info.get("threads")
+    result.engine_info = dict(engine.info)
+    result.threads, result.precision = engine.info.get("threads"), engine.info.get("precision")
     try:
-        feeds = _feeds(engine, inputs, settings.batch, seed)
+        feeds = _feeds(engine, req.inputs, req.settings.batch, req.seed, options.get("shape_overrides"))
         # The first run doubles as a smoke test, so a failing model is reported as such
         # instead of as a benchmark failure, and its outputs are kept for agreement checks.
         result.outputs = engine.infer(feeds)
-        result.bench = run_benchmark(lambda: engine.infer(feeds), settings)
+        if req.reference is not None:
+            result.agreement = compare_outputs(result.outputs, req.reference, [s.name for s in engine.outputs])
+        result.bench = run_benchmark(lambda: engine.infer(feeds), req.settings, monitor=window)
+        result.power = window.summary
     finally:
+        window.stop()
         engine.close()
 
 
@@ -102,18 +212,23 @@ def measure_model(
     options: Optional[Dict[str, Any]] = None,
     inputs: Optional[Mapping[str, np.ndarray]] = None,
     seed: int = 0,
+    request: Optional[MeasureRequest] = None,
 ) -> MeasureResult:
-    """Load ``model_bytes`` on ``backend`` and benchmark it; never raises.
+    """Load ``model_bytes`` on a backend and benchmark it; never raises.
 
-    ``inputs`` replaces the synthetic feeds (names must match the model's true inputs, and
-    their batch should equal ``settings.batch``, which is what throughput is scaled by);
-    ``options`` go to the backend (ONNX Runtime: ``threads``, ``providers``). Synthetic
-    feeds are deterministic in ``seed``. Errors come back as status "error" with a code.
+    Either pass ``request`` (everything: cache, power meter, reference outputs, observer) or
+    the short keyword form. ``inputs`` replace the synthetic feeds (names must match the
+    model's true inputs, batch should equal ``settings.batch``, which scales throughput);
+    ``options`` go to the backend (``threads``, ``providers``, ``fp16``, ``workspace_mb``,
+    ``shape_overrides``). Errors come back as status "error" with a code.
     """
-    settings = settings if settings is not None else BenchSettings()
+    if request is None:
+        request = MeasureRequest(backend=backend, settings=settings or BenchSettings(),
+                                 options=dict(options or {}), inputs=inputs, seed=seed)
     result = MeasureResult(status="ok", model_sha256=hashlib.sha256(bytes(model_bytes)).hexdigest())
+    window = _PowerWindow(request.meter, request.observer)
     try:
-        _run(result, model_bytes, backend, settings, dict(options or {}), inputs, seed)
+        _run(result, model_bytes, request, window)
     except EdgeError as exc:
         result.status, result.code, result.message = "error", exc.code, exc.message
     except MemoryError:

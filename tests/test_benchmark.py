@@ -21,7 +21,7 @@ from edge_evolver.backends.onnxruntime_backend import (
 from edge_evolver.benchmark import RESULT_KEYS, BenchSettings, run_benchmark, summarize, throughput
 from edge_evolver.errors import MODEL_REJECTION_CODES, EdgeError, ErrorCode
 from edge_evolver.inputs import MAX_ELEMENTS, TensorSpec, resolve_shape, synthesize_inputs
-from edge_evolver.measure import measure_model
+from edge_evolver.measure import ENGINE_KEYS, POWER_KEYS, measure_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -45,7 +45,7 @@ def matmul_add_model(w: np.ndarray, b: np.ndarray, dims=("N", 4)) -> bytes:
     return _model_bytes(
         [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], "M"])],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
     )
 
@@ -54,7 +54,7 @@ def conv_model(w: np.ndarray) -> bytes:
     return _model_bytes(
         [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "C", 5, 5])],
         [numpy_helper.from_array(w, "W")],
     )
 
@@ -63,7 +63,7 @@ def unary_model(op: str, elem_type: int, domain: str = "", opsets=(("", 13),)) -
     return _model_bytes(
         [helper.make_node(op, ["x"], ["y"], domain=domain)],
         [helper.make_tensor_value_info("x", elem_type, [1, 4])],
-        [helper.make_tensor_value_info("y", elem_type, None)],
+        [helper.make_tensor_value_info("y", elem_type, [1, 4])],
         opsets=opsets,
     )
 
@@ -359,7 +359,9 @@ def test_measure_model_ok(weights):
         "code",
         "message",
         "load_seconds",
-    } == set(flat)
+        "agreement",
+    } | set(POWER_KEYS) | set(ENGINE_KEYS) == set(flat)
+    assert flat["power_w_mean"] is None and flat["power_reason"]  # no meter given: null with a reason
     json.loads(json.dumps(flat))
 
 

@@ -34,7 +34,7 @@ def tiny_model(tmp_path):
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         initializer=[numpy_helper.from_array(w, "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -53,10 +53,33 @@ class Backend(abc.ABC):
         """Runtime version; raise EdgeError(BACKEND_UNAVAILABLE) when it is missing."""
         raise NotImplementedError
 
+    def cache_key(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Everything besides the model bytes that decides whether a built engine can be reused.
+
+        JSON-ready: backend name and version, the device it was built for, precision and build
+        flags. The engine cache hashes it together with the model's sha256.
+        """
+        return {"backend": self.name, "version": self.version()}
+
     @abc.abstractmethod
-    def load(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
-        """Build an engine; raise EdgeError(INVALID_MODEL / UNSUPPORTED_OP / BUILD_FAILED)."""
+    def build(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Tuple[Engine, Optional[bytes]]:
+        """Parse and compile: (engine ready to run, serialized engine for the cache or None).
+
+        Raises EdgeError(INVALID_MODEL / UNSUPPORTED_OP / BAD_SHAPE / BUILD_FAILED).
+        """
         raise NotImplementedError
+
+    @abc.abstractmethod
+    def load_plan(self, plan: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+        """An engine from bytes that ``build`` returned earlier with the same cache key.
+
+        Raises EdgeError(BUILD_FAILED) when the plan is stale or damaged; the cache then rebuilds.
+        """
+        raise NotImplementedError
+
+    def load(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+        """Build without caching."""
+        return self.build(model_bytes, options)[0]
 
     @abc.abstractmethod
     def describe(self) -> Dict[str, Any]:

@@ -3,11 +3,16 @@
 Session settings aim at stable, comparable numbers rather than peak speed: one intra-op
 thread by default (multi-threaded CPU timings on a Jetson swing with DVFS and other load),
 one inter-op thread, sequential execution, and full graph optimisation as in deployment.
+The cacheable "engine" is the model as ORT optimised it (``optimized_model_filepath``): it
+may hold layout transforms specific to this CPU, which is why the cache key names the
+machine; loading it skips the optimiser.
 ``onnxruntime`` is imported inside functions so a board without it can still list backends.
 """
 
 import os
+import platform
 import re
+import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -139,15 +144,40 @@ def _check_providers(ort: Any, providers: Sequence[str]) -> None:
         )
 
 
-def _session_options(ort: Any, threads: int) -> Any:
+def _session_options(ort: Any, threads: int, optimize: bool = True) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    # A cached plan is already optimised; running the optimiser again would only cost time.
+    so.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     # Errors only: ORT's warnings go straight to stderr and would break one-line output.
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # the exception carries the message; ORT would also print it
     return so
+
+
+def _cpu_name() -> str:
+    """The CPU model, part of the cache key (an optimised ORT model may use its layouts)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_and_remove(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 class OnnxRuntimeEngine(Engine):
@@ -191,26 +221,60 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return str(_import_ort().__version__)
 
-    def load(self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+    def cache_key(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        threads, providers = _parse_options(options)
+        return {
+            "backend": self.name,
+            "version": self.version(),
+            "device": _cpu_name(),
+            "machine": platform.machine(),
+            "providers": providers,
+            "precision": "as-model",  # ORT runs the model's own dtypes (fp16 weights are upcast on CPU)
+            "optimization": "ORT_ENABLE_ALL",
+        }
+
+    def build(
+        self, model_bytes: bytes, options: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Engine, Optional[bytes]]:
         ort = _import_ort()
         threads, providers = _parse_options(options)
         _check_providers(ort, providers)
         if not model_bytes:
             raise EdgeError(ErrorCode.INVALID_MODEL, "model is empty (0 bytes)")
+        so = _session_options(ort, threads)
+        handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
+        os.close(handle)
+        so.optimized_model_filepath = plan_path
         try:
-            session = ort.InferenceSession(
-                bytes(model_bytes), sess_options=_session_options(ort, threads), providers=providers
-            )
+            session = ort.InferenceSession(bytes(model_bytes), sess_options=so, providers=providers)
         except Exception as exc:
             raise classify_load_error(exc) from None
-        info = {
+        finally:
+            plan = _read_and_remove(plan_path)
+        engine = OnnxRuntimeEngine(session, self._info(session, threads, "ORT_ENABLE_ALL"))
+        return engine, plan or None
+
+    def load_plan(self, plan: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
+        ort = _import_ort()
+        threads, providers = _parse_options(options)
+        try:
+            session = ort.InferenceSession(
+                bytes(plan), sess_options=_session_options(ort, threads, optimize=False), providers=providers
+            )
+        except Exception as exc:
+            raise EdgeError(ErrorCode.BUILD_FAILED, "cached plan is stale or damaged: " + clean_message(exc)) from None
+        return OnnxRuntimeEngine(session, self._info(session, threads, "cached (optimised at build)"))
+
+    @staticmethod
+    def _info(session: Any, threads: int, optimization: str) -> Dict[str, Any]:
+        return {
             "threads": threads,
             "inter_op_threads": 1,
             "providers": list(session.get_providers()),
-            "graph_optimization": "ORT_ENABLE_ALL",
+            "graph_optimization": optimization,
             "execution_mode": "ORT_SEQUENTIAL",
+            "precision": "as-model",
         }
-        return OnnxRuntimeEngine(session, info)
 
     def describe(self) -> Dict[str, Any]:
         ok, reason = self.available()

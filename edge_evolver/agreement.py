@@ -1,0 +1,58 @@
+"""Agreement of an engine's outputs with reference outputs sent along with a job.
+
+The host computes references with the model it exported; the device runs the same inputs on
+its engine (TensorRT in fp16, perhaps with different kernels), so the difference says whether
+the engine still computes the network the host evolved. Classifier outputs ([N, C] with
+C > 1) also get top-1 agreement, which is what matters for accuracy.
+"""
+
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from .errors import EdgeError, ErrorCode
+
+
+def _is_classifier(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] > 1
+
+
+def compare_outputs(
+    outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], names: Sequence[str]
+) -> Dict[str, Any]:
+    """max |engine - reference| over every output, and top-1 agreement over classifier outputs.
+
+    Raises EdgeError(BAD_INPUT) when the reference does not match the engine's outputs in count
+    or shape: that is a malformed job, not a disagreement.
+    """
+    if len(outputs) != len(reference):
+        raise EdgeError(
+            ErrorCode.BAD_INPUT,
+            f"job has {len(reference)} reference output(s) but the model has {len(outputs)}",
+        )
+    per_output: List[Dict[str, Any]] = []
+    worst = 0.0
+    agree = total = 0
+    for name, got, want in zip(names, outputs, reference):
+        got = np.asarray(got, dtype=np.float64)
+        want = np.asarray(want, dtype=np.float64)
+        if got.shape != want.shape:
+            raise EdgeError(
+                ErrorCode.BAD_INPUT,
+                f"reference for output '{name}' has shape {list(want.shape)}, the engine gives {list(got.shape)}",
+            )
+        error = float(np.max(np.abs(got - want))) if got.size else 0.0
+        entry: Dict[str, Any] = {"name": name, "max_abs_error": error}
+        if _is_classifier(got):
+            same = int(np.sum(np.argmax(got, axis=1) == np.argmax(want, axis=1)))
+            entry["top1_agreement"] = same / got.shape[0]
+            agree += same
+            total += got.shape[0]
+        worst = max(worst, error)
+        per_output.append(entry)
+    return {
+        "max_abs_error": worst,
+        "top1_agreement": (agree / total) if total else None,
+        "outputs_compared": len(per_output),
+        "per_output": per_output,
+    }

@@ -1,0 +1,142 @@
+"""ServeConfig: what `edge-evolver serve` runs with.
+
+Precedence, highest first: command-line option, environment variable (typer reads both), the
+TOML config file (flat top-level keys named like the options), built-in defaults. The broker
+password never sits in the config itself: it comes from systemd's credential directory
+(``LoadCredential=broker-password:…``), else from ``password_file``, else from the URL.
+"""
+
+import os
+import socket
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Mapping, Optional
+
+from ..errors import EdgeError, ErrorCode
+from ..mqtt import MQTT_VERSIONS, BrokerURL, parse_broker_url
+from ..protocol import DEFAULT_MAX_PAYLOAD_MB, Topics, valid_device_id
+
+CREDENTIAL_NAME = "broker-password"
+
+
+@dataclass
+class ServeConfig:
+    broker: str = "mqtt://localhost:1883"
+    device_id: str = ""  # empty: the host name
+    group: str = ""  # shared-subscription group; empty: device jobs only
+    prefix: str = "edge-evolver"
+    backend: str = "auto"
+    power: str = "auto"
+    cache_dir: str = ""  # empty: <state_dir>/engines
+    state_dir: str = "~/.local/state/edge-evolver"
+    max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB
+    job_timeout_s: float = 900.0
+    max_queue: int = 64
+    telemetry_interval_s: float = 1.0
+    idle_telemetry_interval_s: float = 10.0
+    mqtt_version: str = "3.1.1"
+    username: str = ""
+    password_file: str = ""
+    threads: int = 1
+    log_level: str = "info"
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    def resolved_cache_dir(self) -> str:
+        return os.path.expanduser(self.cache_dir or os.path.join(self.state_dir, "engines"))
+
+    def resolved_state_dir(self) -> str:
+        return os.path.expanduser(self.state_dir)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _load_toml(path: str) -> Dict[str, Any]:
+    try:
+        import tomllib  # novermin - Python 3.11+
+    except ImportError:
+        import tomli as tomllib  # type: ignore[no-redef]  # the same parser, packaged for Python < 3.11
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read config file '{path}': {exc.strerror or exc}") from None
+    except ValueError as exc:  # TOMLDecodeError subclasses ValueError
+        raise EdgeError(ErrorCode.BAD_INPUT, f"config file '{path}' is not valid TOML: {exc}") from None
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool):
+        raise EdgeError(ErrorCode.BAD_INPUT, f"{source}: '{name}' must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def build_config(file_path: Optional[str], overrides: Mapping[str, Any]) -> ServeConfig:
+    """Defaults <- file <- overrides (options given on the command line or in the environment)."""
+    defaults = ServeConfig()
+    known = {f.name: getattr(defaults, f.name) for f in fields(ServeConfig)}
+    values: Dict[str, Any] = {}
+    if file_path:
+        data = _load_toml(file_path)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise EdgeError(ErrorCode.BAD_INPUT, f"config file '{file_path}': unknown key(s) {unknown}")
+        values.update({k: _coerce(k, v, known[k], file_path) for k, v in data.items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = ServeConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: ServeConfig) -> None:
+    """Raise EdgeError(BAD_INPUT) naming the first wrong setting."""
+    if not config.device_id:
+        config.device_id = socket.gethostname().split(".")[0]
+    problems = []
+    if not valid_device_id(config.device_id):
+        problems.append(f"device_id {config.device_id!r} must be 1-64 chars of [A-Za-z0-9._-]")
+    if config.group and not valid_device_id(config.group):
+        problems.append(f"group {config.group!r} must be 1-64 chars of [A-Za-z0-9._-]")
+    try:
+        Topics(config.prefix)
+        parse_broker_url(config.broker)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if config.mqtt_version not in MQTT_VERSIONS:
+        problems.append(f"mqtt_version must be one of {list(MQTT_VERSIONS)}")
+    for name in ("max_payload_mb", "job_timeout_s", "telemetry_interval_s", "idle_telemetry_interval_s"):
+        if getattr(config, name) <= 0:
+            problems.append(f"{name} must be > 0")
+    if config.max_queue < 1 or config.threads < 1:
+        problems.append("max_queue and threads must be >= 1")
+    if problems:
+        raise EdgeError(ErrorCode.BAD_INPUT, "; ".join(problems))
+
+
+def _read_secret(path: str) -> Optional[str]:
+    try:
+        with open(path) as handle:
+            return handle.read().strip() or None
+    except OSError as exc:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read password file '{path}': {exc.strerror or exc}") from None
+
+
+def broker_with_credentials(config: ServeConfig, environ: Mapping[str, str] = os.environ) -> BrokerURL:
+    """The broker URL plus username/password from the credential directory or password_file."""
+    broker = parse_broker_url(config.broker)
+    if config.username:
+        broker.username = config.username
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    secret = None
+    if credentials and os.path.exists(os.path.join(credentials, CREDENTIAL_NAME)):
+        secret = _read_secret(os.path.join(credentials, CREDENTIAL_NAME))
+    elif config.password_file:
+        secret = _read_secret(os.path.expanduser(config.password_file))
+    if secret:
+        broker.password = secret
+    return broker

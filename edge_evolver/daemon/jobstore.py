@@ -1,0 +1,85 @@
+"""The daemon's disk state: the spool of accepted jobs and the results it has produced.
+
+    <state_dir>/spool/<job_id>.job       the framed payload, fsync'ed before the broker's PUBACK
+    <state_dir>/results/<job_id>.json    the result payload, written before it is published
+
+A job whose spool file exists without a result is unfinished (the daemon was killed): it is
+run again at start-up. A job whose result exists is done: a repeated job_id gets the stored
+result back. Results are pruned oldest-first beyond ``max_results`` so the disk stays bounded.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from ..engine_cache import atomic_write
+
+JOB_SUFFIX = ".job"
+RESULT_SUFFIX = ".json"
+
+
+class JobStore:
+    def __init__(self, state_dir: str, max_results: int = 5000) -> None:
+        self.spool_dir = os.path.join(state_dir, "spool")
+        self.results_dir = os.path.join(state_dir, "results")
+        self.max_results = max_results
+        for directory in (self.spool_dir, self.results_dir):
+            os.makedirs(directory, exist_ok=True)
+        self._drop_temp_files()
+
+    def _drop_temp_files(self) -> None:
+        """Half-written files of a killed daemon (atomic_write's temp names) are garbage."""
+        for directory in (self.spool_dir, self.results_dir):
+            for name in os.listdir(directory):
+                if name.startswith(".tmp-"):
+                    os.remove(os.path.join(directory, name))
+
+    def job_path(self, job_id: str) -> str:
+        return os.path.join(self.spool_dir, job_id + JOB_SUFFIX)
+
+    def result_path(self, job_id: str) -> str:
+        return os.path.join(self.results_dir, job_id + RESULT_SUFFIX)
+
+    def spool(self, job_id: str, payload: bytes) -> None:
+        atomic_write(self.job_path(job_id), payload, fsync=True)
+
+    def is_spooled(self, job_id: str) -> bool:
+        return os.path.exists(self.job_path(job_id))
+
+    def read_job(self, job_id: str) -> bytes:
+        with open(self.job_path(job_id), "rb") as handle:
+            return handle.read()
+
+    def finish(self, job_id: str) -> None:
+        """Drop the spooled payload once its result is stored and handed to the broker."""
+        if os.path.exists(self.job_path(job_id)):
+            os.remove(self.job_path(job_id))
+
+    def store_result(self, job_id: str, result: Dict[str, Any]) -> None:
+        data = json.dumps(result, sort_keys=True).encode("utf-8")
+        atomic_write(self.result_path(job_id), data, fsync=True)
+        self._prune()
+
+    def result(self, job_id: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.result_path(job_id), "rb") as handle:
+                return json.loads(handle.read().decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def pending(self) -> List[str]:
+        """Spooled job ids, oldest first (the order they were accepted in)."""
+        entries = []
+        for name in os.listdir(self.spool_dir):
+            if name.endswith(JOB_SUFFIX) and not name.startswith(".tmp-"):
+                path = os.path.join(self.spool_dir, name)
+                entries.append((os.stat(path).st_mtime, name[: -len(JOB_SUFFIX)]))
+        return [job_id for _, job_id in sorted(entries)]
+
+    def _prune(self) -> None:
+        names = [n for n in os.listdir(self.results_dir) if n.endswith(RESULT_SUFFIX)]
+        if len(names) <= self.max_results:
+            return
+        paths = sorted((os.path.join(self.results_dir, n) for n in names), key=os.path.getmtime)
+        for path in paths[: len(names) - self.max_results]:
+            os.remove(path)

@@ -1,0 +1,82 @@
+"""Status, telemetry and result payloads, assembled from facts the daemon gathered.
+
+Field lists are documented in protocol.py and docs/protocol.md; this module only fills them.
+"""
+
+import platform
+import time
+from typing import Any, Dict, Optional
+
+from .. import __version__
+from ..protocol import PROTOCOL_VERSION
+
+
+def status_payload(state: str, device_id: str, facts: Dict[str, Any], since: Optional[float] = None) -> Dict[str, Any]:
+    """Retained device status: state plus what makes this device's numbers comparable."""
+    payload = {
+        "protocol": PROTOCOL_VERSION,
+        "state": state,
+        "device_id": device_id,
+        "ts": time.time(),
+        "since": since,
+        "edge_evolver_version": __version__,
+        "python": platform.python_version(),
+    }
+    payload.update(facts)
+    return payload
+
+
+def will_payload(device_id: str, facts: Dict[str, Any]) -> Dict[str, Any]:
+    """The Last Will: the broker publishes it, unchanged, when the connection dies uncleanly."""
+    payload = status_payload("offline", device_id, facts)
+    payload["ts"] = None  # fixed at connect time; the moment of death is unknown to the board
+    return payload
+
+
+def result_payload(
+    device_id: str,
+    job_id: Optional[str],
+    measured: Dict[str, Any],
+    timing: Dict[str, Optional[float]],
+    board: Dict[str, Any],
+    meta: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """One result: the measurement's flat dict plus job identity, timestamps and board state."""
+    out: Dict[str, Any] = {
+        "model_sha256": None,
+        "code": None,
+        "message": "",
+    }
+    out.update(measured)
+    out.update(
+        protocol=PROTOCOL_VERSION,
+        job_id=job_id,
+        device_id=device_id,
+        edge_evolver_version=__version__,
+        power_mode=board.get("power_mode"),
+        clocks_locked=board.get("clocks_locked"),
+        meta=meta or {},
+    )
+    out.update(timing)
+    received, started = timing.get("received_at"), timing.get("started_at")
+    out["queue_s"] = (started - received) if (received is not None and started is not None) else None
+    return out
+
+
+def telemetry_payload(device_id: str, activity: Dict[str, Any], queue: int, power_w: Optional[float],
+                      temperatures: Dict[str, float]) -> Dict[str, Any]:
+    payload = {
+        "protocol": PROTOCOL_VERSION,
+        "device_id": device_id,
+        "ts": time.time(),
+        "activity": "idle",
+        "job_id": None,
+        "fps": None,
+        "latency_ms_p50": None,
+        "iterations": None,
+        "power_w": power_w,
+        "temperatures": temperatures,
+        "queue": queue,
+    }
+    payload.update({k: v for k, v in activity.items() if k != "power_w" or v is not None})
+    return payload

@@ -1,0 +1,224 @@
+"""The measuring process: every job's build and benchmark run in one long-lived child process.
+
+Why a process and not a thread: a job must be stoppable when it exceeds its time limit (a
+TensorRT build cannot be interrupted from Python), a crash inside a runtime's C++ (a parser
+segfault on a hostile model) must cost one job and not the daemon, and memory a runtime leaks
+is returned when the child is recycled. All runtime and CUDA work happens on the child's main
+thread; its only other thread reports progress. The child is started with "spawn", so it
+never inherits the parent's MQTT sockets or threads.
+"""
+
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import ErrorCode
+
+ProgressFn = Callable[[Dict[str, Any]], None]
+RECYCLE_AFTER_JOBS = 100
+
+
+def error_result(code: str, message: str) -> Dict[str, Any]:
+    return {"status": "error", "code": code, "message": message}
+
+
+class _Progress:
+    """Child side: sends ("progress", {...}) about once per interval while a window is open."""
+
+    def __init__(self, send: Callable[[Any], None], interval_s: float, batch: int) -> None:
+        from ..benchmark import WindowMonitor
+
+        self._send, self.interval_s, self.batch = send, interval_s, batch
+        self._latencies: Optional[List[float]] = None
+        self._done = threading.Event()
+        outer = self
+
+        class Monitor(WindowMonitor):
+            def window_started(self, latencies_ms: List[float]) -> None:
+                outer._start(latencies_ms)
+
+            def window_finished(self) -> None:
+                outer._done.set()
+
+        self.monitor = Monitor()
+
+    def _start(self, latencies: List[float]) -> None:
+        self._latencies = latencies
+        self._send(("progress", {"activity": "benchmarking"}))
+        threading.Thread(target=self._loop, name="progress", daemon=True).start()
+
+    def _loop(self) -> None:
+        seen, last = 0, time.monotonic()
+        while not self._done.wait(self.interval_s):
+            latencies = self._latencies or []
+            now, count = time.monotonic(), len(latencies)
+            fresh = sorted(latencies[seen:count])
+            live_power = self.monitor.live_power
+            if fresh:
+                self._send(("progress", {
+                    "activity": "benchmarking",
+                    "power_w": live_power() if live_power is not None else None,
+                    "fps": (count - seen) * self.batch / (now - last),
+                    "latency_ms_p50": fresh[len(fresh) // 2],
+                    "iterations": count,
+                }))
+            seen, last = count, now
+
+
+_PARENT_PID = [0]
+
+
+def _watch_parent() -> None:
+    """A SIGKILLed daemon cannot stop its child: the child notices it was re-parented and quits,
+    so an abandoned build or benchmark does not skew the measurements of the restarted daemon."""
+    while True:
+        if os.getppid() != _PARENT_PID[0]:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _child_main(conn: Any, params: Dict[str, Any]) -> None:
+    """Loop: receive (job_id, spool path, timeout) -> send progress messages, then ("result", dict)."""
+    import signal
+
+    _PARENT_PID[0] = params.get("parent_pid") or os.getppid()
+    threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
+    # systemd signals the whole cgroup on stop; the parent decides what happens to a job.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from ..logging_setup import configure_logging
+
+    configure_logging(params.get("log_level", "info"))
+    lock = threading.Lock()
+
+    def send(message: Any) -> None:
+        with lock:
+            conn.send(message)
+
+    meter = _child_meter(params.get("power", "none"))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):  # the daemon is gone
+            return
+        if request is None:
+            return
+        try:
+            send(("result", _measure(request, params, meter, send)))
+        except Exception as exc:  # measure_model never raises; this is the job decoding around it
+            send(("result", error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")))
+
+
+def _child_meter(name: str) -> Any:
+    from ..power import resolve_meter
+
+    try:
+        meter, _ = resolve_meter(name)
+    except Exception:
+        meter, _ = resolve_meter("none")
+    return meter
+
+
+def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any,
+             send: Callable[[Any], None]) -> Dict[str, Any]:
+    from ..engine_cache import EngineCache
+    from ..job import decode_job
+    from ..measure import MeasureRequest, measure_model
+    from ..protocol import FrameError
+
+    with open(request["path"], "rb") as handle:
+        payload = handle.read()
+    try:
+        job = decode_job(payload, max_bytes=len(payload))
+    except FrameError as exc:
+        return error_result(exc.code, exc.message)
+    send(("progress", {"activity": "building", "job_id": job.job_id}))
+    options = dict(job.options)
+    options.setdefault("threads", params.get("threads", 1))
+    progress = _Progress(send, params.get("telemetry_interval_s", 1.0), job.settings.batch)
+    req = MeasureRequest(backend=params["backend"], settings=job.settings, options=options, inputs=job.inputs,
+                         reference=job.reference, seed=job.seed, cache=EngineCache(params["cache_dir"]),
+                         meter=meter, observer=progress.monitor)
+    result = measure_model(job.model, request=req)
+    out = result.to_dict(include_samples=job.include_samples)
+    out["engine_info"] = result.engine_info
+    return out
+
+
+class RunnerClient:
+    """Parent side: runs one job at a time in the child, with a deadline; restarts a dead child."""
+
+    def __init__(self, params: Dict[str, Any]) -> None:
+        self.params = params
+        self._ctx = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: Any = None
+        self._jobs_done = 0
+
+    def start(self) -> None:
+        self.params["parent_pid"] = os.getpid()
+        parent_conn, child_conn = self._ctx.Pipe()
+        self._process = self._ctx.Process(target=_child_main, args=(child_conn, self.params),
+                                          name="edge-evolver-runner", daemon=True)
+        self._process.start()
+        child_conn.close()
+        self._conn = parent_conn
+        self._jobs_done = 0
+
+    def stop(self) -> None:
+        """Ask the child to exit, then make sure it has."""
+        if self._process is None:
+            return
+        with contextlib.suppress(OSError, ValueError):  # the child may already be gone
+            self._conn.send(None)
+        self._process.join(2.0)
+        if self._process.is_alive():
+            self._process.kill() if hasattr(self._process, "kill") else self._process.terminate()
+            self._process.join(5.0)
+        self._conn.close()
+        self._process = None
+
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    def run(self, path: str, timeout_s: float, on_progress: ProgressFn,
+            cancelled: Callable[[], bool] = lambda: False) -> Optional[Dict[str, Any]]:
+        """The result dict; an error dict on timeout or child death; None when cancelled (shutdown)."""
+        if self._process is None or not self._process.is_alive() or self._jobs_done >= RECYCLE_AFTER_JOBS:
+            self.stop()
+            self.start()
+        self._conn.send({"path": path})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if cancelled():
+                self.stop()
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                return error_result(ErrorCode.TIMEOUT, f"job exceeded its time limit of {timeout_s:g} s")
+            message = self._receive(min(remaining, 0.25))
+            if message is None:
+                continue
+            if message[0] == "dead":
+                return error_result(ErrorCode.INTERNAL, message[1])
+            if message[0] == "progress":
+                on_progress(message[1])
+            else:
+                self._jobs_done += 1
+                return message[1]
+
+    def _receive(self, wait_s: float) -> Any:
+        try:
+            if not self._conn.poll(wait_s):
+                return None
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            self._process.join(1.0)
+            code = self._process.exitcode if code is None else code
+            self.stop()
+            return ("dead", f"the measuring process died (exit code {code}) while running the job")

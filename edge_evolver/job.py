@@ -1,0 +1,178 @@
+"""Jobs: building and reading the framed payload that protocol.py defines.
+
+``encode_job`` is what the host (and ``edge-evolver pack``) sends; ``decode_job`` is the daemon's
+intake check. Every way a payload can be wrong becomes a FrameError with a code, so the daemon
+answers it with an error result instead of crashing or storing it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .benchmark import BenchSettings
+from .errors import EdgeError, ErrorCode
+from .protocol import (
+    BENCH_FIELDS,
+    OPTION_FIELDS,
+    PROTOCOL_VERSION,
+    FrameError,
+    encode_frame,
+    sha256_hex,
+    split_frame,
+    valid_job_id,
+)
+
+TENSOR_ROLES = ("input", "reference")
+_NUMERIC_KINDS = "fiub"
+
+
+@dataclass
+class Job:
+    job_id: str
+    model: bytes
+    model_sha256: str
+    settings: BenchSettings
+    inputs: Optional[Dict[str, np.ndarray]] = None
+    reference: Optional[List[np.ndarray]] = None
+    reply_to: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    timeout_s: Optional[float] = None
+    include_samples: bool = False
+    seed: int = 0
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def _tensor_entry(role: str, name: str, array: np.ndarray) -> Tuple[Dict[str, Any], bytes]:
+    array = np.ascontiguousarray(array)
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return {"role": role, "name": name, "dtype": array.dtype.name, "shape": list(array.shape), "size": len(data)}, data
+
+
+def encode_job(
+    job_id: str,
+    model: bytes,
+    bench: Optional[Mapping[str, Any]] = None,
+    inputs: Optional[Mapping[str, np.ndarray]] = None,
+    reference: Optional[Sequence[np.ndarray]] = None,
+    **extra: Any,
+) -> bytes:
+    """One framed job. ``extra`` sets the optional header fields (reply_to, options, meta, ...)."""
+    if not valid_job_id(job_id):
+        raise ValueError(f"invalid job_id {job_id!r}: 1-128 chars of [A-Za-z0-9._:-], starting alphanumeric")
+    header: Dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "job_id": job_id,
+        "model": {"size": len(model), "sha256": sha256_hex(model)},
+        "bench": dict(bench or {}),
+        "tensors": [],
+    }
+    header.update({k: v for k, v in extra.items() if v is not None})
+    parts = [bytes(model)]
+    tensors = [("input", n, a) for n, a in (inputs or {}).items()]
+    tensors += [("reference", f"output{i}", a) for i, a in enumerate(reference or [])]
+    for role, name, array in tensors:
+        entry, data = _tensor_entry(role, name, np.asarray(array))
+        header["tensors"].append(entry)
+        parts.append(data)
+    return encode_frame(header, parts)
+
+
+def _require(condition: bool, message: str, job_id: Optional[str], code: str = ErrorCode.INVALID_FRAME) -> None:
+    if not condition:
+        raise FrameError(code, message, job_id)
+
+
+def _settings(header: Dict[str, Any], job_id: str) -> BenchSettings:
+    bench = header.get("bench") or {}
+    _require(isinstance(bench, dict), "'bench' must be a JSON object", job_id)
+    unknown = sorted(set(bench) - set(BENCH_FIELDS))
+    _require(not unknown, f"unknown bench setting(s) {unknown}; known: {list(BENCH_FIELDS)}", job_id,
+             ErrorCode.BAD_INPUT)
+    bad = [k for k, v in bench.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    _require(not bad, f"bench setting(s) {bad} must be numbers", job_id, ErrorCode.BAD_INPUT)
+    settings = BenchSettings(**bench)
+    try:
+        settings.validate()
+    except EdgeError as exc:
+        raise FrameError(exc.code, exc.message, job_id) from None
+    return settings
+
+
+def _tensor(entry: Any, body: memoryview, offset: int, job_id: str) -> Tuple[str, str, np.ndarray, int]:
+    _require(isinstance(entry, dict), "each entry of 'tensors' must be an object", job_id)
+    role, name, dtype_name = entry.get("role"), entry.get("name"), entry.get("dtype")
+    shape, size = entry.get("shape"), entry.get("size")
+    _require(role in TENSOR_ROLES and isinstance(name, str), f"tensor needs role {TENSOR_ROLES} and a name", job_id)
+    try:
+        dtype = np.dtype(str(dtype_name))
+    except TypeError:
+        dtype = np.dtype("O")
+    _require(dtype.kind in _NUMERIC_KINDS, f"tensor '{name}' has unsupported dtype {dtype_name!r}", job_id)
+    _require(isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape),
+             f"tensor '{name}' needs a shape of non-negative ints", job_id)
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    _require(size == expected, f"tensor '{name}' size {size} != {expected} for {dtype.name}{shape}", job_id)
+    _require(offset + size <= len(body), f"tensor '{name}' runs past the end of the payload", job_id)
+    raw = body[offset:offset + size]
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    return str(role), name, array, offset + size
+
+
+def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes, str]:
+    model: Dict[str, Any] = header.get("model") or {}
+    _require(isinstance(model, dict) and bool(model), "'model' must be an object with size and sha256", job_id)
+    size: Any = model.get("size")
+    digest: Any = model.get("sha256")
+    _require(isinstance(size, int) and size >= 0 and isinstance(digest, str), "model needs size and sha256", job_id)
+    _require(size <= len(body), f"model size {size} is larger than the {len(body)}-byte body", job_id)
+    data = bytes(body[:size])
+    actual = sha256_hex(data)
+    _require(actual == digest.lower(), f"model sha256 is {actual}, the job announced {digest}", job_id,
+             ErrorCode.SHA_MISMATCH)
+    return data, actual
+
+
+def decode_job(payload: bytes, max_bytes: int) -> Job:
+    """Validate and unpack a framed job; raises FrameError with an ErrorCode."""
+    header, body = split_frame(payload, max_bytes)
+    raw_id = header.get("job_id")
+    _require(valid_job_id(raw_id), f"missing or invalid job_id {raw_id!r}", None)
+    job_id = str(raw_id)
+    _require(header.get("protocol") == PROTOCOL_VERSION,
+             f"protocol {header.get('protocol')!r} is not supported (this daemon speaks {PROTOCOL_VERSION})", job_id)
+    model, digest = _model(header, body, job_id)
+    settings = _settings(header, job_id)
+    inputs: Dict[str, np.ndarray] = {}
+    reference: List[np.ndarray] = []
+    offset = len(model)
+    tensors = header.get("tensors") or []
+    _require(isinstance(tensors, list), "'tensors' must be a list", job_id)
+    for entry in tensors:
+        role, name, array, offset = _tensor(entry, body, offset, job_id)
+        if role == "input":
+            inputs[name] = array
+        else:
+            reference.append(array)
+    _require(offset == len(body), f"body has {len(body) - offset} bytes beyond the declared model and tensors", job_id)
+    return _job(header, job_id, model, digest, settings, inputs, reference)
+
+
+def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, settings: BenchSettings,
+         inputs: Dict[str, np.ndarray], reference: List[np.ndarray]) -> Job:
+    options = header.get("options") or {}
+    _require(isinstance(options, dict), "'options' must be an object", job_id)
+    unknown = sorted(set(options) - set(OPTION_FIELDS))
+    _require(not unknown, f"unknown option(s) {unknown}; known: {list(OPTION_FIELDS)}", job_id, ErrorCode.BAD_INPUT)
+    timeout = header.get("timeout_s")
+    _require(timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "timeout_s must be > 0", job_id)
+    reply_to = header.get("reply_to")
+    _require(reply_to is None or isinstance(reply_to, str), "reply_to must be a topic string", job_id)
+    meta = header.get("meta") or {}
+    _require(isinstance(meta, dict), "'meta' must be an object", job_id)
+    seed = header.get("seed", 0)
+    _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32,
+             "seed must be a uint32", job_id)
+    return Job(job_id=job_id, model=model, model_sha256=digest, settings=settings, inputs=inputs or None,
+               reference=reference or None, reply_to=reply_to, options=dict(options), timeout_s=timeout,
+               include_samples=bool(header.get("include_samples", False)), seed=seed, meta=meta)

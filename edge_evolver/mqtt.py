@@ -1,0 +1,201 @@
+"""A thin layer over paho-mqtt that works with 1.6 (the last for Python 3.6) and 2.x.
+
+paho 2.0 versioned its callbacks: with CallbackAPIVersion.VERSION2 on_connect and
+on_disconnect get (flags, reason_code, properties) for both MQTT 3.1.1 and 5, while 1.x passes
+(flags, rc) or (rc) and adds properties only for MQTT 5. ``MqttConnection`` hides that behind
+two plain callbacks, ``on_connect(session_present)`` and ``on_disconnect(rc)``, and chooses
+the API by feature (``hasattr(mqtt, "CallbackAPIVersion")``), never by version string.
+
+It also owns the first connection: paho's loop thread retries lost connections with the
+back-off of ``reconnect_delay_set``, but gives up if the very first connect fails, and a board
+often boots before its broker is reachable.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+from urllib.parse import unquote, urlsplit
+
+import structlog
+
+log = structlog.get_logger("edge_evolver.mqtt")
+
+MQTT_VERSIONS = ("3.1.1", "5")
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: keep a board's queued jobs a week, like the broker config
+
+
+@dataclass
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool = False
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+    def display(self) -> str:
+        """The URL without the password, for logs and status."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerURL:
+    """'mqtt://[user[:pass]@]host[:port]' or mqtts://; ValueError with the reason otherwise."""
+    parts = urlsplit(url if "://" in url else "mqtt://" + url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: the port is not a number in 1-65535") from None
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"broker URL {url!r}: unexpected path {parts.path!r}")
+    return BrokerURL(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def _paho() -> Any:
+    import paho.mqtt.client as mqtt
+
+    return mqtt
+
+
+def _code(rc: Any) -> int:
+    """An int from paho 1.x's int or 2.x's ReasonCode."""
+    value = getattr(rc, "value", rc)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _session_present(flags: Any) -> bool:
+    if isinstance(flags, dict):
+        return bool(flags.get("session present"))
+    return bool(getattr(flags, "session_present", False))
+
+
+def _wait_published(info: Any, timeout: float) -> None:
+    """Wait for a QoS>0 message's acknowledgement; paho 1.6's wait_for_publish has no timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if info.is_published():
+                return
+        except (RuntimeError, ValueError):
+            return  # not queued at all (client gone): nothing to wait for
+        time.sleep(0.02)
+
+
+class MqttConnection:
+    """One paho client with persistent session, Last Will, back-off and version-proof callbacks."""
+
+    def __init__(self, broker: BrokerURL, client_id: str, mqtt_version: str = "3.1.1",
+                 persistent: bool = True) -> None:
+        if mqtt_version not in MQTT_VERSIONS:
+            raise ValueError(f"mqtt_version must be one of {MQTT_VERSIONS}, not {mqtt_version!r}")
+        mqtt = _paho()
+        self.broker = broker
+        self.v5 = mqtt_version == "5"
+        self.persistent = persistent
+        self.on_connect: Callable[[bool], None] = lambda session_present: None
+        self.on_disconnect: Callable[[int], None] = lambda rc: None
+        self.on_message: Callable[[str, bytes], None] = lambda topic, payload: None
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self.client = self._make_client(mqtt, client_id)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self.client.tls_set()  # system CA store; the board verifies the broker
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._handle_connect
+        self.client.on_disconnect = self._handle_disconnect
+        self.client.on_message = self._handle_message
+
+    def _make_client(self, mqtt: Any, client_id: str) -> Any:
+        protocol = mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311
+        kwargs = {"client_id": client_id, "protocol": protocol, "userdata": None}
+        if not self.v5:
+            kwargs["clean_session"] = not self.persistent  # MQTT 5 sets clean_start at connect
+        if hasattr(mqtt, "CallbackAPIVersion"):  # paho >= 2.0
+            return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        return mqtt.Client(**kwargs)
+
+    # paho callbacks: positional shapes differ between 1.x/2.x and 3.1.1/5, hence *args.
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, *rest: Any) -> None:
+        code = _code(rc)
+        if code != 0:
+            log.warning("mqtt_connect_refused", broker=self.broker.display(), code=code, reason=str(rc))
+            return
+        self.connected.set()
+        self.on_connect(_session_present(flags))
+
+    def _handle_disconnect(self, client: Any, userdata: Any, *args: Any) -> None:
+        # 1.x: (rc) or (rc, properties); 2.x: (flags, reason_code, properties).
+        rc = args[1] if len(args) >= 3 else args[0] if args else 0
+        self.connected.clear()
+        self.on_disconnect(_code(rc))
+
+    def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.on_message(message.topic, bytes(message.payload))
+
+    def will(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.client.will_set(topic, payload, qos=qos, retain=retain)
+
+    def _connect_once(self, keepalive: int) -> None:
+        if not self.v5:
+            self.client.connect(self.broker.host, self.broker.port, keepalive)
+            return
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
+        self.client.connect(self.broker.host, self.broker.port, keepalive,
+                            clean_start=not self.persistent, properties=props)
+
+    def start(self, keepalive: int = 30, first_delay: float = 1.0, max_delay: float = 30.0) -> bool:
+        """Connect (retrying with doubling back-off until ``stop``), then run paho's loop thread.
+
+        Returns False when stopped before the first connection succeeded.
+        """
+        delay = first_delay
+        while not self._stopping.is_set():
+            try:
+                self._connect_once(keepalive)
+                break
+            except (OSError, ValueError) as exc:
+                log.warning("mqtt_connect_failed", broker=self.broker.display(), error=str(exc), retry_s=delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, max_delay)
+        else:
+            return False
+        self.client.loop_start()
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.client.subscribe(topic, qos)
+
+    def stop(self, final: Optional[Callable[[], Any]] = None, timeout: float = 5.0) -> None:
+        """Optionally publish a last message (waiting for its delivery), then disconnect cleanly.
+
+        A clean DISCONNECT means the broker does not send the Last Will.
+        """
+        self._stopping.set()
+        if final is not None and self.connected.is_set():
+            _wait_published(final(), timeout)
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,195 @@
+"""The MQTT wire protocol, in one place: topics, QoS, retained flags, job framing, payload fields.
+
+``docs/protocol.md`` is the prose version of this module; change both together. The topic
+prefix is added only by ``Topics``. Everything here is pure (no paho), so the host, the daemon,
+the monitor and the tests share it.
+
+Job framing (works over MQTT 3.1.1 and 5, which carry opaque binary payloads)::
+
+    offset 0   4 bytes   magic b"EEJ1" (edge-evolver job, framing version 1)
+    offset 4   4 bytes   header length H, unsigned big-endian
+    offset 8   H bytes   header: UTF-8 JSON object (JOB_HEADER_FIELDS)
+    offset 8+H           body: the ONNX model bytes, then each tensor of header["tensors"] in order
+                         (raw little-endian C-order array bytes)
+"""
+
+import hashlib
+import json
+import re
+import struct
+from typing import Any, Dict, List, Optional, Tuple
+
+PROTOCOL_VERSION = 1
+DEFAULT_PREFIX = "edge-evolver"
+MAGIC = b"EEJ1"
+_LENGTH = struct.Struct(">I")
+HEADER_OFFSET = len(MAGIC) + _LENGTH.size
+MAX_HEADER_BYTES = 1024 * 1024
+DEFAULT_MAX_PAYLOAD_MB = 64
+
+# kind -> (QoS, retained). Status is retained so a late subscriber sees every board's state;
+# telemetry is QoS 0 because a lost sample is replaced a second later.
+TOPIC_QOS: Dict[str, Tuple[int, bool]] = {
+    "status": (1, True),
+    "jobs": (1, False),
+    "results": (1, False),
+    "telemetry": (0, False),
+}
+
+DEVICE_STATES = ("online", "offline", "stopped")
+# Telemetry "activity" values: what the worker is doing right now.
+ACTIVITIES = ("idle", "building", "benchmarking")
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Header fields: name -> (required, meaning). Unknown fields are ignored (forward compatible).
+JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
+    "protocol": (True, "framing/protocol version, 1"),
+    "job_id": (True, "1-128 chars of [A-Za-z0-9._:-]; a repeated id returns the stored result"),
+    "model": (True, '{"size": bytes, "sha256": hex digest of the model bytes}'),
+    "bench": (False, "batch, min_iterations, min_seconds, warmup_s, max_seconds (defaults: 1, 200, 1.0, 0.2, 30)"),
+    "tensors": (False, '[{"role": "input"|"reference", "name", "dtype", "shape", "size"}] in body order'),
+    "reply_to": (False, "topic for the result, under the prefix; default <prefix>/devices/<id>/results"),
+    "options": (False, "backend options: fp16 (null=auto), threads, workspace_mb, shape_overrides"),
+    "timeout_s": (False, "job time limit, capped by the daemon's job_timeout_s"),
+    "include_samples": (False, "true: the result carries raw latency and power samples"),
+    "seed": (False, "seed of the synthetic inputs (default 0)"),
+    "meta": (False, "free JSON object echoed back in the result (generation, genome id...)"),
+}
+BENCH_FIELDS = ("batch", "min_iterations", "min_seconds", "warmup_s", "max_seconds")
+OPTION_FIELDS = ("fp16", "threads", "workspace_mb", "shape_overrides")
+
+# Result payload fields (JSON), beyond MeasureResult.to_dict()'s keys, which are all included.
+RESULT_FIELDS = (
+    "protocol", "job_id", "device_id", "model_sha256", "status", "code", "message",
+    "received_at", "started_at", "finished_at", "queue_s", "power_mode", "clocks_locked",
+    "edge_evolver_version", "meta",
+)
+
+
+class FrameError(Exception):
+    """A job payload that cannot be accepted; ``job_id`` is set when the header was readable."""
+
+    def __init__(self, code: str, message: str, job_id: Optional[str] = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+
+
+def valid_job_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_ID.match(value))
+
+
+def valid_device_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_DEVICE_ID.match(value))
+
+
+class Topics:
+    """All topic names for one prefix. The only place the prefix is joined to a topic."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith(("$", "/")) or prefix.endswith("/"):
+            raise ValueError(f"invalid topic prefix {prefix!r}: no wildcards, no leading '$' or '/', no trailing '/'")
+        self.prefix = prefix
+
+    def device(self, device_id: str, kind: str) -> str:
+        if kind not in TOPIC_QOS:
+            raise ValueError(f"unknown topic kind {kind!r}")
+        return f"{self.prefix}/devices/{device_id}/{kind}"
+
+    def status(self, device_id: str) -> str:
+        return self.device(device_id, "status")
+
+    def jobs(self, device_id: str) -> str:
+        return self.device(device_id, "jobs")
+
+    def results(self, device_id: str) -> str:
+        return self.device(device_id, "results")
+
+    def telemetry(self, device_id: str) -> str:
+        return self.device(device_id, "telemetry")
+
+    def group_jobs(self) -> str:
+        """Where the host publishes a job that any one board of a group may take."""
+        return f"{self.prefix}/jobs"
+
+    def shared_jobs(self, group: str) -> str:
+        """A board's subscription to group jobs: the broker gives each message to one member."""
+        return f"$share/{group}/{self.group_jobs()}"
+
+    def all_devices(self, kind: str) -> str:
+        """Wildcard over every device, for monitors."""
+        return self.device("+", kind)
+
+    def parse(self, topic: str) -> Optional[Tuple[str, str]]:
+        """'<prefix>/devices/<id>/<kind>' -> (id, kind); None for anything else."""
+        head = self.prefix + "/devices/"
+        if not topic.startswith(head):
+            return None
+        device_id, _, kind = topic[len(head):].partition("/")
+        return (device_id, kind) if device_id and kind in TOPIC_QOS else None
+
+    def reply_allowed(self, topic: str) -> bool:
+        """A job may name its result topic, but only under our prefix and without wildcards."""
+        return topic.startswith(self.prefix + "/") and not any(c in topic for c in "+#\x00")
+
+
+def qos(kind: str) -> int:
+    return TOPIC_QOS[kind][0]
+
+
+def retained(kind: str) -> bool:
+    return TOPIC_QOS[kind][1]
+
+
+def dumps(payload: Dict[str, Any]) -> bytes:
+    """JSON payload bytes; NaN/inf become null so every MQTT client can parse them."""
+    return json.dumps(_finite(payload), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def loads(payload: bytes) -> Dict[str, Any]:
+    """Parse a JSON topic payload; ValueError for anything that is not a JSON object."""
+    data = json.loads(payload.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("payload is not a JSON object")
+    return data
+
+
+def encode_frame(header: Dict[str, Any], body_parts: List[bytes]) -> bytes:
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return b"".join([MAGIC, _LENGTH.pack(len(head)), head] + list(body_parts))
+
+
+def split_frame(payload: bytes, max_bytes: int) -> Tuple[Dict[str, Any], memoryview]:
+    """(header, body) of a framed payload, or FrameError(INVALID_FRAME / OVERSIZE)."""
+    if len(payload) < HEADER_OFFSET or bytes(payload[:4]) != MAGIC:
+        raise FrameError("INVALID_FRAME", "payload is not an edge-evolver job (no EEJ1 magic)")
+    (size,) = _LENGTH.unpack_from(payload, 4)
+    if size > MAX_HEADER_BYTES or HEADER_OFFSET + size > len(payload):
+        raise FrameError("INVALID_FRAME", f"header length {size} does not fit the {len(payload)}-byte payload")
+    try:
+        header = json.loads(bytes(payload[HEADER_OFFSET:HEADER_OFFSET + size]).decode("utf-8"))
+    except ValueError as exc:
+        raise FrameError("INVALID_FRAME", f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError("INVALID_FRAME", "header is not a JSON object")
+    job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None
+    if len(payload) > max_bytes:
+        raise FrameError("OVERSIZE", f"job is {len(payload)} bytes, above the limit of {max_bytes}", job_id)
+    return header, memoryview(payload)[HEADER_OFFSET + size:]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,193 @@
+"""Test support: a real Mosquitto on a free loopback port, a collecting client, the daemon as a subprocess.
+
+Imported by the daemon tests only; it needs nothing beyond edge_evolver's own dependencies, so
+it runs in both the current and the oldest (JetPack 4.6) library sets.
+"""
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from edge_evolver.mqtt import MqttConnection, parse_broker_url
+from edge_evolver.protocol import loads
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+def require_mosquitto() -> str:
+    if MOSQUITTO is None:
+        # Not a skip: `make test` installs it, and a skipped daemon suite would hide a broken setup.
+        pytest.fail("mosquitto is not installed; `make test` installs it (apt-get install mosquitto mosquitto-clients)")
+    return MOSQUITTO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Broker:
+    """Mosquitto with persistence, bound to 127.0.0.1 only; restartable on the same port."""
+
+    def __init__(self, workdir: str, max_packet_mb: int = 64) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = os.path.join(workdir, "mosquitto.conf")
+        os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
+        with open(self.conf, "w") as out:
+            # `user`: run as root, mosquitto would switch to user "mosquitto", which cannot write here.
+            out.write(f"user {getpass.getuser()}\n")
+            out.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                      f"persistence_location {workdir}/data/\nautosave_interval 1\n"
+                      f"max_packet_size {max_packet_mb * 1024 * 1024}\nmax_queued_messages 1000\n"
+                      f"log_dest file {workdir}/mosquitto.log\n")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Broker":
+        self.proc = subprocess.Popen([require_mosquitto(), "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # SIGTERM: mosquitto saves its persistence file
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Collector:
+    """Subscribes and keeps every message; wait_for() blocks until a predicate matches."""
+
+    def __init__(self, url: str, topics: List[str], mqtt_version: str = "3.1.1") -> None:
+        self.messages: List[Dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.conn = MqttConnection(parse_broker_url(url), f"test-{uuid.uuid4().hex[:8]}", mqtt_version,
+                                   persistent=False)
+        self.conn.on_message = self._on_message
+        self.conn.on_connect = lambda _present: [self.conn.subscribe(t, 1) for t in topics]
+        self.conn.start(first_delay=0.2)
+        if not self.conn.connected.wait(10):
+            raise TimeoutError("collector could not connect")
+        time.sleep(0.2)  # let the SUBACKs arrive before the test publishes
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            data: Any = loads(payload)
+        except ValueError:
+            data = None
+        with self._cond:
+            self.messages.append({"topic": topic, "data": data, "raw": payload})
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """Position to pass as ``after`` so wait_for ignores what already arrived."""
+        with self._cond:
+            return len(self.messages)
+
+    def wait_for(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float = 30.0,
+                 after: int = 0) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for message in self.messages[after:]:
+                    if predicate(message):
+                        return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [(m["topic"], (m["data"] or {}).get("state") or (m["data"] or {}).get("job_id"))
+                            for m in self.messages[-10:]]
+                    raise TimeoutError(f"no matching message within {timeout} s; last seen: {seen}")
+                self._cond.wait(remaining)
+
+    def matching(self, predicate: Callable[[Dict[str, Any]], bool]) -> List[Dict[str, Any]]:
+        with self._cond:
+            return [m for m in self.messages if predicate(m)]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.conn.publish(topic, payload, qos=qos).wait_for_publish()
+
+    def close(self) -> None:
+        self.conn.stop()
+
+
+def result_for(job_id: Optional[str]) -> Callable[[Dict[str, Any]], bool]:
+    return lambda m: m["topic"].endswith("/results") and (m["data"] or {}).get("job_id") == job_id
+
+
+def status_is(state: str) -> Callable[[Dict[str, Any]], bool]:
+    return lambda m: m["topic"].endswith("/status") and (m["data"] or {}).get("state") == state
+
+
+class Daemon:
+    """`python -m edge_evolver serve` as a real process, logging JSON lines to a file."""
+
+    def __init__(self, broker_url: str, state_dir: str, device_id: str = "dev1", *extra: str) -> None:
+        self.args = [sys.executable, "-m", "edge_evolver", "serve", "--broker", broker_url, "--device-id", device_id,
+                     "--state-dir", state_dir, "--backend", "onnxruntime", "--power", "none",
+                     "--idle-telemetry-interval-s", "0.5", "--telemetry-interval-s", "0.3", *extra]
+        self.log_path = os.path.join(state_dir, f"daemon-{device_id}.log")
+        os.makedirs(state_dir, exist_ok=True)
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Daemon":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        return self
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as handle:
+            return handle.read()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def rss_kb(self) -> int:
+        """Resident memory of the daemon and its measuring child."""
+        assert self.proc is not None
+        total = 0
+        for pid in [self.proc.pid] + _children(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/status") as handle:
+                    total += next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                pass
+        return total
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
