@@ -24,6 +24,7 @@ __all__ = [
 # name -> "module:Class"; the module is imported on first use.
 _REGISTRY: Dict[str, str] = {
     "onnxruntime": "edge_evolver.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "tensorrt": "edge_evolver.backends.tensorrt_backend:TensorRTBackend",
 }
 
 # Preference for backend="auto": fastest first. Names not (yet) in _REGISTRY are skipped,
