@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.installed
 # A second environment with the oldest edge_evolver dependencies (JetPack 4.6), no torch.
 OLDEST := .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed
-EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.py
+# Everything edge_evolver runs on a Jetson, tested again with the JetPack 4.6 library set.
+EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.py tests/test_protocol.py \
+              tests/test_daemon.py tests/test_power.py tests/test_power_sampler.py tests/test_devicefacts.py \
+              tests/test_tensorrt_backend.py
+# The daemon tests start their own Mosquitto on a free loopback port; Debian's packages provide it.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: evolve test lint bench-default bench-peers bench-precision clean
+.PHONY: evolve test lint broker bench-default bench-peers bench-precision bench-daemon clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +34,15 @@ $(OLDEST_STAMP): pyproject.toml requirements-oldest.txt
 evolve: $(STAMP)
 	$(BIN)/host-trainer evolve $(ARGS)
 
-test: $(STAMP) $(OLDEST_STAMP)
+broker:
+	@if { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1; \
+	then :; else \
+	  echo "installing Debian's mosquitto and mosquitto-clients (the daemon tests start their own broker)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients; }; \
+	fi
+
+test: $(STAMP) $(OLDEST_STAMP) broker
 	$(BIN)/python -m pytest -q $(ARGS)
 	# edge_evolver again, on the oldest library versions a Python 3.6 Jetson gets
 	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
@@ -47,6 +60,9 @@ bench-peers: $(STAMP)
 
 bench-precision: $(STAMP)
 	$(BIN)/python bench/precision.py $(ARGS)
+
+bench-daemon: $(STAMP) broker
+	$(BIN)/python bench/daemon.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) runs .pytest_cache

@@ -9,7 +9,6 @@ the report (or exactly one JSON object with ``--json``).
 import json
 import os
 import platform
-import re
 from typing import Any, Dict, Optional
 
 import structlog
@@ -22,12 +21,10 @@ from .cli_daemon import register as register_daemon_commands
 from .cli_support import run_app
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
-from .measure import MeasureResult, measure_model
+from .engine_cache import EngineCache
+from .measure import MeasureRequest, MeasureResult, measure_model
 
 EXIT_ERROR = 2
-BOARD_MODEL_PATH = "/proc/device-tree/model"
-L4T_RELEASE_PATH = "/etc/nv_tegra_release"
-_L4T_PATTERN = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)")
 
 app = typer.Typer(add_completion=False, help="Measure ONNX models on the device they will run on.")
 log = structlog.get_logger("edge_evolver.cli")
@@ -64,12 +61,22 @@ def _read_model(path: str) -> bytes:
         ) from None
 
 
+def _meter(name: str) -> Any:
+    from .power import MeterUnavailable, resolve_meter
+
+    try:
+        return resolve_meter(name)[0]
+    except (MeterUnavailable, ValueError) as exc:
+        _fail(ErrorCode.BAD_INPUT, str(exc))
+
+
 def _print_table(model: str, result: MeasureResult) -> None:
     bench = result.bench
     rows = [
         ("model", f"{model} (sha256 {result.model_sha256[:12]})"),
         ("backend", f"{result.backend} {result.backend_version} (threads {result.threads})"),
-        ("load", f"{result.load_seconds or 0.0:.3f} s"),
+        ("engine", f"{'cache hit' if result.cache_hit else 'built'} in {result.load_seconds or 0.0:.3f} s, "
+                   f"precision {result.precision}"),
     ]
     if bench is not None:
         rows += [
@@ -83,9 +90,20 @@ def _print_table(model: str, result: MeasureResult) -> None:
                 f"mean {bench.mean:.3f}  p50 {bench.p50:.3f}  p90 {bench.p90:.3f}  "
                 f"p99 {bench.p99:.3f}  min {bench.min:.3f}  max {bench.max:.3f}",
             ),
+            ("power", _power_text(result)),
         ]
     for key, value in rows:
         typer.echo(f"{key:<11} {value}")
+
+
+def _power_text(result: MeasureResult) -> str:
+    fields = result.power_fields()
+    if fields["power_w_mean"] is None:
+        return f"not measured: {fields['power_reason']}"
+    energy = fields["energy_mj_per_inference"]
+    return "{:.2f} W mean on {} ({}), {} mJ per inference".format(
+        fields["power_w_mean"], fields["power_rail"], fields["power_meter"],
+        "-" if energy is None else f"{energy:.3f}")
 
 
 def _log_summary(model: str, result: MeasureResult) -> None:
@@ -100,6 +118,8 @@ def _log_summary(model: str, result: MeasureResult) -> None:
         "latency_ms_p50",
         "latency_ms_p99",
         "iterations",
+        "cache_hit",
+        "power_w_mean",
     )
     # Rounded: the log line is for people and grep; the JSON result keeps full precision.
     summary = {k: round(v, 3) if isinstance(v, float) else v for k, v in ((k, fields[k]) for k in keep)}
@@ -129,9 +149,15 @@ def bench(
         0.2, "--warmup-s", envvar="EDGE_EVOLVER_WARMUP_S", help="Discarded warm-up seconds."
     ),
     seed: int = typer.Option(0, "--seed", envvar="EDGE_EVOLVER_SEED", help="Seed of the synthetic inputs."),
+    power: str = typer.Option(
+        "auto", "--power", envvar="EDGE_EVOLVER_POWER", help="auto, jtop, ina3221, nvml, rapl or none."
+    ),
+    cache_dir: Optional[str] = typer.Option(
+        None, "--cache-dir", envvar="EDGE_EVOLVER_CACHE_DIR", help="Reuse/keep built engines here."
+    ),
     json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON", help="Print one JSON object."),
 ) -> None:
-    """Measure one model locally (trtexec-like: warm-up, then a timed window)."""
+    """Measure one model locally, as the daemon would a job (warm-up, then a timed window)."""
     settings = BenchSettings(
         batch=batch,
         warmup_s=warmup_s,
@@ -145,9 +171,9 @@ def bench(
         # Nothing was measured, so no job log line: stderr carries only the error line.
         result = MeasureResult(status="error", code=exc.code, message=exc.message)
     else:
-        result = measure_model(
-            model_bytes, backend=backend, settings=settings, options={"threads": threads}, seed=seed
-        )
+        request = MeasureRequest(backend=backend, settings=settings, options={"threads": threads}, seed=seed,
+                                 meter=_meter(power), cache=EngineCache(cache_dir) if cache_dir else None)
+        result = measure_model(model_bytes, request=request)
         _log_summary(model, result)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), sort_keys=True))
@@ -157,21 +183,6 @@ def bench(
         _fail(result.code or ErrorCode.INTERNAL, result.message)
 
 
-def parse_l4t_release(text: str) -> Optional[str]:
-    """'# R32 (release), REVISION: 7.1, GCID: ...' -> '32.7.1'; None when unrecognised."""
-    match = _L4T_PATTERN.search(text)
-    return f"{match.group(1)}.{match.group(2)}" if match else None
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, "rb") as handle:
-            # The device-tree string is NUL-terminated.
-            return handle.read().decode("utf-8", "replace").replace("\x00", "").strip() or None
-    except OSError:
-        return None
-
-
 def _auto_backend() -> Optional[str]:
     try:
         return resolve_backend("auto").name
@@ -179,39 +190,57 @@ def _auto_backend() -> Optional[str]:
         return None
 
 
-def collect_info() -> Dict[str, Any]:
-    """What this machine offers: Python, board, L4T release, CPUs and backends."""
-    l4t_text = _read_text(L4T_RELEASE_PATH)
-    return {
-        "python": platform.python_version(),
-        "edge_evolver": __version__,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "board": _read_text(BOARD_MODEL_PATH),
-        "l4t": parse_l4t_release(l4t_text) if l4t_text else None,
-        "cpu_count": os.cpu_count(),
-        "backends": {
-            name: {"available": ok, "detail": detail} for name, (ok, detail) in available_backends().items()
-        },
-        "auto_backend": _auto_backend(),
+def _meters(root: str) -> Dict[str, Any]:
+    from .power import AUTO_ORDER, MeterUnavailable, meter_class, resolve_meter
+
+    out: Dict[str, Any] = {}
+    for name in AUTO_ORDER:
+        try:
+            meter = meter_class(name).probe(root)
+            out[name] = {"available": True, "detail": f"rail {meter.rail}"}
+            meter.close()
+        except MeterUnavailable as exc:
+            out[name] = {"available": False, "detail": exc.reason}
+        except Exception as exc:  # a probe bug must not break `info`
+            out[name] = {"available": False, "detail": f"{type(exc).__name__}: {exc}"}
+    chosen, reason = resolve_meter("auto", root)
+    chosen.close()
+    return {"meters": out, "auto_meter": chosen.name, "auto_meter_reason": reason}
+
+
+def collect_info(root: str = "/") -> Dict[str, Any]:
+    """What this machine offers: board, L4T/JetPack, power mode, clocks, backends, power meters."""
+    from . import devicefacts
+
+    data: Dict[str, Any] = {"edge_evolver": __version__, "platform": platform.platform()}
+    data.update(devicefacts.collect_facts(root))
+    data["backends"] = {
+        name: {"available": ok, "detail": detail} for name, (ok, detail) in available_backends().items()
     }
+    data["auto_backend"] = _auto_backend()
+    data.update(_meters(root))
+    return data
 
 
 @app.command()
 def info(
     json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON", help="Print one JSON object."),
+    root: str = typer.Option("/", "--root", envvar="EDGE_EVOLVER_SYSROOT", hidden=True,
+                             help="Read /sys, /proc and /etc under this directory (tests use board fixtures)."),
 ) -> None:
-    """Show what this device offers (board, L4T release, Python, backends)."""
-    data = collect_info()
+    """Show what this device offers (board, JetPack, power mode, backends, power meters)."""
+    data = collect_info(root)
     if json_out:
         typer.echo(json.dumps(data, sort_keys=True))
         return
     for key, value in data.items():
-        if key != "backends":
-            typer.echo("{:<13} {}".format(key, "-" if value is None else value))
-    for name, entry in data["backends"].items():
-        state = "available" if entry["available"] else "unavailable"
-        typer.echo("{:<13} {}: {} ({})".format("backend", name, state, entry["detail"]))
+        if key in ("backends", "meters"):
+            continue
+        typer.echo("{:<17} {}".format(key, "-" if value is None or value == {} else value))
+    for kind in ("backends", "meters"):
+        for name, entry in data[kind].items():
+            state = "available" if entry["available"] else "unavailable"
+            typer.echo("{:<17} {}: {} ({})".format(kind[:-1], name, state, entry["detail"]))
 
 
 register_daemon_commands(app)

@@ -1,6 +1,7 @@
 """`edge-evolver` through typer's CliRunner and once as a real subprocess."""
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -88,27 +89,22 @@ def test_bench_invalid_model_still_prints_json(tmp_path):
     assert _error_lines(result.stderr)[0].startswith("error: INVALID_MODEL: ")
 
 
-def test_info_json(tmp_path, monkeypatch):
-    board = tmp_path / "model"
-    board.write_bytes(b"NVIDIA Jetson TX1 Developer Kit\x00")
-    release = tmp_path / "nv_tegra_release"
-    release.write_text("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64\n")
-    monkeypatch.setattr(cli, "BOARD_MODEL_PATH", str(board))
-    monkeypatch.setattr(cli, "L4T_RELEASE_PATH", str(release))
-    result = _runner().invoke(cli.app, ["info", "--json"])
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
+
+
+def test_info_json_on_a_tx1_tree():
+    result = _runner().invoke(cli.app, ["info", "--json", "--root", os.path.join(FIXTURES, "tx1")])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["python"] == platform.python_version()
-    assert data["board"] == "NVIDIA Jetson TX1 Developer Kit" and data["l4t"] == "32.7.1"
+    assert data["board"].startswith("NVIDIA Jetson TX1") and data["l4t"].startswith("32.")
+    assert data["jetpack"].startswith("4.")
     assert data["backends"]["onnxruntime"]["available"] is True
     assert data["auto_backend"] == "onnxruntime" and data["cpu_count"] >= 1
+    assert data["meters"]["ina3221"]["available"] is True and "VDD_IN" in data["meters"]["ina3221"]["detail"]
+    assert data["auto_meter"] in ("jtop", "ina3221")
     human = _runner().invoke(cli.app, ["info"])
-    assert human.exit_code == 0 and "onnxruntime: available" in human.stdout
-
-
-def test_parse_l4t_release():
-    assert cli.parse_l4t_release("# R32 (release), REVISION: 4.3, GCID: 1") == "32.4.3"
-    assert cli.parse_l4t_release("garbage") is None
+    assert human.exit_code == 0 and "onnxruntime: available" in human.stdout and "meter" in human.stdout
 
 
 def _run(cmd):

@@ -5,14 +5,16 @@ Their Python APIs differ, so features are detected with ``hasattr``, never by ve
 the workspace limit (``set_memory_pool_limit`` since 8.4; ``max_workspace_size`` before, gone
 in 10), the explicit-batch flag (required in 8.x; ignored in 10, whose Builder lost
 ``max_batch_size`` with implicit batch), and I/O (named tensors + ``execute_async_v3`` since
-8.5, preferred; bindings + ``execute_async_v2`` before, gone in 10).
+8.5, preferred; bindings + ``execute_async_v2`` before, gone in 10: see ``_trt_io``).
 
 Build: ONNX parser -> network -> one optimization profile with min = opt = max at the requested
 batch (the benchmark measures exactly one shape) -> ``build_serialized_network``. The plan is
 what the engine cache keeps; it only loads on the same TensorRT version and GPU, hence
 ``cache_key``. fp16 is on by default where the GPU has fast fp16 (every Jetson): that is how
-the model would be deployed. Buffers are allocated once per engine through ``_cuda`` (pycuda
-or cuda-python); all CUDA work of an engine happens on the thread that built or loaded it.
+the model would be deployed. This module holds the build, the engine and the backend; the I/O
+adapters, dtype mapping and buffers are in ``_trt_io``. Buffers are allocated once per engine
+through ``_cuda`` (pycuda or cuda-python); all CUDA work of an engine happens on the thread
+that built or loaded it.
 ``tensorrt`` is imported inside functions: importing it initialises CUDA, which takes seconds.
 """
 
@@ -24,17 +26,15 @@ import numpy as np
 from ..errors import EdgeError, ErrorCode
 from ..inputs import TensorSpec, check_feeds, resolve_shape
 from . import _cuda
+from ._trt_io import BindingsIo as BindingsIo  # re-exported: the I/O API lived here
+from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage
+from ._trt_io import IoTensor as IoTensor
+from ._trt_io import TensorAddressIo as TensorAddressIo
 from .base import Backend, Engine
 
 DEFAULT_WORKSPACE_MB = 256  # TX1/Nano share 4 GiB between CPU and GPU
 MAX_MESSAGE = 400
 LOG_KEEP = 20
-# DataType name -> numpy dtype. trt.nptype is only a fallback: TensorRT 8.x builds its table
-# with np.bool, which numpy >= 1.24 removed, so there it raises for every type.
-_NP_TYPES = {
-    "FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
-    "INT64": "int64", "BOOL": "bool", "UINT8": "uint8",
-}
 # Lower-cased fragments of ONNX parser errors that blame an operator rather than the file.
 _UNSUPPORTED_MARKERS = ("unsupported_node", "no importer registered for op", "plugin not found", "is not supported")
 
@@ -201,15 +201,6 @@ def _resolve_fp16(trt: Any, opts: BuildOptions, device: _cuda.DeviceInfo) -> boo
     return choose_fp16(trt, None, cc_has_fast_fp16(device.major, device.minor) if fast is None else fast)
 
 
-def np_dtype(trt: Any, trt_type: Any) -> Optional[np.dtype]:
-    name = getattr(trt_type, "name", None) or str(trt_type).rsplit(".", 1)[-1]
-    if name in _NP_TYPES:
-        return np.dtype(_NP_TYPES[name])
-    try:
-        return np.dtype(trt.nptype(trt_type))
-    except Exception:  # BF16, FP8, INT4...: no numpy equivalent
-        return None
-
 
 # ---- parse and build ----
 def classify_parse_errors(errors: Sequence[Tuple[str, str]]) -> EdgeError:
@@ -311,103 +302,6 @@ def deserialize(trt: Any, plan: bytes) -> Tuple[Any, Any]:
     return runtime, engine
 
 
-# ---- I/O: named tensors (8.5+) or bindings (8.2-8.6) ----
-class IoTensor(NamedTuple):
-    name: str
-    position: int  # binding index (8.x) or I/O tensor index
-    is_input: bool
-    dtype: Any  # a trt.DataType
-    shape: Tuple[int, ...]  # -1 where the size is set at run time
-
-
-def _dims(dims: Any) -> Tuple[int, ...]:
-    return tuple(int(d) for d in dims)
-
-
-class TensorAddressIo:
-    """TensorRT 8.5+ (the only API in 10): tensor names, set_tensor_address, execute_async_v3."""
-
-    name = "tensor_address_v3"
-
-    def __init__(self, engine: Any, context: Any) -> None:
-        self.engine, self.context = engine, context
-
-    def tensors(self, trt: Any) -> List[IoTensor]:
-        out = []
-        for index in range(int(self.engine.num_io_tensors)):
-            name = self.engine.get_tensor_name(index)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = _dims(self.engine.get_tensor_shape(name))
-            out.append(IoTensor(str(name), index, is_input, self.engine.get_tensor_dtype(name), shape))
-        return out
-
-    def profile_shape(self, tensor: IoTensor) -> Tuple[int, ...]:
-        return _dims(self.engine.get_tensor_profile_shape(tensor.name, 0)[1])  # (min, opt, max)
-
-    def set_input_shape(self, tensor: IoTensor, shape: Tuple[int, ...]) -> bool:
-        return bool(self.context.set_input_shape(tensor.name, shape))
-
-    def context_shape(self, tensor: IoTensor) -> Tuple[int, ...]:
-        return _dims(self.context.get_tensor_shape(tensor.name))
-
-    def bind(self, addresses: Sequence[Tuple[IoTensor, int]]) -> bool:
-        return all([bool(self.context.set_tensor_address(t.name, address)) for t, address in addresses])
-
-    def execute(self, stream_handle: int) -> bool:
-        return bool(self.context.execute_async_v3(stream_handle))
-
-
-class BindingsIo(TensorAddressIo):
-    """TensorRT 8.2-8.4 (deprecated in 8.5, removed in 10): binding indices, execute_async_v2."""
-
-    name = "bindings_v2"
-
-    def __init__(self, engine: Any, context: Any) -> None:
-        super().__init__(engine, context)
-        self._bindings: List[int] = []
-
-    def tensors(self, trt: Any) -> List[IoTensor]:
-        engine = self.engine
-        return [
-            IoTensor(
-                str(engine.get_binding_name(i)), i, bool(engine.binding_is_input(i)),
-                engine.get_binding_dtype(i), _dims(engine.get_binding_shape(i)),
-            )
-            for i in range(int(engine.num_bindings))
-        ]
-
-    def profile_shape(self, tensor: IoTensor) -> Tuple[int, ...]:
-        return _dims(self.engine.get_profile_shape(0, tensor.position)[1])
-
-    def set_input_shape(self, tensor: IoTensor, shape: Tuple[int, ...]) -> bool:
-        return bool(self.context.set_binding_shape(tensor.position, shape))
-
-    def context_shape(self, tensor: IoTensor) -> Tuple[int, ...]:
-        return _dims(self.context.get_binding_shape(tensor.position))
-
-    def bind(self, addresses: Sequence[Tuple[IoTensor, int]]) -> bool:
-        self._bindings = [0] * int(self.engine.num_bindings)
-        for tensor, address in addresses:
-            self._bindings[tensor.position] = address
-        return True
-
-    def execute(self, stream_handle: int) -> bool:
-        return bool(self.context.execute_async_v2(bindings=self._bindings, stream_handle=stream_handle))
-
-
-def select_io_api(engine: Any, context: Any) -> TensorAddressIo:
-    if hasattr(context, "execute_async_v3") and hasattr(engine, "num_io_tensors"):
-        return TensorAddressIo(engine, context)
-    if hasattr(context, "execute_async_v2") and hasattr(engine, "num_bindings"):
-        return BindingsIo(engine, context)
-    raise EdgeError(ErrorCode.BACKEND_UNAVAILABLE, "this TensorRT has neither execute_async_v3 nor execute_async_v2")
-
-
-class _Buffer(NamedTuple):
-    tensor: IoTensor
-    host: np.ndarray  # pinned
-    device: int
-
 
 class TensorRTEngine(Engine):
     """An engine, its execution context and fixed-size buffers. Use from the creating thread."""
@@ -416,8 +310,8 @@ class TensorRTEngine(Engine):
         self._cuda: Optional[_cuda.CudaMemory] = cuda
         self._logger = get_logger(trt)
         self._runtime, self._engine, self._context, self._io = runtime, cuda_engine, None, None
-        self._in: List[_Buffer] = []
-        self._out: List[_Buffer] = []
+        self._in: List[Buffer] = []
+        self._out: List[Buffer] = []
         self.inputs, self.outputs = [], []
         try:
             self.info = dict(info, io_api=self._setup(trt, cuda))
@@ -435,7 +329,7 @@ class TensorRTEngine(Engine):
             dynamic = tensor.is_input and min(tensor.shape, default=0) < 0
             if dynamic and not io.set_input_shape(tensor, io.profile_shape(tensor)):
                 raise EdgeError(ErrorCode.BUILD_FAILED, f"the plan's profile does not fit input '{tensor.name}'")
-        buffers = [_allocate(trt, cuda, io, tensor) for tensor in tensors]  # after every input shape is set
+        buffers = [allocate(trt, cuda, io, tensor) for tensor in tensors]  # after every input shape is set
         if not io.bind([(buffer.tensor, buffer.device) for buffer in buffers]):
             raise EdgeError(ErrorCode.BUILD_FAILED, "TensorRT refused a buffer address")
         self._in = [b for b in buffers if b.tensor.is_input]
@@ -450,7 +344,7 @@ class TensorRTEngine(Engine):
             raise EdgeError(ErrorCode.INFERENCE_FAILED, "engine is closed")
         arrays = check_feeds(self.inputs, feeds)
         for buffer in self._in:
-            _stage(buffer, arrays[buffer.tensor.name])
+            stage(buffer, arrays[buffer.tensor.name])
         mark = self._logger.count
         try:
             for buffer in self._in:
@@ -473,33 +367,6 @@ class TensorRTEngine(Engine):
         self._context = self._engine = self._runtime = None
         cuda.close()
 
-
-def _allocate(trt: Any, cuda: _cuda.CudaMemory, io: TensorAddressIo, tensor: IoTensor) -> _Buffer:
-    kind = "input" if tensor.is_input else "output"
-    shape = io.context_shape(tensor)
-    if min(shape, default=0) < 0:
-        raise EdgeError(ErrorCode.UNSUPPORTED_OP, f"{kind} '{tensor.name}' has a data-dependent shape {list(shape)}")
-    dtype = np_dtype(trt, tensor.dtype)
-    if dtype is None:
-        raise EdgeError(ErrorCode.UNSUPPORTED_OP, f"{kind} '{tensor.name}' has type {tensor.dtype}, unknown to numpy")
-    host = cuda.host_empty(shape, dtype)
-    return _Buffer(tensor, host, cuda.alloc(host.nbytes))
-
-
-def _stage(buffer: _Buffer, array: np.ndarray) -> None:
-    """Copy a feed into its pinned buffer, cast to the engine's dtype (same kind only)."""
-    name = buffer.tensor.name
-    if tuple(array.shape) != buffer.host.shape:
-        raise EdgeError(
-            ErrorCode.BAD_SHAPE,
-            f"input '{name}' has shape {list(array.shape)}; the engine was built for {list(buffer.host.shape)}",
-        )
-    try:
-        np.copyto(buffer.host, array, casting="same_kind")
-    except TypeError:
-        raise EdgeError(
-            ErrorCode.BAD_INPUT, f"input '{name}' has dtype {array.dtype}; the engine takes {buffer.host.dtype}"
-        ) from None
 
 
 class TensorRTBackend(Backend):
