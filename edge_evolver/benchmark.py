@@ -38,6 +38,7 @@ RESULT_KEYS = (
     "iterations",
     "seconds",
     "batch",
+    "warmup_seconds",
 )
 
 
@@ -91,6 +92,7 @@ class BenchResult:
             "iterations": self.iterations,
             "seconds": self.seconds,
             "batch": self.batch,
+            "warmup_seconds": self.warmup_seconds,
         }
         for key in STAT_KEYS:
             out["latency_ms_" + key] = getattr(self, key)

@@ -19,9 +19,9 @@ from .backends import available_backends, resolve_backend
 from .benchmark import BenchSettings
 from .cli_daemon import register as register_daemon_commands
 from .cli_support import run_app
+from .engine_cache import EngineCache
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
-from .engine_cache import EngineCache
 from .measure import MeasureRequest, MeasureResult, measure_model
 
 EXIT_ERROR = 2

@@ -1,11 +1,12 @@
 """TensorRT tensor I/O for the backend: dtypes, the two execution APIs, and engine buffers.
 
-TensorRT 8.5+ addresses I/O by tensor name (``set_tensor_address`` + ``execute_async_v3``, the
-only API left in 10); older releases by binding index (``execute_async_v2`` with a bindings
-list, deprecated in 8.5, removed in 10). :class:`TensorAddressIo` and :class:`BindingsIo` give :mod:`.tensorrt_backend`
-one interface over both, and :func:`select_io_api` picks by feature, never by version string.
-The buffer helpers allocate one pinned host array and one device buffer per I/O tensor through
-:mod:`._cuda`, and stage feeds into them.
+TensorRT 8.5+ addresses I/O by tensor name (``set_tensor_address`` + ``execute_async_v3``,
+the only API left in 10); older releases by binding index (``execute_async_v2`` with a
+bindings list, deprecated in 8.5, removed in 10). :class:`TensorAddressIo` and
+:class:`BindingsIo` give ``tensorrt_backend`` one interface over both, and
+:func:`select_io_api` picks by feature, never by version string. :func:`allocate` makes one
+pinned host array and one device buffer per I/O tensor through ``_cuda``; :func:`stage`
+copies a feed into its buffer.
 """
 
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple

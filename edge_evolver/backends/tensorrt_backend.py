@@ -12,10 +12,11 @@ batch (the benchmark measures exactly one shape) -> ``build_serialized_network``
 what the engine cache keeps; it only loads on the same TensorRT version and GPU, hence
 ``cache_key``. fp16 is on by default where the GPU has fast fp16 (every Jetson): that is how
 the model would be deployed. This module holds the build, the engine and the backend; the I/O
-adapters, dtype mapping and buffers are in ``_trt_io``. Buffers are allocated once per engine
+adapters, dtype mapping and buffers are in ``_trt_io`` (its public names are re-exported
+here with ``import X as X``, where they used to live). Buffers are allocated once per engine
 through ``_cuda`` (pycuda or cuda-python); all CUDA work of an engine happens on the thread
-that built or loaded it.
-``tensorrt`` is imported inside functions: importing it initialises CUDA, which takes seconds.
+that built or loaded it. ``tensorrt`` is imported inside functions: importing it initialises
+CUDA, which takes seconds.
 """
 
 import collections
@@ -26,7 +27,7 @@ import numpy as np
 from ..errors import EdgeError, ErrorCode
 from ..inputs import TensorSpec, check_feeds, resolve_shape
 from . import _cuda
-from ._trt_io import BindingsIo as BindingsIo  # re-exported: the I/O API lived here
+from ._trt_io import BindingsIo as BindingsIo
 from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage
 from ._trt_io import IoTensor as IoTensor
 from ._trt_io import TensorAddressIo as TensorAddressIo
@@ -201,7 +202,6 @@ def _resolve_fp16(trt: Any, opts: BuildOptions, device: _cuda.DeviceInfo) -> boo
     return choose_fp16(trt, None, cc_has_fast_fp16(device.major, device.minor) if fast is None else fast)
 
 
-
 # ---- parse and build ----
 def classify_parse_errors(errors: Sequence[Tuple[str, str]]) -> EdgeError:
     """UNSUPPORTED_OP when a parser error blames an operator, INVALID_MODEL otherwise."""
@@ -302,7 +302,6 @@ def deserialize(trt: Any, plan: bytes) -> Tuple[Any, Any]:
     return runtime, engine
 
 
-
 class TensorRTEngine(Engine):
     """An engine, its execution context and fixed-size buffers. Use from the creating thread."""
 
@@ -366,7 +365,6 @@ class TensorRTEngine(Engine):
         self._in, self._out, self._io = [], [], None
         self._context = self._engine = self._runtime = None
         cuda.close()
-
 
 
 class TensorRTBackend(Backend):
