@@ -30,7 +30,7 @@ from edge_evolver.inputs import synthesize_inputs
 from edge_evolver.job import encode_job
 from edge_evolver.measure import measure_model
 from edge_evolver.protocol import Topics
-from tests.mqtt_support import Broker, Collector, Daemon, result_for, status_is
+from tests.mqtt_support import Broker, Collector, Daemon, children, result_for, status_is
 
 SETTINGS = {"min_iterations": 200, "min_seconds": 1.0, "warmup_s": 0.2}
 TOPICS = Topics()
@@ -73,8 +73,7 @@ def idle_cost(broker: Broker, workdir: str, seconds: float) -> dict:
     watcher.wait_for(status_is("online"), timeout=60)
     watcher.close()
     time.sleep(3.0)  # let start-up work (imports, the child's first import of onnxruntime) finish
-    pids = [daemon.proc.pid] + [int(p) for p in open(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children")
-                                .read().split()]
+    pids = [daemon.proc.pid] + children(daemon.proc.pid)
     before, start = sum(_cpu_ticks(p) for p in pids), time.monotonic()
     time.sleep(seconds)
     used = (sum(_cpu_ticks(p) for p in pids) - before) / os.sysconf("SC_CLK_TCK")

@@ -176,7 +176,7 @@ class Daemon:
         """Resident memory of the daemon and its measuring child."""
         assert self.proc is not None
         total = 0
-        for pid in [self.proc.pid] + _children(self.proc.pid):
+        for pid in [self.proc.pid] + children(self.proc.pid):
             try:
                 with open(f"/proc/{pid}/status") as handle:
                     total += next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
@@ -185,7 +185,7 @@ class Daemon:
         return total
 
 
-def _children(pid: int) -> List[int]:
+def children(pid: int) -> List[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
             return [int(p) for p in handle.read().split()]
