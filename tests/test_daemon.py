@@ -5,6 +5,7 @@ daemon killed mid-job; a broker restart; SIGTERM; shared subscriptions; MQTT 5; 
 mosquitto_pub/mosquitto_sub commands; `monitor`.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -97,7 +98,7 @@ def test_round_trip_repeat_and_cache_hit(served):
     first = submit(watcher, "rt-1", model, bench=dict(QUICK, batch=4), inputs={"x": x}, reference=ref,
                    meta={"generation": 2})
     assert first["status"] == "ok", first
-    assert first["model_sha256"] == __import__("hashlib").sha256(model).hexdigest()
+    assert first["model_sha256"] == hashlib.sha256(model).hexdigest()
     assert first["cache_hit"] is False and first["engine_bytes"] > 0 and first["engine_build_s"] > 0
     assert first["fps"] > 0 and first["iterations"] >= 20 and first["batch"] == 4
     for key in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_min",
@@ -251,12 +252,24 @@ def test_shared_subscription_gives_each_job_to_one_board(broker, tmp_path):
         watcher.close()
 
 
-def test_mqtt5_round_trip(broker, tmp_path):
+def big_model(rows=1536, cols=1024):
+    """About 6 MB of fp32 weights: multi-MB models must go through the broker and the framing."""
+    w = np.random.RandomState(0).standard_normal((rows, cols)).astype(np.float32)
+    return _model([helper.make_node("MatMul", ["x", "W"], ["y"])], _io("x", ["N", rows]), _io("y", ["N", cols]),
+                  [numpy_helper.from_array(w, "W")])
+
+
+def test_mqtt5_round_trip_with_a_multi_megabyte_model(broker, tmp_path):
     daemon = Daemon(broker.url, str(tmp_path), "v5dev", "--mqtt-version", "5").start()
     watcher = Collector(broker.url, ["edge-evolver/devices/v5dev/+"], mqtt_version="5")
     try:
         watcher.wait_for(status_is("online"), timeout=60)
         assert submit(watcher, "v5-1", conv_model(), device="v5dev")["status"] == "ok"
+        model = big_model()
+        assert len(model) > 6 * 1024 * 1024
+        result = submit(watcher, "v5-big", model, device="v5dev")
+        assert result["status"] == "ok", result
+        assert result["model_sha256"] == hashlib.sha256(model).hexdigest()
     finally:
         daemon.kill()
         watcher.close()
