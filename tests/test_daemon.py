@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from edge_evolver.job import encode_job
 from edge_evolver.protocol import Topics, encode_frame
 
-from .mqtt_support import Broker, Collector, Daemon, result_for, status_is
+from .mqtt_support import Broker, Collector, Daemon, children, result_for, status_is
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -189,6 +190,27 @@ def test_sigterm_publishes_stopped_and_exits_cleanly(broker, tmp_path):
     watcher.wait_for(status_is("stopped"), timeout=10)
     watcher.close()
     assert '"serve_stop"' in daemon.log()
+
+
+def test_service_stop_mid_job_keeps_the_job_for_the_next_start(broker, tmp_path):
+    """systemd's stop signals the whole cgroup: the measuring child may die first. The job must
+    stay spooled (not end as an INTERNAL error) and run after the restart."""
+    watcher = Collector(broker.url, ["edge-evolver/devices/stop1/+"])
+    daemon = Daemon(broker.url, str(tmp_path), "stop1").start()
+    watcher.wait_for(status_is("online"), timeout=60)
+    job = encode_job("stop-1", conv_model(), bench={"min_iterations": 10, "min_seconds": 4.0, "warmup_s": 0.0})
+    watcher.publish(TOPICS.jobs("stop1"), job)
+    watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"].get("activity") == "benchmarking", 60)
+    for pid in children(daemon.proc.pid) + [daemon.proc.pid]:
+        os.kill(pid, signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0
+    watcher.wait_for(status_is("stopped"), timeout=10)
+    assert not watcher.matching(result_for("stop-1"))
+    assert os.listdir(os.path.join(str(tmp_path), "spool")) == ["stop-1.job"]
+    daemon.start()
+    assert watcher.wait_for(result_for("stop-1"), timeout=90)["data"]["status"] == "ok"
+    daemon.kill()
+    watcher.close()
 
 
 def test_last_will_and_restart_mid_job_finishes_the_job(broker, tmp_path):

@@ -11,6 +11,7 @@ never inherits the parent's MQTT sockets or threads.
 import contextlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -82,8 +83,6 @@ def _watch_parent() -> None:
 
 def _child_main(conn: Any, params: Dict[str, Any]) -> None:
     """Loop: receive (job_id, spool path, timeout) -> send progress messages, then ("result", dict)."""
-    import signal
-
     _PARENT_PID[0] = params.get("parent_pid") or os.getppid()
     threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
     # systemd signals the whole cgroup on stop; the parent decides what happens to a job.
@@ -148,6 +147,23 @@ def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any,
     return out
 
 
+def _shutting_down(exit_code: Optional[int], cancelled: Callable[[], bool], grace_s: float = 2.0) -> bool:
+    """Did the child die because the service is stopping? systemd's stop signals the whole
+    cgroup, so the child may die a moment before the daemon's own handler has run: give a
+    SIGTERM/SIGINT death a short grace to turn into a cancellation, so the job stays spooled
+    instead of getting a final INTERNAL error."""
+    if cancelled():
+        return True
+    if exit_code not in (-signal.SIGTERM, -signal.SIGINT):
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if cancelled():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class RunnerClient:
     """Parent side: runs one job at a time in the child, with a deadline; restarts a dead child."""
 
@@ -204,6 +220,8 @@ class RunnerClient:
             if message is None:
                 continue
             if message[0] == "dead":
+                if _shutting_down(message[2], cancelled):
+                    return None
                 return error_result(ErrorCode.INTERNAL, message[1])
             if message[0] == "progress":
                 on_progress(message[1])
@@ -221,4 +239,4 @@ class RunnerClient:
             self._process.join(1.0)
             code = self._process.exitcode if code is None else code
             self.stop()
-            return ("dead", f"the measuring process died (exit code {code}) while running the job")
+            return ("dead", f"the measuring process died (exit code {code}) while running the job", code)
