@@ -183,6 +183,10 @@ class MqttConnection:
         self.client.loop_start()
         return True
 
+    def request_stop(self) -> None:
+        """Make ``start`` give up retrying (safe from any thread)."""
+        self._stopping.set()
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 

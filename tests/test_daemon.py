@@ -20,7 +20,7 @@ import pytest
 from edge_evolver.job import encode_job
 from edge_evolver.protocol import Topics, encode_frame
 
-from .mqtt_support import Broker, Collector, Daemon, children, result_for, status_is
+from .mqtt_support import Broker, Collector, Daemon, children, free_port, result_for, status_is
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -190,6 +190,13 @@ def test_sigterm_publishes_stopped_and_exits_cleanly(broker, tmp_path):
     watcher.wait_for(status_is("stopped"), timeout=10)
     watcher.close()
     assert '"serve_stop"' in daemon.log()
+
+
+def test_sigterm_while_the_broker_is_unreachable(tmp_path):
+    daemon = Daemon(f"mqtt://127.0.0.1:{free_port()}", str(tmp_path), "lonely").start()
+    time.sleep(2.0)  # it is retrying its first connection with back-off
+    assert daemon.terminate(timeout=15) == 0
+    assert '"mqtt_connect_failed"' in daemon.log() and '"serve_stop"' in daemon.log()
 
 
 def test_service_stop_mid_job_keeps_the_job_for_the_next_start(broker, tmp_path):

@@ -72,7 +72,8 @@ class EdgeDaemon:
                  group=self.config.group or None, backend=self.facts.get("backend"),
                  power_meter=self.facts.get("power_meter"), pending=self.jobs.qsize())
         if self.mqtt.start():
-            self.stopping.wait()
+            while not self.stopping.wait(0.5):
+                pass
         self.jobs.put(None)
         for thread in threads:
             thread.join(10.0)
@@ -83,8 +84,17 @@ class EdgeDaemon:
         return 0
 
     def stop(self, *_: Any) -> None:
-        """Signal handler and test hook: finish the current step, leave unfinished jobs spooled."""
+        """Signal handler: finish the current step, leave unfinished jobs spooled.
+
+        The event is set from a helper thread because a handler runs on the main thread, which may
+        be inside ``stopping.wait()`` holding the event's non-reentrant lock: setting it right here
+        can deadlock (it did, about once in fifty stops).
+        """
+        threading.Thread(target=self._request_stop, name="stop", daemon=True).start()
+
+    def _request_stop(self) -> None:
         self.stopping.set()
+        self.mqtt.request_stop()  # also ends a first-connection retry loop (broker unreachable)
 
     def _recover(self) -> None:
         """Jobs spooled by an earlier run: republish finished ones, queue the rest."""
