@@ -14,7 +14,12 @@ EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.p
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: evolve test lint broker bench-default bench-peers bench-precision bench-daemon clean
+# The first python3.6 that actually runs (a pyenv shim without 3.6 selected does not).
+PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command -v python3.6); do \
+                  "$$p" -c pass 2>/dev/null && echo "$$p" && break; done)
+VENV36 := .venv-py36
+
+.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +52,13 @@ test: $(STAMP) $(OLDEST_STAMP) broker
 	# edge_evolver again, on the oldest library versions a Python 3.6 Jetson gets
 	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
 
+# Optional: the edge suite on a real Python 3.6 (JetPack 4.6's interpreter), where one is installed.
+test-py36: broker
+	@test -n "$(PY36)" || { echo "no python3.6 found (set PY36=/path/to/python3.6)"; exit 1; }
+	test -x $(VENV36)/bin/python || $(PY36) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install -q --upgrade "pip<22" && $(VENV36)/bin/python -m pip install -q -r requirements-py36.txt
+	PYTHONPATH=$(CURDIR) $(VENV36)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check edge_evolver host_trainer tests bench
 	$(BIN)/vermin -q --no-tips --violations -t=3.6- --backport dataclasses edge_evolver
@@ -65,4 +77,4 @@ bench-daemon: $(STAMP) broker
 	$(BIN)/python bench/daemon.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(OLDEST) runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST) $(VENV36) runs .pytest_cache

@@ -324,12 +324,12 @@ def test_documented_mosquitto_commands(served, broker, tmp_path):
 
 def test_monitor_shows_every_device(served, broker):
     out = subprocess.run([sys.executable, "-m", "edge_evolver", "monitor", "--broker", broker.url, "--duration", "2",
-                          "--json"], capture_output=True, timeout=60)
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = {row["device_id"]: row for row in json.loads(out.stdout.decode().strip().splitlines()[-1])}
     assert rows["dev1"]["status"]["state"] == "online"
     table = subprocess.run([sys.executable, "-m", "edge_evolver", "monitor", "--broker", broker.url, "--duration",
-                            "1.5"], capture_output=True, timeout=60).stdout.decode()
+                            "1.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60).stdout.decode()
     assert "dev1" in table and "online" in table and "onnxruntime" in table
 
 
