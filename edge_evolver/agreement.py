@@ -6,6 +6,7 @@ the engine still computes the network the host evolved. Classifier outputs ([N, 
 C > 1) also get top-1 agreement, which is what matters for accuracy.
 """
 
+import math
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ def compare_outputs(
         )
     per_output: List[Dict[str, Any]] = []
     worst = 0.0
-    agree = total = 0
+    agree = total = bad = 0
     for name, got, want in zip(names, outputs, reference):
         got = np.asarray(got, dtype=np.float64)
         want = np.asarray(want, dtype=np.float64)
@@ -41,17 +42,25 @@ def compare_outputs(
                 ErrorCode.BAD_INPUT,
                 f"reference for output '{name}' has shape {list(want.shape)}, the engine gives {list(got.shape)}",
             )
+        # fp16 engines can overflow to inf/NaN: count those and let NaN win the maximum
+        # (Python's max() would quietly drop it), so a broken engine never looks perfect.
+        nonfinite = int(np.sum(~np.isfinite(got)))
         error = float(np.max(np.abs(got - want))) if got.size else 0.0
-        entry: Dict[str, Any] = {"name": name, "max_abs_error": error}
+        if nonfinite and math.isfinite(error):
+            error = float("nan")
+        entry: Dict[str, Any] = {"name": name, "max_abs_error": error, "nonfinite": nonfinite}
         if _is_classifier(got):
             same = int(np.sum(np.argmax(got, axis=1) == np.argmax(want, axis=1)))
             entry["top1_agreement"] = same / got.shape[0]
             agree += same
             total += got.shape[0]
-        worst = max(worst, error)
+        if not math.isnan(worst) and not error <= worst:  # a NaN, once seen, stays the answer
+            worst = error
+        bad += nonfinite
         per_output.append(entry)
     return {
         "max_abs_error": worst,
+        "nonfinite": bad,
         "top1_agreement": (agree / total) if total else None,
         "outputs_compared": len(per_output),
         "per_output": per_output,

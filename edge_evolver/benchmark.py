@@ -5,7 +5,8 @@ Method (mirrors trtexec's defaults in spirit):
 1. Warm-up: call ``infer`` repeatedly for at least ``warmup_s`` seconds and discard those
    runs, so lazy allocations, kernel selection and CPU frequency ramp-up are not measured.
 2. Timed window: call ``infer`` back to back until BOTH ``min_iterations`` calls and
-   ``min_seconds`` have elapsed, stopping anyway once ``max_seconds`` have elapsed.
+   ``min_seconds`` have elapsed, stopping anyway once ``max_seconds`` have elapsed (or after
+   MAX_ITERATIONS samples, which bounds memory for very fast models).
    Each call's latency is kept as a raw sample.
 3. Throughput = inferences (iterations * batch) / wall time of the timed window.
 
@@ -14,6 +15,7 @@ the next), so the samples add up exactly to the window's wall time and the loop 
 list append between calls.
 """
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,6 +25,11 @@ import numpy as np
 from .errors import EdgeError, ErrorCode
 
 Clock = Callable[[], float]
+
+# Bounds that keep one measurement's memory and result size sane on a 4 GiB board: a million
+# raw samples are ~30 MB in memory and ~20 MB as JSON (under the default 64 MB payload limit).
+MAX_ITERATIONS = 1000000
+MAX_SECONDS = 3600.0
 
 # Keys of BenchResult.to_dict(), in the order they are documented; the host's CSV writer
 # and the daemon's reply schema rely on these names.
@@ -55,14 +62,19 @@ class BenchSettings:
     def validate(self) -> None:
         """Raise EdgeError(BAD_INPUT) for settings the loop cannot honour."""
         problems = []
-        if int(self.batch) != self.batch or self.batch < 1:
-            problems.append(f"batch must be an integer >= 1 (got {self.batch!r})")
-        if int(self.min_iterations) != self.min_iterations or self.min_iterations < 1:
-            problems.append(f"min_iterations must be an integer >= 1 (got {self.min_iterations!r})")
-        for name in ("warmup_s", "min_seconds"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)!r})")
-        if self.max_seconds <= 0 or self.max_seconds < self.min_seconds:
+        for name in ("batch", "min_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                problems.append(f"{name} must be an integer >= 1 (got {value!r})")
+        if isinstance(self.min_iterations, (int, np.integer)) and self.min_iterations > MAX_ITERATIONS:
+            problems.append(f"min_iterations must be <= {MAX_ITERATIONS} (got {self.min_iterations!r})")
+        for name in ("warmup_s", "min_seconds", "max_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number (got {value!r})")
+            elif value < 0 or value > MAX_SECONDS:
+                problems.append(f"{name} must be between 0 and {MAX_SECONDS:g} (got {value!r})")
+        if not problems and (self.max_seconds <= 0 or self.max_seconds < self.min_seconds):
             problems.append(f"max_seconds must be > 0 and >= min_seconds (got {self.max_seconds!r})")
         if problems:
             raise EdgeError(ErrorCode.BAD_INPUT, "; ".join(problems))
@@ -174,7 +186,7 @@ def _timed_window(
         latencies.append((now - previous) * 1000.0)
         previous = now
         elapsed = now - start
-        if elapsed >= settings.max_seconds:
+        if elapsed >= settings.max_seconds or len(latencies) >= MAX_ITERATIONS:
             break
         if len(latencies) >= settings.min_iterations and elapsed >= settings.min_seconds:
             break

@@ -94,6 +94,11 @@ def serve(
                                                               envvar="EDGE_EVOLVER_IDLE_TELEMETRY_INTERVAL_S"),
     threads: Optional[int] = typer.Option(None, "--threads", envvar="EDGE_EVOLVER_THREADS",
                                           help="ONNX Runtime intra-op threads."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", envvar="EDGE_EVOLVER_MAX_QUEUE",
+                                            help="Jobs waiting at most; more get QUEUE_FULL."),
+    username: Optional[str] = typer.Option(None, "--username", envvar="EDGE_EVOLVER_USERNAME", help="Broker user."),
+    password_file: Optional[str] = typer.Option(None, "--password-file", envvar="EDGE_EVOLVER_PASSWORD_FILE",
+                                                help="File holding the broker password."),
 ) -> None:
     """Serve measurement jobs from an MQTT broker until SIGTERM."""
     from .daemon.config import build_config
@@ -102,6 +107,7 @@ def serve(
     overrides = dict(broker=broker, device_id=device_id, group=group, backend=backend, power=power,
                      cache_dir=cache_dir, state_dir=state_dir, prefix=prefix, mqtt_version=mqtt_version,
                      max_payload_mb=max_payload_mb, job_timeout_s=job_timeout_s, threads=threads,
+                     max_queue=max_queue, username=username, password_file=password_file,
                      telemetry_interval_s=telemetry_interval_s, idle_telemetry_interval_s=idle_telemetry_interval_s)
     try:
         config = build_config(config_file, overrides)
@@ -153,8 +159,9 @@ def monitor(
             conn.subscribe(topic, 0)
 
     conn.on_connect = subscribe_all
-    conn.start(first_delay=0.5, max_delay=5.0)
     try:
+        if not conn.start(first_delay=0.5, max_delay=5.0, give_up_after=duration):
+            _fail(ErrorCode.BROKER_UNREACHABLE, f"cannot reach the broker at {url.display()}")
         _watch(conn, state, duration, json_out)
     except KeyboardInterrupt:
         pass

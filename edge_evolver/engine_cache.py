@@ -41,10 +41,25 @@ def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, path)
+        if fsync:
+            _fsync_directory(directory)  # the rename itself must survive a power cut
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open directories; the data itself is synced
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 class EngineCache:

@@ -24,6 +24,7 @@ class ErrorCode:
     TIMEOUT = "TIMEOUT"  # the job took longer than allowed
     INVALID_FRAME = "INVALID_FRAME"  # an MQTT job payload that does not follow the framing
     QUEUE_FULL = "QUEUE_FULL"  # the daemon already holds its maximum of waiting jobs
+    BROKER_UNREACHABLE = "BROKER_UNREACHABLE"  # CLI only: no MQTT connection within the time given
     INTERNAL = "INTERNAL"  # a bug: an exception nobody anticipated
 
     @classmethod

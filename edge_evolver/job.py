@@ -12,6 +12,7 @@ import numpy as np
 
 from .benchmark import BenchSettings
 from .errors import EdgeError, ErrorCode
+from .inputs import MAX_ELEMENTS
 from .protocol import (
     BENCH_FIELDS,
     OPTION_FIELDS,
@@ -89,8 +90,6 @@ def _settings(header: Dict[str, Any], job_id: str) -> BenchSettings:
     unknown = sorted(set(bench) - set(BENCH_FIELDS))
     _require(not unknown, f"unknown bench setting(s) {unknown}; known: {list(BENCH_FIELDS)}", job_id,
              ErrorCode.BAD_INPUT)
-    bad = [k for k, v in bench.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-    _require(not bad, f"bench setting(s) {bad} must be numbers", job_id, ErrorCode.BAD_INPUT)
     settings = BenchSettings(**bench)
     try:
         settings.validate()
@@ -111,7 +110,12 @@ def _tensor(entry: Any, body: memoryview, offset: int, job_id: str) -> Tuple[str
     _require(dtype.kind in _NUMERIC_KINDS, f"tensor '{name}' has unsupported dtype {dtype_name!r}", job_id)
     _require(isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape),
              f"tensor '{name}' needs a shape of non-negative ints", job_id)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    count = 1
+    for dim in shape:  # Python ints: no overflow, whatever the header claims
+        count *= dim
+    _require(count <= MAX_ELEMENTS, f"tensor '{name}' has {count} elements, above {MAX_ELEMENTS}", job_id,
+             ErrorCode.BAD_SHAPE)
+    expected = count * dtype.itemsize
     _require(size == expected, f"tensor '{name}' size {size} != {expected} for {dtype.name}{shape}", job_id)
     _require(offset + size <= len(body), f"tensor '{name}' runs past the end of the payload", job_id)
     raw = body[offset:offset + size]
@@ -134,8 +138,36 @@ def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes
 
 
 def decode_job(payload: bytes, max_bytes: int) -> Job:
-    """Validate and unpack a framed job; raises FrameError with an ErrorCode."""
-    header, body = split_frame(payload, max_bytes)
+    """Validate and unpack a framed job; raises FrameError with an ErrorCode (and never anything else)."""
+    try:
+        header, body = split_frame(payload, max_bytes)
+    except FrameError as exc:
+        exc.reply_to = _reply_to(exc.job_id, payload)
+        raise
+    try:
+        return _decode(header, body)
+    except FrameError as exc:
+        exc.reply_to = header.get("reply_to") if isinstance(header.get("reply_to"), str) else None
+        raise
+    except Exception as exc:  # a header no check anticipated must still get a coded answer
+        job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None
+        message = f"unusable job header ({type(exc).__name__}: {exc})"
+        raise FrameError(ErrorCode.INVALID_FRAME, message, job_id) from None
+
+
+def _reply_to(job_id: Optional[str], payload: bytes) -> Optional[str]:
+    """Where an oversize job wanted its answer (its header was readable, the body too big)."""
+    if job_id is None:
+        return None
+    try:
+        header, _ = split_frame(payload, len(payload))
+    except FrameError:
+        return None
+    value = header.get("reply_to")
+    return value if isinstance(value, str) else None
+
+
+def _decode(header: Dict[str, Any], body: memoryview) -> Job:
     raw_id = header.get("job_id")
     _require(valid_job_id(raw_id), f"missing or invalid job_id {raw_id!r}", None)
     job_id = str(raw_id)

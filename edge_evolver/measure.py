@@ -108,6 +108,7 @@ class _PowerWindow(WindowMonitor):
         self.observer = observer
         self.sampler: Any = None
         self.summary: Optional[Dict[str, Any]] = None
+        self._observing = False
 
     def window_started(self, latencies_ms: List[float]) -> None:
         if self.meter is not None:
@@ -118,10 +119,12 @@ class _PowerWindow(WindowMonitor):
         if self.observer is not None:
             self.observer.live_power = self.latest_w
             self.observer.window_started(latencies_ms)
+            self._observing = True
 
     def window_finished(self) -> None:
         self.stop()
-        if self.observer is not None:
+        if self._observing and self.observer is not None:
+            self._observing = False
             self.observer.window_finished()
 
     def stop(self) -> None:
@@ -201,7 +204,7 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
         result.bench = run_benchmark(lambda: engine.infer(feeds), req.settings, monitor=window)
         result.power = window.summary
     finally:
-        window.stop()
+        window.window_finished()  # idempotent; after a failure mid-window it ends sampler and observer
         engine.close()
 
 

@@ -164,13 +164,17 @@ class MqttConnection:
         self.client.connect(self.broker.host, self.broker.port, keepalive,
                             clean_start=not self.persistent, properties=props)
 
-    def start(self, keepalive: int = 30, first_delay: float = 1.0, max_delay: float = 30.0) -> bool:
+    def start(self, keepalive: int = 30, first_delay: float = 1.0, max_delay: float = 30.0,
+              give_up_after: Optional[float] = None) -> bool:
         """Connect (retrying with doubling back-off until ``stop``), then run paho's loop thread.
 
-        Returns False when stopped before the first connection succeeded.
+        Returns False when stopped, or past ``give_up_after`` seconds, before a connection.
         """
         delay = first_delay
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
         while not self._stopping.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
             try:
                 self._connect_once(keepalive)
                 break

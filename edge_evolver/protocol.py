@@ -76,6 +76,7 @@ class FrameError(Exception):
         self.code = code
         self.message = message
         self.job_id = job_id
+        self.reply_to: Optional[str] = None  # the header's reply_to, when it could be read
 
 
 def valid_job_id(value: Any) -> bool:
@@ -132,8 +133,12 @@ class Topics:
         return (device_id, kind) if device_id and kind in TOPIC_QOS else None
 
     def reply_allowed(self, topic: str) -> bool:
-        """A job may name its result topic, but only under our prefix and without wildcards."""
-        return topic.startswith(self.prefix + "/") and not any(c in topic for c in "+#\x00")
+        """A job may name its result topic: under our prefix, no wildcards, and not a status,
+        jobs or telemetry topic (a result there would confuse every subscriber of it)."""
+        if not topic.startswith(self.prefix + "/") or any(c in topic for c in "+#\x00"):
+            return False
+        parsed = self.parse(topic)
+        return topic != self.group_jobs() and (parsed is None or parsed[1] == "results")
 
 
 def qos(kind: str) -> int:
@@ -181,8 +186,8 @@ def split_frame(payload: bytes, max_bytes: int) -> Tuple[Dict[str, Any], memoryv
         raise FrameError("INVALID_FRAME", f"header length {size} does not fit the {len(payload)}-byte payload")
     try:
         header = json.loads(bytes(payload[HEADER_OFFSET:HEADER_OFFSET + size]).decode("utf-8"))
-    except ValueError as exc:
-        raise FrameError("INVALID_FRAME", f"header is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise FrameError("INVALID_FRAME", f"header is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise FrameError("INVALID_FRAME", "header is not a JSON object")
     job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None

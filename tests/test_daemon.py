@@ -152,6 +152,7 @@ def _build_fails():
 
 def test_every_bad_job_gets_a_coded_error_and_the_daemon_keeps_serving(served):
     daemon, watcher = served
+    assert submit(watcher, "warm-0", conv_model())["status"] == "ok"  # the child has loaded its runtime
     rss_before = daemon.rss_kb()
     good = encode_job("sha-1", conv_model())
     tampered = good[:-1] + bytes([good[-1] ^ 0xFF])
@@ -166,6 +167,9 @@ def test_every_bad_job_gets_a_coded_error_and_the_daemon_keeps_serving(served):
         ("shape-1", encode_job("shape-1", _absurd_shape(), bench=QUICK), "BAD_SHAPE"),
         ("build-1", encode_job("build-1", _build_fails(), bench=QUICK), "BUILD_FAILED"),
         ("reply-1", encode_job("reply-1", conv_model(), reply_to="elsewhere/x"), "BAD_INPUT"),
+        ("reply-2", encode_job("reply-2", conv_model(), reply_to=TOPICS.status("dev1")), "BAD_INPUT"),
+        ("nan-1", encode_frame({"protocol": 1, "job_id": "nan-1", "bench": {"max_seconds": float("nan")},
+                                "model": {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}}, [b""]), "BAD_INPUT"),
     ]
     for job_id, payload, code in cases:
         mark = watcher.mark()
@@ -173,6 +177,12 @@ def test_every_bad_job_gets_a_coded_error_and_the_daemon_keeps_serving(served):
         result = watcher.wait_for(result_for(job_id), timeout=60, after=mark)["data"]
         assert (result["status"], result["code"]) == ("error", code), (job_id, result)
         assert result["message"] and "\n" not in result["message"]
+    # A refused job still answers on the topic it asked for.
+    mark = watcher.mark()
+    host_topic = "edge-evolver/devices/host-1/results"
+    watcher.publish(TOPICS.jobs("dev1"), encode_job("sha-2", conv_model(), reply_to=host_topic)[:-1] + b"\0")
+    answer = watcher.wait_for(result_for("sha-2"), timeout=60, after=mark)
+    assert answer["topic"] == host_topic and answer["data"]["code"] == "SHA_MISMATCH"
     assert submit(watcher, "after-bad", conv_model())["status"] == "ok"
     assert daemon.proc.poll() is None
     # Bounded memory: twenty more bad jobs do not grow the daemon (a loose bound, not a timing).
@@ -255,6 +265,18 @@ def test_broker_restart_reconnects_and_keeps_the_session(tmp_path):
         # Published right away: the persistent session queues it even if the daemon is still backing off.
         assert submit(watcher, "after-restart", conv_model(), device="br1")["status"] == "ok"
         assert '"mqtt_disconnected"' in daemon.log()
+        # A job that finishes while the broker is away: its result is sent once the broker is back,
+        # and its spool file stays until the broker has confirmed it.
+        watcher.publish(TOPICS.jobs("br1"), encode_job("during-outage", conv_model(),
+                                                        bench={"min_iterations": 10, "min_seconds": 2.0}))
+        watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"]["activity"] == "benchmarking", 30)
+        watcher.close()
+        broker.stop()
+        time.sleep(3.0)
+        assert os.path.exists(os.path.join(str(tmp_path / "s"), "spool", "during-outage.job"))
+        broker.start()
+        watcher = Collector(broker.url, ["edge-evolver/devices/br1/+"])
+        assert watcher.wait_for(result_for("during-outage"), timeout=60)["data"]["status"] == "ok"
         watcher.close()
     finally:
         daemon.kill()
@@ -320,6 +342,13 @@ def test_documented_mosquitto_commands(served, broker, tmp_path):
     out, _ = sub.communicate(timeout=70)
     result = json.loads(out.decode().splitlines()[0])
     assert (result["job_id"], result["status"]) == ("cli-1", "ok")
+
+
+def test_monitor_gives_up_on_an_unreachable_broker():
+    out = subprocess.run([sys.executable, "-m", "edge_evolver", "monitor", "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                          "--duration", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.decode().strip().splitlines()[-1].startswith("error: BROKER_UNREACHABLE: ")
 
 
 def test_monitor_shows_every_device(served, broker):

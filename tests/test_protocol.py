@@ -76,9 +76,18 @@ def _good_header(model=b"m", **extra):
                    b"m" + b"\0" * 8), ErrorCode.INVALID_FRAME, "j1"),
     (_header_frame(_good_header(tensors=[{"role": "input", "name": "x", "dtype": "float32", "shape": [4], "size": 16}]),
                    b"m" + b"\0" * 8), ErrorCode.INVALID_FRAME, "j1"),
+    (_header_frame(_good_header(bench={"batch": 2.0}), b"m"), ErrorCode.BAD_INPUT, "j1"),
+    (encode_frame({"protocol": 1, "job_id": "j1", "bench": {"max_seconds": float("nan")}, "model":
+                   {"size": 1, "sha256": hashlib.sha256(b"m").hexdigest()}}, [b"m"]), ErrorCode.BAD_INPUT, "j1"),
+    (_header_frame(_good_header(bench={"max_seconds": 1e400}), b"m"), ErrorCode.BAD_INPUT, "j1"),
+    (_header_frame(_good_header(tensors=[{"role": "input", "name": "x", "dtype": "float32", "shape": [2 ** 62, 4],
+                                          "size": 0}]), b"m"), ErrorCode.BAD_SHAPE, "j1"),
+    (_header_frame(_good_header(meta=[1]), b"m"), ErrorCode.INVALID_FRAME, "j1"),
+    (MAGIC + (200001).to_bytes(4, "big") + b"[" * 100000 + b"]" * 100000 + b"!", ErrorCode.INVALID_FRAME, None),
 ], ids=["empty", "no-magic", "header-length", "header-not-json", "header-not-object", "bad-job-id", "protocol",
         "sha-mismatch", "short-body", "trailing-bytes", "bad-bench", "unknown-bench", "unknown-option",
-        "tensor-dtype", "tensor-size", "tensor-past-end"])
+        "tensor-dtype", "tensor-size", "tensor-past-end", "float-batch", "nan-seconds", "inf-seconds",
+        "overflowing-shape", "meta-not-object", "deeply-nested-header"])
 def test_bad_frames_are_refused_with_a_code(payload, code, job_id):
     with pytest.raises(FrameError) as info:
         decode_job(payload, max_bytes=MB)
@@ -86,11 +95,16 @@ def test_bad_frames_are_refused_with_a_code(payload, code, job_id):
     assert info.value.message and "\n" not in info.value.message
 
 
-def test_oversize_is_refused_but_names_the_job():
-    payload = encode_job("huge", os.urandom(4096))
+def test_oversize_is_refused_but_names_the_job_and_its_reply_topic():
+    payload = encode_job("huge", os.urandom(4096), reply_to="edge-evolver/host/r")
     with pytest.raises(FrameError) as info:
         decode_job(payload, max_bytes=1024)
     assert (info.value.code, info.value.job_id) == (ErrorCode.OVERSIZE, "huge")
+    assert info.value.reply_to == "edge-evolver/host/r"
+    tampered = encode_job("tam", b"model", reply_to="edge-evolver/host/r")[:-1] + b"X"
+    with pytest.raises(FrameError) as info:
+        decode_job(tampered, max_bytes=1024)
+    assert (info.value.code, info.value.reply_to) == (ErrorCode.SHA_MISMATCH, "edge-evolver/host/r")
     assert len(payload) > HEADER_OFFSET
 
 
@@ -103,6 +117,8 @@ def test_topics_prefix_in_one_place():
     assert topics.parse("lab/ee/devices/tx1-a/nope") is None and topics.parse("other/x") is None
     assert topics.reply_allowed("lab/ee/host/r1") and not topics.reply_allowed("elsewhere/r1")
     assert not topics.reply_allowed("lab/ee/#")
+    assert topics.reply_allowed("lab/ee/devices/tx1-a/results")
+    assert not topics.reply_allowed("lab/ee/devices/tx1-a/status") and not topics.reply_allowed("lab/ee/jobs")
     for bad in ("", "a/#", "$SYS", "/x", "x/"):
         with pytest.raises(ValueError):
             Topics(bad)
@@ -192,6 +208,10 @@ def test_agreement_max_error_and_top1():
     assert out["max_abs_error"] == pytest.approx(0.4)
     assert out["top1_agreement"] == 0.5 and out["outputs_compared"] == 2
     assert "top1_agreement" not in out["per_output"][1]
+    assert out["nonfinite"] == 0
+    broken = compare_outputs([np.array([[np.nan, 1.0], [0.8, 0.2]]), got[1]], ref, ["logits", "features"])
+    assert broken["nonfinite"] == 1 and broken["max_abs_error"] != broken["max_abs_error"]  # NaN, not 0
+    assert json.loads(dumps({"a": broken}))["a"]["max_abs_error"] is None
     with pytest.raises(EdgeError):
         compare_outputs(got[:1], ref, ["logits", "features"])
     with pytest.raises(EdgeError):

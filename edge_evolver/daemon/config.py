@@ -28,7 +28,7 @@ class ServeConfig:
     power: str = "auto"
     cache_dir: str = ""  # empty: <state_dir>/engines
     state_dir: str = "~/.local/state/edge-evolver"
-    max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB
+    max_payload_mb: float = float(DEFAULT_MAX_PAYLOAD_MB)
     job_timeout_s: float = 900.0
     max_queue: int = 64
     telemetry_interval_s: float = 1.0

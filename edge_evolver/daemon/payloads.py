@@ -8,6 +8,8 @@ import time
 from typing import Any, Dict, Optional
 
 from .. import __version__
+from ..benchmark import RESULT_KEYS
+from ..measure import ENGINE_KEYS, POWER_KEYS
 from ..protocol import PROTOCOL_VERSION
 
 
@@ -41,12 +43,14 @@ def result_payload(
     board: Dict[str, Any],
     meta: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """One result: the measurement's flat dict plus job identity, timestamps and board state."""
-    out: Dict[str, Any] = {
-        "model_sha256": None,
-        "code": None,
-        "message": "",
-    }
+    """One result: the measurement's flat dict plus job identity, timestamps and board state.
+
+    Every measurement key is present even in an error result (null), so consumers never guess.
+    """
+    out: Dict[str, Any] = {key: None for key in RESULT_KEYS + POWER_KEYS + ENGINE_KEYS}
+    out.update(model_sha256=None, code=None, message="", agreement=None, backend=None)
+    if measured.get("status") != "ok":
+        out["power_reason"] = "not measured: the job failed"
     out.update(measured)
     out.update(
         protocol=PROTOCOL_VERSION,

@@ -97,7 +97,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
         with lock:
             conn.send(message)
 
-    meter = _child_meter(params.get("power", "none"))
+    meter = _child_meter(params.get("power", "none"), params.get("power_reason") or "")
     while True:
         try:
             request = conn.recv()
@@ -111,14 +111,18 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
             send(("result", error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")))
 
 
-def _child_meter(name: str) -> Any:
+def _child_meter(name: str, reason: str) -> Any:
+    """The meter the daemon chose at start-up; "none" keeps the daemon's reason (no meter found,
+    or disabled), so every result says why its power is null."""
     from ..power import resolve_meter
+    from ..power.none_meter import NoneMeter
 
+    if name == "none":
+        return NoneMeter(reason or "power measurement disabled")
     try:
-        meter, _ = resolve_meter(name)
-    except Exception:
-        meter, _ = resolve_meter("none")
-    return meter
+        return resolve_meter(name)[0]
+    except Exception as exc:
+        return NoneMeter(f"power meter '{name}' failed in the measuring process: {exc}")
 
 
 def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any,

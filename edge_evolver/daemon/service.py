@@ -9,21 +9,23 @@ message callback, before paho sends the PUBACK, so a daemon killed at any point 
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 import structlog
 
 from ..errors import ErrorCode
 from ..job import decode_job
 from ..mqtt import MqttConnection
-from ..protocol import FrameError, Topics, dumps, qos, retained
+from ..protocol import FrameError, Topics, dumps, qos, retained, split_frame
 from .config import ServeConfig, broker_with_credentials
 from .jobstore import JobStore
+from .outbox import Outbox
 from .payloads import result_payload, status_payload, telemetry_payload, will_payload
 from .runner import RunnerClient, error_result
 
 log = structlog.get_logger("edge_evolver.serve")
 
+MAX_SPOOLED_BYTES = 1 << 40  # spooled jobs passed the size check at intake; re-reading needs no limit
 SUMMARY_KEYS = ("status", "code", "backend", "precision", "cache_hit", "engine_build_s", "fps",
                 "latency_ms_p50", "latency_ms_p99", "power_w_mean", "energy_mj_per_inference", "queue_s")
 
@@ -41,13 +43,13 @@ class EdgeDaemon:
         self.jobs: queue.Queue[Optional[str]] = queue.Queue()
         self._known: Set[str] = set()  # queued or running ids: drops duplicate deliveries
         self._received: Dict[str, float] = {}
-        self._republish: List[str] = []  # finished before a kill, result not yet published
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.activity: Dict[str, Any] = {"activity": "idle"}
         self.started_at = time.time()
         self.runner = RunnerClient({
             "backend": config.backend, "power": facts.get("power_meter") or "none",
+            "power_reason": facts.get("power_reason"),
             "cache_dir": config.resolved_cache_dir(), "threads": config.threads,
             "telemetry_interval_s": config.telemetry_interval_s, "log_level": config.log_level,
         })
@@ -56,6 +58,7 @@ class EdgeDaemon:
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
+        self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id), self.topics.reply_allowed)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -97,12 +100,12 @@ class EdgeDaemon:
         self.mqtt.request_stop()  # also ends a first-connection retry loop (broker unreachable)
 
     def _recover(self) -> None:
-        """Jobs spooled by an earlier run: republish finished ones, queue the rest."""
+        """Jobs spooled by an earlier run: queue unfinished ones, resend unconfirmed results."""
         for job_id in self.store.pending():
             if self.store.result(job_id) is None:
                 self._enqueue(job_id, received_at=None)
-        # A finished job whose spool file survived was killed between storing and publishing.
-        self._republish = [j for j in self.store.pending() if self.store.result(j) is not None]
+            else:  # stored, but killed before the broker confirmed the result
+                self.outbox.resend_later(job_id)
 
     # ------------------------------------------------------------------ MQTT callbacks (paho's thread)
     def _on_connect(self, session_present: bool) -> None:
@@ -112,9 +115,6 @@ class EdgeDaemon:
             self.mqtt.subscribe(self.topics.shared_jobs(self.config.group), qos("jobs"))
         online = status_payload("online", device, self.facts, since=self.started_at)
         self.mqtt.publish(self.topics.status(device), dumps(online), qos("status"), retained("status"))
-        republish, self._republish = self._republish, []
-        for job_id in republish:
-            self._publish_result(job_id, self.store.result(job_id) or {})
         log.info("mqtt_connected", session_present=session_present)
 
     def _on_disconnect(self, rc: int) -> None:
@@ -124,34 +124,41 @@ class EdgeDaemon:
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
             self._intake(payload)
-        except Exception:  # never let one message take the network thread down
+        except Exception as exc:  # never let one message take the network thread down, nor go unanswered
             log.exception("intake_internal_error", topic=topic, bytes=len(payload))
+            self._reject(None, ErrorCode.INTERNAL, f"job intake failed: {type(exc).__name__}: {exc}")
 
     def _intake(self, payload: bytes) -> None:
         received_at = time.time()
         try:
             job = decode_job(payload, self.config.max_payload_bytes)
         except FrameError as exc:
-            self._reject(exc.job_id, exc.code, exc.message)
+            self._reject(exc.job_id, exc.code, exc.message, exc.reply_to)
             return
         if job.reply_to is not None and not self.topics.reply_allowed(job.reply_to):
-            self._reject(job.job_id, ErrorCode.BAD_INPUT,
-                         f"reply_to '{job.reply_to}' is outside '{self.topics.prefix}/'")
+            self._reject(job.job_id, ErrorCode.BAD_INPUT, f"reply_to '{job.reply_to}' is not a results topic "
+                         f"under '{self.topics.prefix}/'")
             return
-        stored = self.store.result(job.job_id)
-        if stored is not None:
-            log.info("job_repeated", job_id=job.job_id, status=stored.get("status"))
-            self._publish(job.reply_to, dict(stored, repeated=True))
-            return
-        with self._lock:
-            if job.job_id in self._known or self.store.is_spooled(job.job_id):
+        with self._lock:  # one decision per job_id, also against the worker storing its result
+            stored = self.store.result(job.job_id)
+            if stored is not None:
+                log.info("job_repeated", job_id=job.job_id, status=stored.get("status"))
+                self.outbox.publish(dict(stored, repeated=True), job.reply_to)
+            elif job.job_id in self._known or self.store.is_spooled(job.job_id):
                 log.info("job_duplicate_delivery", job_id=job.job_id)
-                return
-            if len(self._known) >= self.config.max_queue:
-                self._reject(job.job_id, ErrorCode.QUEUE_FULL, f"{len(self._known)} jobs already waiting")
-                return
-            self.store.spool(job.job_id, payload)  # durable before paho acknowledges the message
-            self._enqueue(job.job_id, received_at)
+            elif len(self._known) >= self.config.max_queue:
+                self._reject(job.job_id, ErrorCode.QUEUE_FULL, f"{len(self._known)} jobs already waiting",
+                             job.reply_to)
+            else:
+                self._accept(job.job_id, payload, received_at, job.reply_to)
+
+    def _accept(self, job_id: str, payload: bytes, received_at: float, reply_to: Optional[str]) -> None:
+        try:
+            self.store.spool(job_id, payload)  # durable before paho acknowledges the message
+        except OSError as exc:
+            self._reject(job_id, ErrorCode.INTERNAL, f"cannot store the job: {exc}", reply_to)
+            return
+        self._enqueue(job_id, received_at)
 
     def _enqueue(self, job_id: str, received_at: Optional[float]) -> None:
         self._known.add(job_id)
@@ -159,32 +166,29 @@ class EdgeDaemon:
             self._received[job_id] = received_at
         self.jobs.put(job_id)
 
-    def _reject(self, job_id: Optional[str], code: str, message: str) -> None:
+    def _reject(self, job_id: Optional[str], code: str, message: str, reply_to: Optional[str] = None) -> None:
         """An error result for a job that was never accepted (not stored: it may be resent fixed)."""
         log.warning("job_rejected", job_id=job_id, code=code, message=message)
+        now = time.time()
         body = result_payload(self.config.device_id, job_id, error_result(code, message),
-                              {"received_at": time.time(), "started_at": None, "finished_at": time.time()},
-                              {})
-        self._publish(None, body)
-
-    def _publish(self, reply_to: Optional[str], body: Dict[str, Any]) -> None:
-        topic = reply_to or self.topics.results(self.config.device_id)
-        self.mqtt.publish(topic, dumps(body), qos("results"), retained("results"))
-
-    def _publish_result(self, job_id: str, body: Dict[str, Any]) -> None:
-        self._publish(body.get("reply_to"), body)
-        self.store.finish(job_id)
+                              {"received_at": now, "started_at": None, "finished_at": now}, {})
+        self.outbox.publish(body, reply_to)
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
         while not self.stopping.is_set():
-            job_id = self.jobs.get()
+            self.outbox.confirm()
+            try:
+                job_id = self.jobs.get(timeout=1.0)
+            except queue.Empty:
+                continue
             if job_id is None or self.stopping.is_set():
                 return
             try:
                 self._handle(job_id)
-            except Exception:
+            except Exception as exc:  # our own failure: the job still gets a final, coded answer
                 log.exception("job_internal_error", job_id=job_id)
+                self._finish(job_id, error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), {}, {})
             finally:
                 with self._lock:
                     self._known.discard(job_id)
@@ -194,19 +198,24 @@ class EdgeDaemon:
         board = self.board_state()
         started = time.time()
         self.activity = {"activity": "building", "job_id": job_id}
-        payload = self.store.read_job(job_id)
-        job = decode_job(payload, max_bytes=len(payload))
-        limit = min(job.timeout_s or self.config.job_timeout_s, self.config.job_timeout_s)
+        header, _ = split_frame(self.store.read_job(job_id), MAX_SPOOLED_BYTES)  # validated at intake
+        limit = min(header.get("timeout_s") or self.config.job_timeout_s, self.config.job_timeout_s)
         measured = self.runner.run(self.store.job_path(job_id), limit, self._progress(job_id),
                                    cancelled=self.stopping.is_set)
         if measured is None:
             log.info("job_interrupted", job_id=job_id, note="left in the spool; it runs again after restart")
             return
+        measured.setdefault("model_sha256", (header.get("model") or {}).get("sha256"))
+        self._finish(job_id, measured, board, header, started)
+
+    def _finish(self, job_id: str, measured: Dict[str, Any], board: Dict[str, Any], header: Dict[str, Any],
+                started: Optional[float] = None) -> None:
         timing = {"received_at": self._received.pop(job_id, None), "started_at": started, "finished_at": time.time()}
-        body = result_payload(self.config.device_id, job_id, measured, timing, board, job.meta)
-        body["reply_to"] = job.reply_to
-        self.store.store_result(job_id, body)
-        self._publish_result(job_id, body)
+        body = result_payload(self.config.device_id, job_id, measured, timing, board, header.get("meta"))
+        body["reply_to"] = header.get("reply_to")
+        with self._lock:
+            self.store.store_result(job_id, body)
+        self.outbox.send(job_id, body)
         log.info("job", job_id=job_id, sha256=(body.get("model_sha256") or "")[:12],
                  **{k: round(v, 3) if isinstance(v, float) else v for k, v in
                     ((k, body.get(k)) for k in SUMMARY_KEYS)})

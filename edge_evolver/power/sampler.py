@@ -123,12 +123,14 @@ class PowerSampler:
     def stop(self) -> PowerSummary:
         if self._thread is None:
             raise RuntimeError("PowerSampler.stop() called before start()")
-        self._stop_event.set()
-        self._thread.join(JOIN_TIMEOUT_S)
-        self._thread = None
+        # The closing sample and counter read come first: the window ends now, not after a join
+        # that a hung meter read could stretch (which would inflate seconds and energy).
         t1 = self._clock()
         self._record(self._window, t1)
         energy1 = self._read_energy()
+        self._stop_event.set()
+        self._thread.join(JOIN_TIMEOUT_S)
+        self._thread = None
         with self._lock:
             return self._summarize(max(0.0, t1 - self._t0), energy1)
 
