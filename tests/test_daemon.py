@@ -209,15 +209,21 @@ def test_sigterm_while_the_broker_is_unreachable(tmp_path):
     assert '"mqtt_connect_failed"' in daemon.log() and '"serve_stop"' in daemon.log()
 
 
+def _mid_benchmark(broker, tmp_path, device, job_id):
+    """A daemon busy benchmarking a 4-second job, and a collector watching it."""
+    watcher = Collector(broker.url, [f"edge-evolver/devices/{device}/+"])
+    daemon = Daemon(broker.url, str(tmp_path), device).start()
+    watcher.wait_for(status_is("online"), timeout=60)
+    job = encode_job(job_id, conv_model(), bench={"min_iterations": 10, "min_seconds": 4.0, "warmup_s": 0.0})
+    watcher.publish(TOPICS.jobs(device), job)
+    watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"].get("activity") == "benchmarking", 60)
+    return daemon, watcher
+
+
 def test_service_stop_mid_job_keeps_the_job_for_the_next_start(broker, tmp_path):
     """systemd's stop signals the whole cgroup: the measuring child may die first. The job must
     stay spooled (not end as an INTERNAL error) and run after the restart."""
-    watcher = Collector(broker.url, ["edge-evolver/devices/stop1/+"])
-    daemon = Daemon(broker.url, str(tmp_path), "stop1").start()
-    watcher.wait_for(status_is("online"), timeout=60)
-    job = encode_job("stop-1", conv_model(), bench={"min_iterations": 10, "min_seconds": 4.0, "warmup_s": 0.0})
-    watcher.publish(TOPICS.jobs("stop1"), job)
-    watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"].get("activity") == "benchmarking", 60)
+    daemon, watcher = _mid_benchmark(broker, tmp_path, "stop1", "stop-1")
     for pid in children(daemon.proc.pid) + [daemon.proc.pid]:
         os.kill(pid, signal.SIGTERM)
     assert daemon.proc.wait(30) == 0
@@ -231,12 +237,7 @@ def test_service_stop_mid_job_keeps_the_job_for_the_next_start(broker, tmp_path)
 
 
 def test_last_will_and_restart_mid_job_finishes_the_job(broker, tmp_path):
-    watcher = Collector(broker.url, ["edge-evolver/devices/kill1/+"])
-    daemon = Daemon(broker.url, str(tmp_path), "kill1").start()
-    watcher.wait_for(status_is("online"), timeout=60)
-    job = encode_job("slow-1", conv_model(), bench={"min_iterations": 10, "min_seconds": 4.0, "warmup_s": 0.0})
-    watcher.publish(TOPICS.jobs("kill1"), job)
-    watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"].get("activity") == "benchmarking", 60)
+    daemon, watcher = _mid_benchmark(broker, tmp_path, "kill1", "slow-1")
     daemon.kill()  # SIGKILL mid-benchmark: no clean disconnect, so the broker sends the Last Will
     watcher.wait_for(status_is("offline"), timeout=15)
     assert os.listdir(os.path.join(str(tmp_path), "spool")) == ["slow-1.job"]

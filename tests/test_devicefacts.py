@@ -2,7 +2,6 @@
 an x86 box: model, L4T/JetPack, nvpmodel mode, jetson_clocks state and temperatures."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, List
@@ -21,18 +20,9 @@ from edge_evolver.devicefacts import (
     temperatures,
 )
 
-BOARDS = Path(__file__).resolve().parent / "fixtures" / "boards"
+from .power_support import board, copy_board
+
 FACT_KEYS = {"board", "l4t", "jetpack", "power_mode", "clocks_locked", "temperatures", "cpu_count", "machine", "python"}
-
-
-def board(name: str) -> str:
-    return str(BOARDS / name)
-
-
-def copy_board(tmp_path: Path, name: str) -> Path:
-    target = tmp_path / name
-    shutil.copytree(str(BOARDS / name), str(target))
-    return target
 
 
 def lock_clocks(root: Path, gpu: bool = True) -> None:
