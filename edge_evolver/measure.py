@@ -166,6 +166,20 @@ def _feeds(engine: Engine, inputs: Optional[Mapping[str, np.ndarray]], batch: in
     return synthesize_inputs(engine.inputs, batch, seed=seed, overrides=overrides)
 
 
+def _leading_dim(feeds: Mapping[str, np.ndarray]) -> Optional[int]:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else None
+
+
+def _run_in_batches(engine: Engine, sample: Mapping[str, np.ndarray], batch: int) -> List[np.ndarray]:
+    """Agreement samples, run ``batch`` at a time: a TensorRT engine is built for exactly one batch."""
+    count = _leading_dim(sample) or 0
+    if count % batch:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"{count} sample inputs do not split into batches of {batch}")
+    chunks = [engine.infer({k: v[i:i + batch] for k, v in sample.items()}) for i in range(0, count, batch)]
+    return [np.concatenate([chunk[j] for chunk in chunks]) for j in range(len(chunks[0]))]
+
+
 @dataclass
 class MeasureRequest:
     """Everything about one measurement besides the model bytes."""
@@ -195,10 +209,16 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
     result.engine_info = dict(engine.info)
     result.threads, result.precision = engine.info.get("threads"), engine.info.get("precision")
     try:
-        feeds = _feeds(engine, req.inputs, req.settings.batch, req.seed, options.get("shape_overrides"))
+        batch = req.settings.batch
+        sample = check_feeds(engine.inputs, req.inputs) if req.inputs is not None else None
+        # Job inputs drive the benchmark only at its batch; otherwise they are agreement samples.
+        use_sample = sample is not None and _leading_dim(sample) == batch
+        feeds = sample if use_sample else _feeds(engine, None, batch, req.seed, options.get("shape_overrides"))
         # The first run doubles as a smoke test, so a failing model is reported as such
         # instead of as a benchmark failure, and its outputs are kept for agreement checks.
         result.outputs = engine.infer(feeds)
+        if sample is not None and not use_sample:
+            result.outputs = _run_in_batches(engine, sample, batch)
         if req.reference is not None:
             result.agreement = compare_outputs(result.outputs, req.reference, [s.name for s in engine.outputs])
         result.bench = run_benchmark(lambda: engine.infer(feeds), req.settings, monitor=window)

@@ -432,3 +432,18 @@ def test_model_zoo_graph_measures_ok():
     assert result.status == "ok", result.message
     assert result.bench.iterations >= 3 and result.bench.fps > 0
     assert result.outputs[0].shape[:2] == (1, 1000)
+
+
+def test_job_samples_at_another_batch_are_for_agreement_only(weights):
+    from edge_evolver.measure import MeasureRequest
+
+    w, b = weights
+    x = np.random.RandomState(3).standard_normal((6, 4)).astype(np.float32)
+    request = MeasureRequest(backend="onnxruntime", settings=QUICK, inputs={"x": x}, reference=[x @ w + b])
+    result = measure_model(matmul_add_model(w, b), request=request)
+    assert result.ok, result.message
+    assert result.bench.batch == 1 and result.outputs[0].shape == (6, 3)
+    assert result.agreement["max_abs_error"] < 1e-4 and result.agreement["outputs_compared"] == 1
+    odd = MeasureRequest(backend="onnxruntime", settings=BenchSettings(batch=4, min_iterations=5, min_seconds=0,
+                                                                      warmup_s=0), inputs={"x": x})
+    assert measure_model(matmul_add_model(w, b), request=odd).code == ErrorCode.BAD_INPUT
