@@ -4,11 +4,8 @@ Imported by the daemon tests only; it needs nothing beyond edge_evolver's own de
 it runs in both the current and the oldest (JetPack 4.6) library sets.
 """
 
-import getpass
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,10 +15,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from edge_evolver.local_broker import LocalBroker, find_mosquitto, free_port, wait_port  # noqa: F401
 from edge_evolver.mqtt import MqttConnection, parse_broker_url
 from edge_evolver.protocol import loads
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+MOSQUITTO = find_mosquitto()
 
 
 def require_mosquitto() -> str:
@@ -31,52 +29,13 @@ def require_mosquitto() -> str:
     return MOSQUITTO
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-class Broker:
-    """Mosquitto with persistence, bound to 127.0.0.1 only; restartable on the same port."""
-
-    def __init__(self, workdir: str, max_packet_mb: int = 64) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.conf = os.path.join(workdir, "mosquitto.conf")
-        os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
-        with open(self.conf, "w") as out:
-            # `user`: run as root, mosquitto would switch to user "mosquitto", which cannot write here.
-            out.write(f"user {getpass.getuser()}\n")
-            out.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                      f"persistence_location {workdir}/data/\nautosave_interval 1\n"
-                      f"max_packet_size {max_packet_mb * 1024 * 1024}\nmax_queued_messages 1000\n"
-                      f"log_dest file {workdir}/mosquitto.log\n")
-        self.proc: Optional[subprocess.Popen] = None
+class Broker(LocalBroker):
+    """The product's LocalBroker, failing the test (not skipping it) when mosquitto is missing."""
 
     def start(self) -> "Broker":
-        self.proc = subprocess.Popen([require_mosquitto(), "-c", self.conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port)
+        require_mosquitto()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # SIGTERM: mosquitto saves its persistence file
-            self.proc.wait(10)
-        self.proc = None
 
 
 class Collector:
