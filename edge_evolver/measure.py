@@ -213,11 +213,12 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
         sample = check_feeds(engine.inputs, req.inputs) if req.inputs is not None else None
         # Job inputs drive the benchmark only at its batch; otherwise they are agreement samples.
         use_sample = sample is not None and _leading_dim(sample) == batch
-        feeds = sample if use_sample else _feeds(engine, None, batch, req.seed, options.get("shape_overrides"))
+        feeds = sample if (use_sample and sample is not None) else _feeds(
+            engine, None, batch, req.seed, options.get("shape_overrides"))
         # The first run doubles as a smoke test, so a failing model is reported as such
         # instead of as a benchmark failure, and its outputs are kept for agreement checks.
         result.outputs = engine.infer(feeds)
-        if sample is not None and not use_sample:
+        if sample is not None and feeds is not sample:
             result.outputs = _run_in_batches(engine, sample, batch)
         if req.reference is not None:
             result.agreement = compare_outputs(result.outputs, req.reference, [s.name for s in engine.outputs])

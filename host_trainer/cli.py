@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -67,6 +67,25 @@ def evolve(
                                             help="Shortest timed window of the local benchmark."),
     bench_min_iterations: int = typer.Option(200, "--bench-min-iterations", envvar=_env("bench_min_iterations"),
                                              help="Fewest timed inferences of the local benchmark."),
+    broker: str = typer.Option("", "--broker", envvar=_env("broker"),
+                               help="mqtt://host:port of the fleet [default: an embedded broker + local daemon]."),
+    device: List[str] = typer.Option([], "--device", envvar=_env("device"),
+                                     help="Measure on this device id (repeat for several)."),
+    any_device: bool = typer.Option(False, "--any-device", envvar=_env("any_device"),
+                                    help="Send jobs to <prefix>/jobs: one board of each shared-subscription group."),
+    prefix: str = typer.Option("edge-evolver", "--prefix", envvar=_env("prefix"), help="MQTT topic prefix."),
+    no_mqtt: bool = typer.Option(False, "--no-mqtt", envvar=_env("no_mqtt"),
+                                 help="Measure in this process instead (no devices, no power)."),
+    job_timeout_s: float = typer.Option(600.0, "--job-timeout-s", envvar=_env("job_timeout_s"),
+                                        help="How long to wait for one device result before sending again."),
+    job_retries: int = typer.Option(2, "--job-retries", envvar=_env("job_retries")),
+    device_timeout_s: float = typer.Option(300.0, "--device-timeout", envvar=_env("device_timeout"),
+                                           help="How long to wait for a device to be online before giving up."),
+    target_fps: float = typer.Option(0.0, "--target-fps", envvar=_env("target_fps"), help="0 = no target."),
+    target_latency_ms: float = typer.Option(0.0, "--target-latency-ms", envvar=_env("target_latency_ms")),
+    max_power_w: float = typer.Option(0.0, "--max-power-w", envvar=_env("max_power_w")),
+    hold: int = typer.Option(2, "--hold", envvar=_env("hold"),
+                             help="Stop once the targets are met for this many generations in a row."),
     log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
@@ -86,7 +105,10 @@ def evolve(
                 channel_multiple=channel_multiple or CHANNEL_MULTIPLE_BY_BACKEND["onnxruntime"],
                 max_accuracy_drop=max_accuracy_drop, distill=distill, train_subset=train_subset,
                 bench_threads=bench_threads, bench_min_seconds=bench_min_seconds,
-                bench_min_iterations=bench_min_iterations,
+                bench_min_iterations=bench_min_iterations, broker=broker, devices=list(device),
+                any_device=any_device, prefix=prefix, no_mqtt=no_mqtt, job_timeout_s=job_timeout_s,
+                job_retries=job_retries, device_timeout_s=device_timeout_s, target_fps=target_fps,
+                target_latency_ms=target_latency_ms, max_power_w=max_power_w, hold=hold,
             ).validate()
             rows = start_run(cfg, run_dir, _run_id(cfg))
     except UserError as exc:

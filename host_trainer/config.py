@@ -5,7 +5,7 @@ Defaults are chosen by measurement; docs/method.md says why for each.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from host_trainer.errors import UserError
 from host_trainer.precision import PRECISIONS
@@ -42,6 +42,19 @@ class EvolveConfig:
     bench_threads: int = 1
     bench_min_seconds: float = 1.0
     bench_min_iterations: int = 200
+    # The closed loop (docs/method.md, docs/protocol.md). broker "" = embedded Mosquitto + local daemon.
+    broker: str = ""
+    devices: list = field(default_factory=list)
+    any_device: bool = False
+    prefix: str = "edge-evolver"
+    no_mqtt: bool = False  # measure in-process instead (debugging; no devices, no power)
+    job_timeout_s: float = 600.0
+    job_retries: int = 2
+    device_timeout_s: float = 300.0
+    target_fps: float = 0.0
+    target_latency_ms: float = 0.0
+    max_power_w: float = 0.0
+    hold: int = 2  # stop early once the targets are met for this many generations in a row
 
     def validate(self) -> EvolveConfig:
         checks = [
@@ -57,6 +70,11 @@ class EvolveConfig:
             (self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
             (self.max_attempts >= 1, "--max-attempts must be >= 1"),
             (0 <= self.distill < 1, "--distill must lie in [0, 1)"),
+            (not (self.target_fps and self.target_latency_ms), "give --target-fps or --target-latency-ms, not both"),
+            (min(self.target_fps, self.target_latency_ms, self.max_power_w) >= 0, "targets must be >= 0"),
+            (self.job_timeout_s > 0 and self.device_timeout_s > 0, "timeouts must be > 0"),
+            (self.job_retries >= 0 and self.hold >= 1, "--job-retries must be >= 0 and --hold >= 1"),
+            (not (self.devices and self.any_device), "give --device or --any-device, not both"),
         ]
         for ok, message in checks:
             if not ok:

@@ -18,16 +18,15 @@ import structlog
 import torch
 from torch import nn
 
-from edge_evolver.benchmark import RESULT_KEYS, BenchSettings
-from edge_evolver.measure import measure_model
 from host_trainer import checkpoint as ckpt
 from host_trainer.compaction import cluster_groups, compact, dense_masks
 from host_trainer.config import EvolveConfig
-from host_trainer.controller import Controller
+from host_trainer.controller import Controller, Targets, speed_pressure
 from host_trainer.data import Dataset, Split
 from host_trainer.display import Display
 from host_trainer.errors import UserError
 from host_trainer.export import check_parity, sha256, to_onnx_bytes
+from host_trainer.measuring import AGREEMENT_SAMPLES, DeviceError, LocalMeasurer
 from host_trainer.metrics import size_metrics
 from host_trainer.models import build_model, fixed_layers
 from host_trainer.precision import restrict
@@ -38,7 +37,6 @@ from host_trainer.training import TrainConfig, apply_masks, evaluate, train
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
                 "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
-BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
 log = structlog.get_logger("host_trainer")
 
 
@@ -57,10 +55,12 @@ class Member:
 
 
 class Evolution:
-    def __init__(self, cfg: EvolveConfig, data: Dataset, run: RunDir, display: Display):
+    def __init__(self, cfg: EvolveConfig, data: Dataset, run: RunDir, display: Display, measurer: Any = None):
         self.cfg, self.data, self.run, self.display = cfg, data, run, display
+        self.measurer = measurer if measurer is not None else LocalMeasurer(cfg)
         self.example = torch.zeros((1, *data.input_shape))
-        self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0)
+        self.targets = Targets(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
+        self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0, self.targets)
         self.rows: list[dict] = []
         self.train_split = data.train
         if cfg.train_subset:
@@ -72,8 +72,21 @@ class Evolution:
             parent = self.generation_zero()
         baseline = float(self.rows[0]["val_accuracy"])
         for generation in range(parent.generation + 1, self.cfg.generations + 1):
+            if self._targets_held():
+                log.info("targets_met", generation=parent.generation, hold=self.cfg.hold)
+                print(f"targets met for {self.cfg.hold} generations in a row: stopping after generation "
+                      f"{parent.generation}", flush=True)
+                break
             parent = self.next_generation(parent, generation, baseline)
         return self.rows
+
+    def _targets_held(self) -> bool:
+        accepted = [r for r in self.rows if r["accepted"] and r["generation"] > 0]
+        recent = accepted[-self.cfg.hold:]
+        return self.targets.any() and len(recent) == self.cfg.hold and all(self.targets.met(r) for r in recent)
+
+    def _parent_row(self, generation: int) -> dict:
+        return next(r for r in reversed(self.rows) if r["accepted"] and r["generation"] == generation)
 
     def generation_zero(self) -> Member:
         seed = derive_seed(self.cfg.seed, 0, 0)
@@ -87,15 +100,20 @@ class Evolution:
         return member
 
     def next_generation(self, parent: Member, generation: int, baseline: float) -> Member:
+        fitness = self._parent_row(parent.generation)
         for attempt in range(self.cfg.max_attempts):
             seed = derive_seed(self.cfg.seed, generation, attempt)
-            alpha = self.controller.alpha(baseline, parent.val_accuracy, attempt)
+            alpha = self.controller.alpha(baseline, parent.val_accuracy, attempt, fitness)
             child, masks, loss = self._offspring(parent, generation, seed, alpha)
             member, row = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
+            row.update(speed_pressure=speed_pressure(self.targets, fitness), target_gap=self.targets.gap(fitness))
             reason = self.controller.verdict(baseline, member.val_accuracy, loss)
             if reason is None:
-                self._commit(member, row, seed=seed, parent=parent.generation)
-                return member
+                try:
+                    self._commit(member, row, seed=seed, parent=parent.generation)
+                    return member
+                except DeviceError as exc:  # e.g. a build failure on the device: unfit there
+                    reason = f"device error: {exc}"
             self.rows.append({**row, "accepted": False, "reject_reason": reason})
             self.display.rejected(self.rows[-1])
             log.info("generation", **{k: self.rows[-1].get(k) for k in SUMMARY_KEYS})
@@ -137,14 +155,19 @@ class Evolution:
 
     # ---- persistence -----------------------------------------------------------------------
     def _commit(self, member: Member, row: dict, seed: int, parent: int | None) -> None:
-        """Export, check, measure, then land the folder and the row (folder first)."""
+        """Export, check, measure, then land the folder and the row (folder first).
+
+        Raises DeviceError (nothing written) when a device reports an error for the offspring.
+        """
         started = time.perf_counter()
         onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision)
         parity = check_parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
         if not parity.ok:
             raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch "
                                f"(max abs err {parity.max_abs_err:.4g}, top-1 {parity.top1_agreement:.4f})")
-        bench = self._measure(onnx_bytes)
+        name = f"g{member.generation:03d}.a{row.get('attempt', 0)}" + (".carry" if row.get("carried_over") else "")
+        bench = self.measurer.measure(name, onnx_bytes, self.data.test.x[:AGREEMENT_SAMPLES],
+                                      {"generation": member.generation, "attempt": row.get("attempt", 0)})
         path = f"gen-{member.generation:03d}/model.onnx"
         row.update({"onnx_path": path, "onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes),
                     **parity.to_dict(), **bench, "export_seconds": time.perf_counter() - started})
@@ -170,16 +193,6 @@ class Evolution:
                "carried_over": True, "accepted": True, "reject_reason": None}
         self._commit(carried, row, seed=int(last["seed"]), parent=parent.generation)
         return carried
-
-    def _measure(self, onnx_bytes: bytes) -> dict:
-        settings = BenchSettings(batch=1, min_iterations=self.cfg.bench_min_iterations,
-                                 min_seconds=self.cfg.bench_min_seconds)
-        result = measure_model(onnx_bytes, backend=self.cfg.bench_backend, settings=settings,
-                               options={"threads": self.cfg.bench_threads}).to_dict()
-        # fps and latency_ms_* keep their names; the rest says which benchmark it describes.
-        out = {k: result[k] for k in RESULT_KEYS if k == "fps" or k.startswith("latency_ms_")}
-        out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
-        return out
 
     def _architecture(self, model: nn.Module) -> dict:
         return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)

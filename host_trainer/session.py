@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 import structlog
 import torch
@@ -12,8 +14,11 @@ import torch
 from host_trainer.config import EvolveConfig
 from host_trainer.data import Dataset, load_dataset
 from host_trainer.display import Display
+from host_trainer.embedded import LOCAL_DEVICE, EmbeddedEdge
 from host_trainer.errors import UserError
 from host_trainer.evolve import Evolution, resume_member
+from host_trainer.fleet import Fleet, FleetConfig
+from host_trainer.measuring import FleetMeasurer, LocalMeasurer
 from host_trainer.models import build_model
 from host_trainer.runstore import CONFIG, RunDir
 
@@ -40,7 +45,8 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str) -> list[dict]:
     log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
              generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid())
     print(f"run directory: {path}", flush=True)
-    return Evolution(cfg, data, run, Display()).run_all()
+    with measuring(cfg, path) as measurer:
+        return Evolution(cfg, data, run, Display(), measurer).run_all()
 
 
 def resume_run(path: Path, generations: int | None) -> list[dict]:
@@ -59,6 +65,31 @@ def resume_run(path: Path, generations: int | None) -> list[dict]:
     run.write_rows(rows)
     log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations)
     print(f"run directory: {path} (resuming after generation {last})", flush=True)
-    evolution = Evolution(cfg, data, run, Display())
-    evolution.rows = rows
-    return evolution.run_all(resume_member(run, rows) if rows else None)
+    with measuring(cfg, path) as measurer:
+        evolution = Evolution(cfg, data, run, Display(), measurer)
+        evolution.rows = rows
+        return evolution.run_all(resume_member(run, rows) if rows else None)
+
+
+@contextlib.contextmanager
+def measuring(cfg: EvolveConfig, run_path: Path) -> Iterator[Any]:
+    """The measurer of a run: in-process (--no-mqtt), a fleet behind --broker, or the embedded default."""
+    if cfg.no_mqtt:
+        yield LocalMeasurer(cfg)
+        return
+    embedded = None if cfg.broker else EmbeddedEdge(run_path / "embedded", cfg.bench_threads, cfg.prefix).start()
+    fleet = None
+    try:
+        fleet_cfg = FleetConfig(
+            broker=cfg.broker or (embedded.url if embedded else ""),
+            devices=list(cfg.devices) or ([] if cfg.any_device else [LOCAL_DEVICE]),
+            any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
+            job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
+            bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
+        fleet = Fleet(fleet_cfg, run_path.name).start()
+        yield FleetMeasurer(fleet)
+    finally:
+        if fleet is not None:
+            fleet.close()
+        if embedded is not None:
+            embedded.stop()

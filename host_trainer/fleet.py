@@ -1,0 +1,162 @@
+"""The host's side of the MQTT loop: each offspring goes out as a job, device results come back.
+
+Protocol and fields: docs/protocol.md. Job ids are stable (`<run>.g<gen>.a<attempt>.<device>`),
+so after a host crash `--resume` sends the same ids and a daemon answers from its stored result
+instead of measuring again. Faults:
+- no result within `job_timeout_s`: the job is sent again, up to `job_retries` times;
+- the device goes offline (its Last Will): the job goes to another connected device of the run;
+- no device connected: wait up to `device_timeout_s`, then stop with FleetError (the run
+  directory stays resumable, the current generation is simply not committed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from edge_evolver.job import encode_job
+from edge_evolver.mqtt import MqttConnection, parse_broker_url
+from edge_evolver.protocol import Topics, loads
+from host_trainer.errors import UserError
+
+log = structlog.get_logger("host_trainer.fleet")
+ANY = "any"
+
+
+class FleetError(UserError):
+    """The fleet cannot measure (no device, no answer): a one-line error; the run resumes later."""
+
+
+@dataclass
+class FleetConfig:
+    broker: str
+    devices: list[str] = field(default_factory=list)  # measure on each of these
+    any_device: bool = False  # or on whichever board of a shared-subscription group takes it
+    prefix: str = "edge-evolver"
+    job_timeout_s: float = 600.0
+    job_retries: int = 2
+    device_timeout_s: float = 300.0
+    bench: dict = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self, cfg: FleetConfig, run_id: str) -> None:
+        self.cfg, self.run_id = cfg, run_id
+        self.topics = Topics(cfg.prefix)
+        try:
+            url = parse_broker_url(cfg.broker)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.conn = MqttConnection(url, f"host-trainer-{uuid.uuid4().hex[:10]}", persistent=False)
+        self.status: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self.conn.on_connect = self._on_connect
+        self.conn.on_message = self._on_message
+
+    # ---- connection --------------------------------------------------------------------------
+    def start(self) -> Fleet:
+        if not self.conn.start(first_delay=0.5, max_delay=5.0, give_up_after=self.cfg.device_timeout_s):
+            raise FleetError(f"cannot reach the broker at {self.conn.broker.display()} "
+                             f"within {self.cfg.device_timeout_s:g} s")
+        return self
+
+    def close(self) -> None:
+        self.conn.stop()
+
+    def _on_connect(self, _session_present: bool) -> None:
+        for kind in ("status", "results"):
+            self.conn.subscribe(self.topics.all_devices(kind), 1)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        try:
+            data = loads(payload)
+        except ValueError:
+            return
+        with self._cond:
+            if parsed and parsed[1] == "status":
+                self.status[parsed[0]] = data
+            elif parsed and parsed[1] == "results" and isinstance(data.get("job_id"), str):
+                self.results[data["job_id"]] = data
+            self._cond.notify_all()
+
+    def online(self) -> list[str]:
+        with self._cond:
+            return sorted(d for d, s in self.status.items() if s.get("state") == "online")
+
+    # ---- measuring ---------------------------------------------------------------------------
+    def targets(self) -> list[str]:
+        return [ANY] if self.cfg.any_device or not self.cfg.devices else list(self.cfg.devices)
+
+    def measure(self, name: str, model: bytes, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                meta: dict) -> dict[str, dict]:
+        """{target: result} for every target of the run; results may carry status "error"."""
+        out = {}
+        for target in self.targets():
+            job_id = f"{self.run_id}.{name}.{target}"
+            payload = encode_job(job_id, model, self.cfg.bench, inputs, reference, meta=meta,
+                                 timeout_s=self.cfg.job_timeout_s)
+            out[target] = self._measure_one(target, job_id, payload)
+        return out
+
+    def _measure_one(self, target: str, job_id: str, payload: bytes) -> dict:
+        for attempt in range(self.cfg.job_retries + 1):
+            device = self._pick(target)
+            topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
+            self.conn.publish(topic, payload, qos=1)
+            log.info("job_sent", job_id=job_id, device=device, attempt=attempt, bytes=len(payload))
+            result = self._wait(job_id, device)
+            if result is not None:
+                return result
+        raise FleetError(f"no result for job {job_id} after {self.cfg.job_retries + 1} tries of "
+                         f"{self.cfg.job_timeout_s:g} s; resume the run with --resume once the devices answer")
+
+    def _pick(self, target: str) -> str:
+        """The device to send to: the target while online, else another online device of the run."""
+        deadline = time.monotonic() + self.cfg.device_timeout_s
+        warned = False
+        while True:
+            online = self.online()
+            wanted = [d for d in self.cfg.devices if d in online] or ([] if self.cfg.devices else online)
+            if target == ANY and online:
+                return ANY
+            if target in online:
+                return target
+            if wanted:
+                log.warning("device_offline_failover", device=target, instead=wanted[0])
+                return wanted[0]
+            if time.monotonic() > deadline:
+                raise FleetError(f"no device online for {target!r} within {self.cfg.device_timeout_s:g} s "
+                                 f"(seen: {self._seen()}); resume the run with --resume when one is back")
+            if not warned:
+                print(f"waiting up to {self.cfg.device_timeout_s:g} s for device {target!r} to come online "
+                      f"(seen: {self._seen()})", flush=True)
+                warned = True
+            with self._cond:
+                self._cond.wait(1.0)
+
+    def _seen(self) -> str:
+        with self._cond:
+            return ", ".join(f"{d}={s.get('state')}" for d, s in sorted(self.status.items())) or "none"
+
+    def _wait(self, job_id: str, device: str) -> dict | None:
+        """The result, or None on timeout or when the device went offline (then the caller resends)."""
+        deadline = time.monotonic() + self.cfg.job_timeout_s
+        with self._cond:
+            while True:
+                if job_id in self.results:
+                    return self.results.pop(job_id)
+                if device != ANY and self.status.get(device, {}).get("state") != "online":
+                    log.warning("device_lost", job_id=job_id, device=device)
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("job_timeout", job_id=job_id, device=device, timeout_s=self.cfg.job_timeout_s)
+                    return None
+                self._cond.wait(min(remaining, 1.0))

@@ -1,0 +1,88 @@
+"""How an offspring's speed is measured: in-process (ONNX Runtime) or on devices over MQTT.
+
+Both return the generation row's measurement fields. fps and latency_ms_* keep their names (from
+the first device); device-side facts get a `device_` / plain prefix as documented in the README;
+with several devices every device's result sits under `devices`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edge_evolver.benchmark import RESULT_KEYS, BenchSettings
+from edge_evolver.measure import measure_model
+from host_trainer.fleet import Fleet
+
+BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
+DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision", "engine_build_s", "engine_bytes",
+               "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
+               "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
+AGREEMENT_SAMPLES = 8
+# Device fields whose plain names mean something else in a generation row (precision = the host's
+# macro precision; backend/iterations = the local benchmark's) get a device_ prefix.
+PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
+
+
+def _row_key(key: str) -> str:
+    return "device_" + key if key in PREFIXED else key
+
+
+class DeviceError(Exception):
+    """A device answered with an error result: the offspring is unfit (recorded, not fatal)."""
+
+
+def _timing(result: dict) -> dict:
+    return {k: result.get(k) for k in RESULT_KEYS if k == "fps" or k.startswith("latency_ms_")}
+
+
+class LocalMeasurer:
+    """The foundation's in-process benchmark (`--no-mqtt`): no devices, no power."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.settings = BenchSettings(batch=1, min_iterations=cfg.bench_min_iterations,
+                                      min_seconds=cfg.bench_min_seconds)
+        self.threads, self.backend = cfg.bench_threads, cfg.bench_backend
+
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict:
+        result = measure_model(onnx_bytes, backend=self.backend, settings=self.settings,
+                               options={"threads": self.threads}).to_dict()
+        out = _timing(result)
+        out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
+        return out
+
+
+class FleetMeasurer:
+    """Each offspring as an MQTT job with agreement samples; the first target's numbers lead."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict:
+        inputs, reference = host_reference(onnx_bytes, samples)
+        results = self.fleet.measure(name, onnx_bytes, inputs, reference, meta)
+        failed = {t: r for t, r in results.items() if r.get("status") != "ok"}
+        if failed:
+            target, result = next(iter(failed.items()))
+            raise DeviceError(f"device {result.get('device_id') or target}: {result.get('code')}: "
+                              f"{result.get('message')}")
+        first = next(iter(results.values()))
+        out = _timing(first)
+        out.update({_row_key(k): first.get(k) for k in DEVICE_KEYS})
+        agreement = first.get("agreement") or {}
+        out["agreement_max_abs_error"] = agreement.get("max_abs_error")
+        out["agreement_top1"] = agreement.get("top1_agreement")
+        if len(results) > 1:
+            out["devices"] = {t: {**_timing(r), **{k: r.get(k) for k in DEVICE_KEYS}} for t, r in results.items()}
+        return out
+
+
+def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The sample feeds and what the exported model computes on them here (ONNX Runtime, CPU):
+    the device's engine must agree."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    inputs = {session.get_inputs()[0].name: np.ascontiguousarray(samples, dtype=np.float32)}
+    return inputs, list(session.run(None, inputs))
