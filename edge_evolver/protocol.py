@@ -36,6 +36,9 @@ TOPIC_QOS: Dict[str, Tuple[int, bool]] = {
     "telemetry": (0, False),
 }
 
+# The host's run progress topic: QoS 1, retained (latest generation), see Topics.run_generations.
+RUN_PROGRESS_QOS = 1
+
 DEVICE_STATES = ("online", "offline", "stopped")
 # Telemetry "activity" values: what the worker is doing right now.
 ACTIVITIES = ("idle", "building", "benchmarking")
@@ -119,6 +122,10 @@ class Topics:
     def shared_jobs(self, group: str) -> str:
         """A board's subscription to group jobs: the broker gives each message to one member."""
         return f"$share/{group}/{self.group_jobs()}"
+
+    def run_generations(self, run_id: str) -> str:
+        """The host's progress: one JSON message per generation, the latest retained."""
+        return f"{self.prefix}/runs/{run_id}/generations"
 
     def all_devices(self, kind: str) -> str:
         """Wildcard over every device, for monitors."""

@@ -132,6 +132,24 @@ def report(run: Path = typer.Argument(..., help="A run directory made by `host-t
         typer.echo(str(path))
 
 
+@app.command()
+def watch(
+    broker: str = typer.Option("mqtt://localhost:1883", "--broker", envvar=_env("broker"),
+                               help="mqtt://host:port (the embedded run prints its own)."),
+    prefix: str = typer.Option("edge-evolver", "--prefix", envvar=_env("prefix")),
+    run: Optional[str] = typer.Option(None, "--run", help="Only this run id (its directory name)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Watch this long, print once, exit."),
+    json_out: bool = typer.Option(False, "--json", help="With --duration: one JSON object."),
+) -> None:
+    """A live table of runs (generation, synapses, α, accuracy, fps) and devices (fps, power)."""
+    from host_trainer.watch import watch as run_watch
+
+    try:
+        raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out))
+    except (ValueError, ConnectionError) as exc:
+        raise _fail(str(exc)) from None
+
+
 def _run_id(cfg) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.model.split(':')[0]).stem}-{cfg.dataset.split(':')[0]}")
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-s{cfg.seed}"

@@ -183,6 +183,7 @@ class Evolution:
         self.rows.append(row)
         self.run.write_rows(self.rows)
         self.display.generation(row)
+        self.measurer.progress(row)
         log.info("generation", **{k: row.get(k) for k in SUMMARY_KEYS})
 
     def _carry_over(self, parent: Member, generation: int) -> Member:

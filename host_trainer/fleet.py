@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,7 @@ import structlog
 
 from edge_evolver.job import encode_job
 from edge_evolver.mqtt import MqttConnection, parse_broker_url
-from edge_evolver.protocol import Topics, loads
+from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads
 from host_trainer.errors import UserError
 
 log = structlog.get_logger("host_trainer.fleet")
@@ -52,7 +51,8 @@ class Fleet:
             url = parse_broker_url(cfg.broker)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.conn = MqttConnection(url, f"host-trainer-{uuid.uuid4().hex[:10]}", persistent=False)
+        # A persistent session per run: results published while the host is cut off wait at the broker.
+        self.conn = MqttConnection(url, f"host-trainer-{run_id}", persistent=True)
         self.status: dict[str, dict] = {}
         self.results: dict[str, dict] = {}
         self._cond = threading.Condition()
@@ -85,6 +85,12 @@ class Fleet:
             elif parsed and parsed[1] == "results" and isinstance(data.get("job_id"), str):
                 self.results[data["job_id"]] = data
             self._cond.notify_all()
+
+    def publish_progress(self, row: dict) -> None:
+        """One generation's row (without bulky fields) on the run's retained progress topic."""
+        body = {k: v for k, v in row.items() if k not in ("devices",)}
+        body.update(protocol=1, run_id=self.run_id)
+        self.conn.publish(self.topics.run_generations(self.run_id), dumps(body), qos=RUN_PROGRESS_QOS, retain=True)
 
     def online(self) -> list[str]:
         with self._cond:
@@ -123,7 +129,8 @@ class Fleet:
         warned = False
         while True:
             online = self.online()
-            wanted = [d for d in self.cfg.devices if d in online] or ([] if self.cfg.devices else online)
+            # Another device of the run first, else any connected device (the result names who measured).
+            wanted = [d for d in self.cfg.devices if d in online] or online
             if target == ANY and online:
                 return ANY
             if target in online:

@@ -52,6 +52,9 @@ class LocalMeasurer:
         out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
         return out
 
+    def progress(self, row: dict) -> None:
+        """No broker, no progress topic."""
+
 
 class FleetMeasurer:
     """Each offspring as an MQTT job with agreement samples; the first target's numbers lead."""
@@ -76,6 +79,10 @@ class FleetMeasurer:
         if len(results) > 1:
             out["devices"] = {t: {**_timing(r), **{k: r.get(k) for k in DEVICE_KEYS}} for t, r in results.items()}
         return out
+
+
+    def progress(self, row: dict) -> None:
+        self.fleet.publish_progress(row)
 
 
 def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:

@@ -1,0 +1,164 @@
+"""The closed loop: `host-trainer evolve --broker …` against a real Mosquitto and real daemons.
+
+Tiny runs (mlp on digits) as subprocesses; the daemons are `edge-evolver serve` processes.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from host_trainer.controller import FULL_GAP, MIN_SPEED_PRESSURE, Targets, speed_pressure
+
+from .mqtt_support import Broker, Collector, Daemon
+
+TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
+        "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "20"]
+
+
+def _evolve(args, cwd, timeout=600):
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _rows(parent: Path):
+    (run,) = [p for p in parent.iterdir() if p.is_dir()]
+    path = run / "generations.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return run, rows
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(str(tmp_path_factory.mktemp("broker"))).start()
+    yield b
+    b.stop()
+
+
+def _daemons(broker, tmp_path, *names):
+    daemons = [Daemon(broker.url, str(tmp_path / f"state-{n}"), n).start() for n in names]
+    watcher = Collector(broker.url, ["edge-evolver/devices/+/status"])
+    for name in names:
+        watcher.wait_for(lambda m, n=name: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
+    watcher.close()
+    return daemons
+
+
+def test_speed_pressure_rule():
+    targets = Targets(fps=1000.0)
+    assert speed_pressure(Targets(), {"fps": 10.0}) == 1.0
+    assert speed_pressure(targets, {"fps": 1000.0 / FULL_GAP}) == pytest.approx(1.0)
+    assert speed_pressure(targets, {"fps": 500.0}) == pytest.approx(math.log(2) / math.log(FULL_GAP))
+    assert speed_pressure(targets, {"fps": 2000.0}) == MIN_SPEED_PRESSURE
+    assert Targets(fps=100, max_power_w=5).gap({"fps": 200.0, "power_w_mean": 10.0}) == 2.0
+    assert Targets(fps=100, max_power_w=5).gap({"fps": 200.0, "power_w_mean": None}) == 0.5  # no meter: fps only
+    assert Targets(latency_ms=2).met({"latency_ms_p50": 1.5}) and not Targets(fps=10).met({"fps": None})
+
+
+def test_three_generations_on_one_device_follow_the_controller(broker, tmp_path):
+    (daemon,) = _daemons(broker, tmp_path, "dev-a")
+    try:
+        proc = _evolve([*TINY, "--generations", "3", "--run-dir", str(tmp_path / "runs"), "--broker", broker.url,
+                        "--device", "dev-a", "--target-fps", "1e9"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run, rows = _rows(tmp_path / "runs")
+        assert [r["generation"] for r in rows if r["accepted"]] == [0, 1, 2, 3]
+        for row in rows:
+            assert row["device_id"] == "dev-a" and row["fps"] > 0 and row["device_status"] == "ok"
+            assert row["agreement_top1"] >= 0.99
+        baseline = rows[0]["val_accuracy"]
+        by_gen = {r["generation"]: r for r in rows if r["accepted"]}
+        for row in rows[1:]:
+            # The target is out of reach: full speed pressure, so α is the user's α under the accuracy brake.
+            assert row["speed_pressure"] == 1.0 and row["target_gap"] > 1.0
+            headroom = min(1.0, max(0.25, 1.0 - (baseline - by_gen[row["parent"]]["val_accuracy"]) / 1.0))
+            assert row["alpha_c"] == pytest.approx(1.0 - 0.3 * headroom * 0.5 ** row["attempt"])
+        watched = subprocess.run([sys.executable, "-m", "host_trainer.cli", "watch", "--broker", broker.url,
+                                  "--run", run.name, "--duration", "1.5", "--json"], capture_output=True, text=True,
+                                 timeout=60)
+        assert watched.returncode == 0, watched.stderr
+        last = json.loads(watched.stdout.strip().splitlines()[-1])["runs"][run.name]
+        assert last["generation"] == 3 and last["device_id"] == "dev-a"
+    finally:
+        daemon.kill()
+
+
+def test_two_devices_measure_every_offspring(broker, tmp_path):
+    daemons = _daemons(broker, tmp_path, "dev-b", "dev-c")
+    try:
+        proc = _evolve([*TINY, "--generations", "1", "--run-dir", str(tmp_path / "runs"), "--broker", broker.url,
+                        "--device", "dev-b", "--device", "dev-c"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _, rows = _rows(tmp_path / "runs")
+        for row in rows:
+            assert set(row["devices"]) == {"dev-b", "dev-c"}
+            assert all(d["fps"] > 0 and d["status"] == "ok" for d in row["devices"].values())
+    finally:
+        for d in daemons:
+            d.kill()
+
+
+def test_a_device_that_never_answers_ends_with_a_clear_error_and_resumes(broker, tmp_path):
+    args = [*TINY, "--generations", "1", "--run-dir", str(tmp_path / "runs"), "--broker", broker.url,
+            "--device", "ghost", "--device-timeout", "2"]
+    proc = _evolve(args, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no device online for 'ghost'")
+    run, rows = _rows(tmp_path / "runs")
+    assert rows == [] and (run / "config.json").exists()
+    (daemon,) = _daemons(broker, tmp_path, "ghost")  # the device appears: the run resumes and completes
+    try:
+        resumed = _evolve(["--resume", str(run)], tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert [r["generation"] for r in _rows(tmp_path / "runs")[1]] == [0, 1]
+    finally:
+        daemon.kill()
+
+
+def test_the_run_survives_a_broker_restart(tmp_path):
+    broker = Broker(str(tmp_path / "b")).start()
+    (daemon,) = _daemons(broker, tmp_path, "dev-r")
+    try:
+        cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "3", "--run-dir",
+               str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-r", "--job-timeout-s", "20"]
+        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any((tmp_path / "runs").glob("*/gen-001")):
+            time.sleep(0.2)
+        broker.stop()
+        time.sleep(1.5)
+        broker.start()
+        out, err = host.communicate(timeout=300)
+        assert host.returncode == 0, err[-3000:]
+        assert [r["generation"] for r in _rows(tmp_path / "runs")[1] if r["accepted"]] == [0, 1, 2, 3]
+    finally:
+        daemon.kill()
+        broker.stop()
+
+
+def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
+    daemons = _daemons(broker, tmp_path, "dev-x", "dev-y")
+    try:
+        cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "2", "--run-dir",
+               str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-x", "--bench-min-seconds", "3"]
+        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        spool = tmp_path / "state-dev-x" / "spool"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (spool.exists() and any(spool.iterdir())):
+            time.sleep(0.05)
+        daemons[0].kill()  # dev-x dies holding gen 0's job: the host sends it to dev-y
+        out, err = host.communicate(timeout=300)
+        assert host.returncode == 0, err[-3000:]
+        rows = _rows(tmp_path / "runs")[1]
+        assert [r["generation"] for r in rows if r["accepted"]] == [0, 1, 2]
+        assert rows[0]["device_id"] == "dev-y"
+        assert len({r["generation"] for r in rows}) == len(rows)  # nothing counted twice
+    finally:
+        for d in daemons:
+            d.kill()
