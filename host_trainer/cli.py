@@ -84,6 +84,8 @@ def evolve(
     target_fps: float = typer.Option(0.0, "--target-fps", envvar=_env("target_fps"), help="0 = no target."),
     target_latency_ms: float = typer.Option(0.0, "--target-latency-ms", envvar=_env("target_latency_ms")),
     max_power_w: float = typer.Option(0.0, "--max-power-w", envvar=_env("max_power_w")),
+    offspring: int = typer.Option(1, "--offspring", envvar=_env("offspring"),
+                                  help="K offspring per generation, measured in parallel; the fittest is kept."),
     hold: int = typer.Option(2, "--hold", envvar=_env("hold"),
                              help="Stop once the targets are met for this many generations in a row."),
     log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
@@ -108,7 +110,7 @@ def evolve(
                 bench_min_iterations=bench_min_iterations, broker=broker, devices=list(device),
                 any_device=any_device, prefix=prefix, no_mqtt=no_mqtt, job_timeout_s=job_timeout_s,
                 job_retries=job_retries, device_timeout_s=device_timeout_s, target_fps=target_fps,
-                target_latency_ms=target_latency_ms, max_power_w=max_power_w, hold=hold,
+                target_latency_ms=target_latency_ms, max_power_w=max_power_w, hold=hold, offspring=offspring,
             ).validate()
             rows = start_run(cfg, run_dir, _run_id(cfg))
     except UserError as exc:

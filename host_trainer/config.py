@@ -55,6 +55,7 @@ class EvolveConfig:
     target_latency_ms: float = 0.0
     max_power_w: float = 0.0
     hold: int = 2  # stop early once the targets are met for this many generations in a row
+    offspring: int = 1  # K offspring per generation, measured in parallel; the fittest becomes the parent
 
     def validate(self) -> EvolveConfig:
         checks = [
@@ -74,6 +75,7 @@ class EvolveConfig:
             (min(self.target_fps, self.target_latency_ms, self.max_power_w) >= 0, "targets must be >= 0"),
             (self.job_timeout_s > 0 and self.device_timeout_s > 0, "timeouts must be > 0"),
             (self.job_retries >= 0 and self.hold >= 1, "--job-retries must be >= 0 and --hold >= 1"),
+            (self.offspring >= 1, "--offspring must be >= 1"),
             (not (self.devices and self.any_device), "give --device or --any-device, not both"),
         ]
         for ok, message in checks:

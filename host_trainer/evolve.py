@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,27 @@ from host_trainer.measuring import AGREEMENT_SAMPLES, DeviceError, LocalMeasurer
 from host_trainer.metrics import size_metrics
 from host_trainer.models import build_model, fixed_layers
 from host_trainer.precision import restrict
-from host_trainer.runstore import RunDir
+from host_trainer.runstore import RunDir, atomic_write_json
+from host_trainer.selection import pareto_front, select
 from host_trainer.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.training import TrainConfig, apply_masks, evaluate, train
 
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
                 "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
+PARETO = "pareto.json"
 log = structlog.get_logger("host_trainer")
 
 
 def derive_seed(seed: int, generation: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, generation, attempt]).generate_state(1)[0])
+
+
+def offspring_seed(seed: int, generation: int, attempt: int, k: int, count: int) -> int:
+    """One offspring's seed; with K = 1 exactly the single-offspring seed (runs stay comparable)."""
+    if count == 1:
+        return derive_seed(seed, generation, attempt)
+    return int(np.random.SeedSequence([seed, generation, attempt, k]).generate_state(1)[0])
 
 
 @dataclass
@@ -102,22 +112,53 @@ class Evolution:
     def next_generation(self, parent: Member, generation: int, baseline: float) -> Member:
         fitness = self._parent_row(parent.generation)
         for attempt in range(self.cfg.max_attempts):
-            seed = derive_seed(self.cfg.seed, generation, attempt)
             alpha = self.controller.alpha(baseline, parent.val_accuracy, attempt, fitness)
-            child, masks, loss = self._offspring(parent, generation, seed, alpha)
-            member, row = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
-            row.update(speed_pressure=speed_pressure(self.targets, fitness), target_gap=self.targets.gap(fitness))
-            reason = self.controller.verdict(baseline, member.val_accuracy, loss)
-            if reason is None:
-                try:
-                    self._commit(member, row, seed=seed, parent=parent.generation)
-                    return member
-                except DeviceError as exc:  # e.g. a build failure on the device: unfit there
-                    reason = f"device error: {exc}"
-            self.rows.append({**row, "accepted": False, "reject_reason": reason})
-            self.display.rejected(self.rows[-1])
-            log.info("generation", **{k: self.rows[-1].get(k) for k in SUMMARY_KEYS})
+            survivors = []
+            for k in range(self.cfg.offspring):
+                seed = offspring_seed(self.cfg.seed, generation, attempt, k, self.cfg.offspring)
+                child, masks, loss = self._offspring(parent, generation, seed, alpha)
+                member, row = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
+                row.update(offspring=k, speed_pressure=speed_pressure(self.targets, fitness),
+                           target_gap=self.targets.gap(fitness))
+                reason = self.controller.verdict(baseline, member.val_accuracy, loss)
+                if reason is None:
+                    survivors.append((member, row, seed))
+                else:
+                    self._reject(row, reason)
+            best = self._select(self._measure_all(survivors))
+            if best is not None:
+                member, row, seed, onnx_bytes = best
+                self._land(member, row, onnx_bytes, seed, parent.generation)
+                return member
         return self._carry_over(parent, generation)
+
+    def _measure_all(self, survivors: list) -> list:
+        """Export and measure every survivor; on devices in parallel (K jobs in flight at once)."""
+        exported = [(m, r, s, self._export(m, r)) for m, r, s in survivors]
+        parallel = getattr(self.measurer, "parallel", False) and len(exported) > 1
+        with ThreadPoolExecutor(max_workers=len(exported) if parallel else 1) as pool:
+            outcomes = list(pool.map(lambda e: self._measure_row(e[0], e[1], e[3]), exported))
+        measured = []
+        for (member, row, seed, onnx_bytes), error in zip(exported, outcomes):
+            if error is None:
+                measured.append((member, row, seed, onnx_bytes))
+            else:  # e.g. a build failure on the device: unfit there
+                self._reject(row, f"device error: {error}")
+        return measured
+
+    def _select(self, measured: list):
+        if not measured:
+            return None
+        winner = select([row for _, row, _, _ in measured], self.targets)
+        for i, (_, row, _, _) in enumerate(measured):
+            if i != winner:
+                self._reject(row, f"not the fittest of {self.cfg.offspring} offspring")
+        return measured[winner]
+
+    def _reject(self, row: dict, reason: str) -> None:
+        self.rows.append({**row, "accepted": False, "reject_reason": reason})
+        self.display.rejected(self.rows[-1])
+        log.info("generation", **{k: self.rows[-1].get(k) for k in SUMMARY_KEYS})
 
     # ---- one offspring ---------------------------------------------------------------------
     def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float]):
@@ -155,22 +196,39 @@ class Evolution:
 
     # ---- persistence -----------------------------------------------------------------------
     def _commit(self, member: Member, row: dict, seed: int, parent: int | None) -> None:
-        """Export, check, measure, then land the folder and the row (folder first).
+        """Export, measure and land one member (generation 0, a carried-over parent)."""
+        onnx_bytes = self._export(member, row)
+        error = self._measure_row(member, row, onnx_bytes)
+        if error is not None:
+            raise UserError(f"generation {member.generation} could not be measured: {error}")
+        self._land(member, row, onnx_bytes, seed, parent)
 
-        Raises DeviceError (nothing written) when a device reports an error for the offspring.
-        """
+    def _export(self, member: Member, row: dict) -> bytes:
         started = time.perf_counter()
         onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision)
         parity = check_parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
         if not parity.ok:
             raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch "
                                f"(max abs err {parity.max_abs_err:.4g}, top-1 {parity.top1_agreement:.4f})")
-        name = f"g{member.generation:03d}.a{row.get('attempt', 0)}" + (".carry" if row.get("carried_over") else "")
-        bench = self.measurer.measure(name, onnx_bytes, self.data.test.x[:AGREEMENT_SAMPLES],
-                                      {"generation": member.generation, "attempt": row.get("attempt", 0)})
-        path = f"gen-{member.generation:03d}/model.onnx"
-        row.update({"onnx_path": path, "onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes),
-                    **parity.to_dict(), **bench, "export_seconds": time.perf_counter() - started})
+        row.update({"onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes), **parity.to_dict(),
+                    "export_seconds": time.perf_counter() - started})
+        return onnx_bytes
+
+    def _measure_row(self, member: Member, row: dict, onnx_bytes: bytes) -> str | None:
+        """Measure into ``row``; the device's error message when it could not (None when fine)."""
+        name = f"g{member.generation:03d}.a{row.get('attempt', 0)}"
+        name += f".k{row['offspring']}" if row.get("offspring") else ""
+        name += ".carry" if row.get("carried_over") else ""
+        try:
+            row.update(self.measurer.measure(name, onnx_bytes, self.data.test.x[:AGREEMENT_SAMPLES],
+                                             {"generation": member.generation, "attempt": row.get("attempt", 0)}))
+        except DeviceError as exc:
+            return str(exc)
+        return None
+
+    def _land(self, member: Member, row: dict, onnx_bytes: bytes, seed: int, parent: int | None) -> None:
+        """Write the generation folder, then its row (folder first), the Pareto front, the progress."""
+        row["onnx_path"] = f"gen-{member.generation:03d}/model.onnx"
         meta = {"generation": member.generation, "parent": parent, "seed": seed,
                 "architecture": self._architecture(member.model), "config": self.cfg.to_dict(),
                 "metrics": {k: row[k] for k in ("synapses", "clusters", "params", "macs", "accuracy")}}
@@ -182,6 +240,7 @@ class Evolution:
         self.run.commit_generation(member.generation, fill)
         self.rows.append(row)
         self.run.write_rows(self.rows)
+        atomic_write_json(self.run.path / PARETO, pareto_front([r for r in self.rows if r.get("fps") is not None]))
         self.display.generation(row)
         self.measurer.progress(row)
         log.info("generation", **{k: row.get(k) for k in SUMMARY_KEYS})

@@ -40,6 +40,8 @@ def _timing(result: dict) -> dict:
 class LocalMeasurer:
     """The foundation's in-process benchmark (`--no-mqtt`): no devices, no power."""
 
+    parallel = False  # timings in this process must not overlap
+
     def __init__(self, cfg: Any) -> None:
         self.settings = BenchSettings(batch=1, min_iterations=cfg.bench_min_iterations,
                                       min_seconds=cfg.bench_min_seconds)
@@ -58,6 +60,8 @@ class LocalMeasurer:
 
 class FleetMeasurer:
     """Each offspring as an MQTT job with agreement samples; the first target's numbers lead."""
+
+    parallel = True  # K offspring may be in flight at once (the devices, not this host, do the work)
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet

@@ -162,3 +162,31 @@ def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
     finally:
         for d in daemons:
             d.kill()
+
+
+def test_k_offspring_spread_over_a_group_and_a_pareto_front(broker, tmp_path):
+    daemons = [Daemon(broker.url, str(tmp_path / f"state-{n}"), n, "--group", "lab").start() for n in ("k1", "k2")]
+    watcher = Collector(broker.url, ["edge-evolver/devices/+/status"])
+    for name in ("k1", "k2"):
+        watcher.wait_for(lambda m, n=name: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
+    watcher.close()
+    try:
+        proc = _evolve([*TINY, "--generations", "2", "--offspring", "2", "--any-device", "--run-dir",
+                        str(tmp_path / "runs"), "--broker", broker.url], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run, rows = _rows(tmp_path / "runs")
+        assert [r["generation"] for r in rows if r["accepted"]] == [0, 1, 2]
+        offspring = [r for r in rows if r["generation"] > 0]
+        assert sorted((r["generation"], r["offspring"]) for r in offspring) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+        losers = [r for r in offspring if not r["accepted"]]
+        assert len(losers) == 2 and all("not the fittest" in r["reject_reason"] for r in losers)
+        for generation in (1, 2):  # the kept one is the faster of the two
+            pair = [r for r in offspring if r["generation"] == generation]
+            assert max(pair, key=lambda r: r["fps"])["accepted"]
+        assert {r["device_id"] for r in rows} == {"k1", "k2"}  # both boards of the group measured
+        front = json.loads((run / "pareto.json").read_text())
+        assert front["points_considered"] == 5 and front["front"]
+        assert all(p["fps"] > 0 for p in front["front"])
+    finally:
+        for d in daemons:
+            d.kill()
