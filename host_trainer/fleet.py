@@ -141,7 +141,8 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise FleetError(f"no device online for {target!r} within {self.cfg.device_timeout_s:g} s "
                                  f"(seen: {self._seen()}); resume the run with --resume when one is back")
-            if not warned:
+            if not warned and time.monotonic() > deadline - self.cfg.device_timeout_s + 5.0:
+                # Quiet for the first seconds: a daemon just started needs a moment to say "online".
                 print(f"waiting up to {self.cfg.device_timeout_s:g} s for device {target!r} to come online "
                       f"(seen: {self._seen()})", flush=True)
                 warned = True

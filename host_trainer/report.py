@@ -315,6 +315,9 @@ def write_report(run: Path) -> list[Path]:
         run / PRECISION_PNG: plot_precision_recall(config, lineage, rejected),
         run / REPORT_MD: render_markdown(config, lineage, rejected).encode("utf-8"),
     }
+    from host_trainer.report_fleet import fleet_figures  # imports this module: kept out of its top
+
+    outputs.update({run / name: png for name, png in fleet_figures(config, rows, lineage).items()})
     # Everything is rendered before the first write, so a failure leaves no half-updated report behind.
     for path, data in outputs.items():
         atomic_write_bytes(path, data)

@@ -73,9 +73,10 @@ def report(run: Path) -> str:
 
 def test_writes_the_three_files_atomically(run: Path) -> None:
     outputs = write_report(run)
-    assert outputs == [run / "synapses_fps.png", run / "precision_recall.png", run / "report.md"]
+    # The fixture's rows carry fps but no device: the Pareto figure, no per-device figure.
+    assert outputs == [run / "synapses_fps.png", run / "precision_recall.png", run / "report.md", run / "pareto.png"]
     leftovers = sorted(p.name for p in run.iterdir())
-    assert leftovers == ["config.json", "generations.jsonl", "precision_recall.png", "report.md",
+    assert leftovers == ["config.json", "generations.jsonl", "pareto.png", "precision_recall.png", "report.md",
                          "synapses_fps.png"]  # no temporary files left behind
 
 
@@ -155,7 +156,7 @@ def test_cli_prints_the_paths(run: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert result.stdout.split() == [str(run / n) for n in ("synapses_fps.png", "precision_recall.png",
-                                                            "report.md")]
+                                                            "report.md", "pareto.png")]
 
 
 def test_cli_missing_folder_is_a_one_line_error(tmp_path: Path) -> None:
