@@ -36,15 +36,20 @@ $(OLDEST_STAMP): pyproject.toml requirements-oldest.txt
 	$(OLDEST)/bin/python -m pip install -q --no-deps -e .
 	touch $(OLDEST_STAMP)
 
-evolve: $(STAMP)
+evolve: $(STAMP) broker
 	$(BIN)/host-trainer evolve $(ARGS)
 
+# Debian packages the tests drive for real: the broker, its clients, and the Prometheus exporter
+# whose configs deploy/monitoring/ ships (tests/test_monitoring.py starts it on a free port).
+APT_PKGS := mosquitto mosquitto-clients prometheus-mqtt-exporter
+
 broker:
-	@if { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1; \
+	@if { command -v mosquitto || test -x /usr/sbin/mosquitto; } >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1 \
+	    && command -v prometheus-mqtt-exporter >/dev/null 2>&1; \
 	then :; else \
-	  echo "installing Debian's mosquitto and mosquitto-clients (the daemon tests start their own broker)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients \
-	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients; }; \
+	  echo "installing Debian's $(APT_PKGS) (the tests start their own broker and exporter)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS) \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); }; \
 	fi
 
 test: $(STAMP) $(OLDEST_STAMP) broker
