@@ -136,8 +136,11 @@ class Evolution:
         """Export and measure every survivor; on devices in parallel (K jobs in flight at once)."""
         exported = [(m, r, s, self._export(m, r)) for m, r, s in survivors]
         parallel = getattr(self.measurer, "parallel", False) and len(exported) > 1
+        started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(exported) if parallel else 1) as pool:
             outcomes = list(pool.map(lambda e: self._measure_row(e[0], e[1], e[3]), exported))
+        for _, row, _, _ in exported:  # wall time to measure the whole batch of K (bench/loop.py)
+            row["measure_batch_seconds"] = time.perf_counter() - started
         measured = []
         for (member, row, seed, onnx_bytes), error in zip(exported, outcomes):
             if error is None:
@@ -219,11 +222,14 @@ class Evolution:
         name = f"g{member.generation:03d}.a{row.get('attempt', 0)}"
         name += f".k{row['offspring']}" if row.get("offspring") else ""
         name += ".carry" if row.get("carried_over") else ""
+        started = time.perf_counter()
         try:
             row.update(self.measurer.measure(name, onnx_bytes, self.data.test.x[:AGREEMENT_SAMPLES],
                                              {"generation": member.generation, "attempt": row.get("attempt", 0)}))
         except DeviceError as exc:
             return str(exc)
+        finally:
+            row["measure_seconds"] = time.perf_counter() - started  # publish -> result, or the local benchmark
         return None
 
     def _land(self, member: Member, row: dict, onnx_bytes: bytes, seed: int, parent: int | None) -> None:
