@@ -19,7 +19,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
                   "$$p" -c pass 2>/dev/null && echo "$$p" && break; done)
 VENV36 := .venv-py36
 
-.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon clean
+.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon bench-loop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ bench-precision: $(STAMP)
 
 bench-daemon: $(STAMP) broker
 	$(BIN)/python bench/daemon.py $(ARGS)
+
+bench-loop: $(STAMP) broker
+	$(BIN)/python bench/loop.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) $(VENV36) runs .pytest_cache

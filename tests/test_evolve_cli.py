@@ -64,6 +64,7 @@ def test_tiny_run_writes_a_complete_run_directory(reference_run):
     for row in accepted:
         assert all(k in row for k in REQUIRED)
         # Measured over real MQTT by the embedded broker's local daemon (the default without --broker).
+        assert "mosquitto_sub -h 127.0.0.1 -p" in proc.stdout and "embedded broker: mqtt://127.0.0.1:" in proc.stdout
         assert row["fps"] > 0 and row["device_id"] == "local" and row["device_backend"] == "onnxruntime"
         assert row["device_status"] == "ok" and row["engine_build_s"] is not None and "power_reason" in row
         assert row["agreement_max_abs_error"] < 0.05 and row["agreement_top1"] >= 0.99
