@@ -190,3 +190,43 @@ def test_k_offspring_spread_over_a_group_and_a_pareto_front(broker, tmp_path):
     finally:
         for d in daemons:
             d.kill()
+
+
+class _FailingOnce:
+    """A measurer whose device fails the first offspring of generation 1 (like a TensorRT build failure)."""
+
+    parallel = False
+
+    def __init__(self):
+        from host_trainer.config import EvolveConfig
+        from host_trainer.measuring import LocalMeasurer
+
+        self.local = LocalMeasurer(EvolveConfig(bench_min_seconds=0.05, bench_min_iterations=10))
+
+    def measure(self, name, onnx_bytes, samples, meta):
+        from host_trainer.measuring import DeviceError
+
+        if name.startswith("g001.a0"):
+            raise DeviceError("device tx1-01: BUILD_FAILED: could not build the engine")
+        return self.local.measure(name, onnx_bytes, samples, meta)
+
+    def progress(self, row):
+        pass
+
+
+def test_a_device_error_makes_the_offspring_unfit(tmp_path):
+    import io
+
+    from host_trainer.config import EvolveConfig
+    from host_trainer.data import load_dataset
+    from host_trainer.display import Display
+    from host_trainer.evolve import Evolution
+    from host_trainer.runstore import RunDir
+
+    cfg = EvolveConfig(model="mlp", dataset="digits", generations=1, epochs=1, gen0_epochs=2, alpha_c=0.7,
+                       alpha_s=0.7, max_accuracy_drop=100, no_mqtt=True).validate()
+    run = RunDir(tmp_path)
+    rows = Evolution(cfg, load_dataset("digits"), run, Display(io.StringIO(), live=False), _FailingOnce()).run_all()
+    first, second = [r for r in rows if r["generation"] == 1]
+    assert not first["accepted"] and first["reject_reason"].startswith("device error: device tx1-01: BUILD_FAILED")
+    assert second["accepted"] and second["attempt"] == 1 and second["alpha_c"] > first["alpha_c"]  # milder
