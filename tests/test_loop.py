@@ -230,3 +230,23 @@ def test_a_device_error_makes_the_offspring_unfit(tmp_path):
     first, second = [r for r in rows if r["generation"] == 1]
     assert not first["accepted"] and first["reject_reason"].startswith("device error: device tx1-01: BUILD_FAILED")
     assert second["accepted"] and second["attempt"] == 1 and second["alpha_c"] > first["alpha_c"]  # milder
+
+
+def test_selection_and_pareto_front():
+    from host_trainer.selection import pareto_front, select
+
+    rows = [
+        {"generation": 1, "accuracy": 0.90, "val_accuracy": 0.90, "fps": 100.0, "energy_mj_per_inference": 5.0},
+        {"generation": 1, "accuracy": 0.85, "val_accuracy": 0.85, "fps": 300.0, "energy_mj_per_inference": 2.0},
+        {"generation": 1, "accuracy": 0.80, "val_accuracy": 0.80, "fps": 250.0, "energy_mj_per_inference": 1.0},
+        {"generation": 1, "accuracy": 0.79, "val_accuracy": 0.79, "fps": 240.0, "energy_mj_per_inference": 3.0},
+    ]
+    assert select(rows, Targets()) == 1  # no targets: the fastest
+    assert select(rows, Targets(fps=200)) == 1  # two meet 200 fps: the more accurate of them
+    assert select(rows, Targets(fps=90)) == 0
+    front = pareto_front(rows)
+    assert front["axes"][-1].startswith("energy") and front["points_considered"] == 4
+    # Row 2 survives only through energy (slower and less accurate than row 1, but cheaper); row 3 is dominated.
+    assert [p["fps"] for p in front["front"]] == [300.0, 250.0, 100.0]
+    no_meter = pareto_front([dict(r, energy_mj_per_inference=None) for r in rows])
+    assert no_meter["note"] and [p["fps"] for p in no_meter["front"]] == [300.0, 100.0]
