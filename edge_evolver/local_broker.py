@@ -67,8 +67,9 @@ class LocalBroker:
     def start(self) -> "LocalBroker":
         if self.binary is None:
             raise RuntimeError("the mosquitto broker is not installed; " + INSTALL_HINT)
+        # Its own session: a Ctrl-C meant for the host must not kill the broker before the host is done.
         self.proc = subprocess.Popen([self.binary, "-c", self.conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_port(self.port)
         except TimeoutError:

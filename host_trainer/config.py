@@ -77,6 +77,10 @@ class EvolveConfig:
             (self.job_retries >= 0 and self.hold >= 1, "--job-retries must be >= 0 and --hold >= 1"),
             (self.offspring >= 1, "--offspring must be >= 1"),
             (not (self.devices and self.any_device), "give --device or --any-device, not both"),
+            (not (self.broker and not self.devices and not self.any_device) or self.no_mqtt,
+             "with --broker, say which boards measure: --device ID (repeatable) or --any-device"),
+            (not (self.any_device and not self.broker) or self.no_mqtt,
+             "--any-device needs --broker (the embedded default has one local device)"),
         ]
         for ok, message in checks:
             if not ok:

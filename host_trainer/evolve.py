@@ -137,8 +137,17 @@ class Evolution:
         exported = [(m, r, s, self._export(m, r)) for m, r, s in survivors]
         parallel = getattr(self.measurer, "parallel", False) and len(exported) > 1
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(exported) if parallel else 1) as pool:
-            outcomes = list(pool.map(lambda e: self._measure_row(e[0], e[1], e[3]), exported))
+        if parallel:
+            pool = ThreadPoolExecutor(max_workers=len(exported))
+            try:
+                outcomes = list(pool.map(lambda e: self._measure_row(e[0], e[1], e[3]), exported))
+            except BaseException:  # Ctrl-C or a FleetError: stop the other waits now, not after their timeouts
+                getattr(self.measurer, "cancel", lambda: None)()
+                pool.shutdown(wait=False)
+                raise
+            pool.shutdown()
+        else:
+            outcomes = [self._measure_row(m, r, b) for m, r, _, b in exported]
         for _, row, _, _ in exported:  # wall time to measure the whole batch of K (bench/loop.py)
             row["measure_batch_seconds"] = time.perf_counter() - started
         measured = []

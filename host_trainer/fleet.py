@@ -1,8 +1,8 @@
 """The host's side of the MQTT loop: each offspring goes out as a job, device results come back.
 
-Protocol and fields: docs/protocol.md. Job ids are stable (`<run>.g<gen>.a<attempt>.<device>`),
-so after a host crash `--resume` sends the same ids and a daemon answers from its stored result
-instead of measuring again. Faults:
+Protocol and fields: docs/protocol.md. Job ids are stable (`<run>.g<gen>.a<attempt>[.k<k>].<target>`,
+`.r<n>` for a retry), and every result is also kept in the run directory (`results/<job_id>.json`), so
+after a host crash `--resume` reuses what was measured instead of measuring again. Faults:
 - no result within `job_timeout_s`: the job is sent again, up to `job_retries` times;
 - the device goes offline (its Last Will): the job goes to another connected device of the run;
 - no device connected: wait up to `device_timeout_s`, then stop with FleetError (the run
@@ -11,20 +11,26 @@ instead of measuring again. Faults:
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
 
 from edge_evolver.job import encode_job
 from edge_evolver.mqtt import MqttConnection, parse_broker_url
-from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads
+from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
 from host_trainer.errors import UserError
+from host_trainer.runstore import atomic_write_json
 
 log = structlog.get_logger("host_trainer.fleet")
 ANY = "any"
+# Answers that say nothing about the model: the job is sent again under a new id.
+TRANSIENT_CODES = ("TIMEOUT", "INTERNAL", "QUEUE_FULL", "BACKEND_UNAVAILABLE")
 
 
 class FleetError(UserError):
@@ -44,8 +50,12 @@ class FleetConfig:
 
 
 class Fleet:
-    def __init__(self, cfg: FleetConfig, run_id: str) -> None:
-        self.cfg, self.run_id = cfg, run_id
+    def __init__(self, cfg: FleetConfig, run_id: str, results_dir: Path | None = None) -> None:
+        if not valid_job_id(f"{run_id}.g000.a0.k0.carry.{ANY}.r9"):
+            raise UserError(f"run id {run_id!r} cannot name MQTT jobs: use letters, digits and . _ : - "
+                            "(and keep it under about 100 characters)")
+        self.cfg, self.run_id, self.results_dir = cfg, run_id, results_dir
+        self._cancelled = False
         self.topics = Topics(cfg.prefix)
         try:
             url = parse_broker_url(cfg.broker)
@@ -82,8 +92,8 @@ class Fleet:
         with self._cond:
             if parsed and parsed[1] == "status":
                 self.status[parsed[0]] = data
-            elif parsed and parsed[1] == "results" and isinstance(data.get("job_id"), str):
-                self.results[data["job_id"]] = data
+            elif parsed and parsed[1] == "results" and str(data.get("job_id")).startswith(self.run_id + "."):
+                self.results[data["job_id"]] = data  # other runs' results are not ours to keep
             self._cond.notify_all()
 
     def publish_progress(self, row: dict) -> None:
@@ -102,26 +112,64 @@ class Fleet:
 
     def measure(self, name: str, model: bytes, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
                 meta: dict) -> dict[str, dict]:
-        """{target: result} for every target of the run; results may carry status "error"."""
+        """{target: result} for every target of the run; results may carry a (final) status "error"."""
         out = {}
+        digest = sha256_hex(model)
         for target in self.targets():
-            job_id = f"{self.run_id}.{name}.{target}"
-            payload = encode_job(job_id, model, self.cfg.bench, inputs, reference, meta=meta,
-                                 timeout_s=self.cfg.job_timeout_s)
-            out[target] = self._measure_one(target, job_id, payload)
+            base = f"{self.run_id}.{name}.{target}"
+            payload = lambda job_id: encode_job(job_id, model, self.cfg.bench, inputs, reference,  # noqa: E731
+                                                meta=meta, timeout_s=self.cfg.job_timeout_s)
+            out[target] = self._measure_one(target, base, payload, digest)
         return out
 
-    def _measure_one(self, target: str, job_id: str, payload: bytes) -> dict:
+    def _measure_one(self, target: str, base: str, payload: Any, digest: str) -> dict:
+        """Try ids base, base.r1, base.r2 ...: a transient error (timeout, full queue, a crash) is stored
+        by the daemon as that id's final answer, so a retry needs a new id; resume walks the same ids."""
+        last = None
         for attempt in range(self.cfg.job_retries + 1):
-            device = self._pick(target)
-            topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
-            self.conn.publish(topic, payload, qos=1)
-            log.info("job_sent", job_id=job_id, device=device, attempt=attempt, bytes=len(payload))
-            result = self._wait(job_id, device)
-            if result is not None:
+            job_id = base if attempt == 0 else f"{base}.r{attempt}"
+            result = self._stored(job_id, digest)
+            if result is None:
+                device = self._pick(target)
+                topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
+                self.conn.publish(topic, payload(job_id), qos=1)
+                log.info("job_sent", job_id=job_id, device=device, attempt=attempt)
+                result = self._wait(job_id, device, digest)
+            if result is not None and result.get("code") not in TRANSIENT_CODES:
                 return result
-        raise FleetError(f"no result for job {job_id} after {self.cfg.job_retries + 1} tries of "
-                         f"{self.cfg.job_timeout_s:g} s; resume the run with --resume once the devices answer")
+            last = result or last
+            log.warning("job_retry", job_id=job_id, code=(result or {}).get("code", "no result"))
+        if last is not None:  # the device kept failing on this model (a crash, say): unfit, not a stop
+            return last
+        raise FleetError(f"no usable result for job {base} after {self.cfg.job_retries + 1} tries "
+                         f"(timeouts of {self.cfg.job_timeout_s:g} s, or transient device errors); "
+                         "resume the run with --resume once the devices answer")
+
+    def _stored(self, job_id: str, digest: str) -> dict | None:
+        """A result this run already received (before a host crash): never measured twice."""
+        path = self.results_dir / f"{job_id}.json" if self.results_dir else None
+        if path is None or not path.exists():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return result if result.get("model_sha256") in (digest, None) else None
+
+    def _keep(self, job_id: str, result: dict) -> None:
+        if self.results_dir is not None:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.results_dir / f"{job_id}.json", result)
+
+    def cancel(self) -> None:
+        """Make every waiting measurement give up at once (Ctrl-C, an error elsewhere)."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:
+            raise FleetError("measurement cancelled")
 
     def _pick(self, target: str) -> str:
         """The device to send to: the target while online, else another online device of the run."""
@@ -147,19 +195,26 @@ class Fleet:
                       f"(seen: {self._seen()})", flush=True)
                 warned = True
             with self._cond:
+                self._check_cancelled()
                 self._cond.wait(1.0)
 
     def _seen(self) -> str:
         with self._cond:
             return ", ".join(f"{d}={s.get('state')}" for d, s in sorted(self.status.items())) or "none"
 
-    def _wait(self, job_id: str, device: str) -> dict | None:
+    def _wait(self, job_id: str, device: str, digest: str) -> dict | None:
         """The result, or None on timeout or when the device went offline (then the caller resends)."""
         deadline = time.monotonic() + self.cfg.job_timeout_s
         with self._cond:
             while True:
-                if job_id in self.results:
-                    return self.results.pop(job_id)
+                self._check_cancelled()
+                result = self.results.pop(job_id, None)
+                if result is not None and result.get("model_sha256") not in (digest, None):
+                    log.warning("result_for_another_model", job_id=job_id)  # a stale id reused: ignore it
+                    result = None
+                if result is not None:
+                    self._keep(job_id, result)
+                    return result
                 if device != ANY and self.status.get(device, {}).get("state") != "online":
                     log.warning("device_lost", job_id=job_id, device=device)
                     return None

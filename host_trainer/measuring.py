@@ -88,6 +88,9 @@ class FleetMeasurer:
     def progress(self, row: dict) -> None:
         self.fleet.publish_progress(row)
 
+    def cancel(self) -> None:
+        self.fleet.cancel()
+
 
 def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """The sample feeds and what the exported model computes on them here (ONNX Runtime, CPU):

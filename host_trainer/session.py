@@ -86,7 +86,7 @@ def measuring(cfg: EvolveConfig, run_path: Path) -> Iterator[Any]:
             any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
             job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
             bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
-        fleet = Fleet(fleet_cfg, run_path.name).start()
+        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results").start()
         yield FleetMeasurer(fleet)
     finally:
         if fleet is not None:

@@ -79,6 +79,9 @@ def test_three_generations_on_one_device_follow_the_controller(broker, tmp_path)
             assert row["speed_pressure"] == 1.0 and row["target_gap"] > 1.0
             headroom = min(1.0, max(0.25, 1.0 - (baseline - by_gen[row["parent"]]["val_accuracy"]) / 1.0))
             assert row["alpha_c"] == pytest.approx(1.0 - 0.3 * headroom * 0.5 ** row["attempt"])
+        # Every result is kept in the run directory too, so a resumed run never measures it again.
+        kept = sorted(p.name for p in (run / "results").glob("*.json"))
+        assert len(kept) == 4 and all(name.startswith(run.name + ".g") for name in kept)
         watched = subprocess.run([sys.executable, "-m", "host_trainer.cli", "watch", "--broker", broker.url,
                                   "--run", run.name, "--duration", "1.5", "--json"], capture_output=True, text=True,
                                  timeout=60)
@@ -250,3 +253,15 @@ def test_selection_and_pareto_front():
     assert [p["fps"] for p in front["front"]] == [300.0, 250.0, 100.0]
     no_meter = pareto_front([dict(r, energy_mj_per_inference=None) for r in rows])
     assert no_meter["note"] and [p["fps"] for p in no_meter["front"]] == [300.0, 100.0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--broker", "mqtt://127.0.0.1:1"], "say which boards measure"),
+    (["--any-device"], "--any-device needs --broker"),
+    (["--broker", "mqtt://127.0.0.1:1", "--device", "a", "--any-device"], "not both"),
+    (["--target-fps", "10", "--target-latency-ms", "2"], "not both"),
+])
+def test_bad_loop_options_are_one_line_errors(tmp_path, args, fragment):
+    proc = _evolve([*TINY, "--run-dir", str(tmp_path / "runs"), *args], tmp_path, timeout=120)
+    assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
