@@ -99,7 +99,7 @@ class Fleet:
     def publish_progress(self, row: dict) -> None:
         """One generation's row (without bulky fields) on the run's retained progress topic."""
         body = {k: v for k, v in row.items() if k not in ("devices",)}
-        body.update(protocol=1, run_id=self.run_id)
+        body.update(protocol=1, run_id=self.run_id, published_at=time.time())
         self.conn.publish(self.topics.run_generations(self.run_id), dumps(body), qos=RUN_PROGRESS_QOS, retain=True)
 
     def online(self) -> list[str]:

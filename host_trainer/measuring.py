@@ -20,6 +20,7 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
+MIN_TOP1_AGREEMENT = 0.85  # 7 of 8 samples must agree
 # Device fields whose plain names mean something else in a generation row (precision = the host's
 # macro precision; backend/iterations = the local benchmark's) get a device_ prefix.
 PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
@@ -74,6 +75,11 @@ class FleetMeasurer:
             target, result = next(iter(failed.items()))
             raise DeviceError(f"device {result.get('device_id') or target}: {result.get('code')}: "
                               f"{result.get('message')}")
+        for target, result in results.items():
+            problem = disagreement(result.get("agreement"))
+            if problem:
+                raise DeviceError(f"device {result.get('device_id') or target}: engine disagrees with the "
+                                  f"exported model ({problem})")
         first = next(iter(results.values()))
         out = _timing(first)
         out.update({_row_key(k): first.get(k) for k in DEVICE_KEYS})
@@ -90,6 +96,22 @@ class FleetMeasurer:
 
     def cancel(self) -> None:
         self.fleet.cancel()
+
+
+def disagreement(agreement: dict | None) -> str | None:
+    """Why the device's engine cannot stand for the exported model, or None when it can.
+
+    The check is loose on purpose (fp16 engines differ in the last bits): any NaN/inf output, or more
+    than one of the 8 sample images classified differently, means the engine computes another network.
+    """
+    if not agreement:
+        return None
+    if agreement.get("nonfinite"):
+        return f"{agreement['nonfinite']} non-finite output values"
+    top1 = agreement.get("top1_agreement")
+    if top1 is not None and top1 < MIN_TOP1_AGREEMENT:
+        return f"top-1 agreement {top1:.3f} on the samples, below {MIN_TOP1_AGREEMENT}"
+    return None
 
 
 def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:

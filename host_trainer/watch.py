@@ -58,7 +58,8 @@ def render(snapshot: dict) -> str:
         acc = r.get("accuracy")
         rows.append([run_id, _cell(r.get("generation")), _cell(r.get("synapses"), ","), _cell(r.get("alpha_c"), ".3f"),
                      _cell(acc * 100 if acc is not None else None, ".2f"), _cell(r.get("fps"), ".1f"),
-                     _cell(r.get("device_id")), _cell(r.get("power_w_mean"), ".2f"), f"{now - r['_seen']:.0f}"])
+                     _cell(r.get("device_id")), _cell(r.get("power_w_mean"), ".2f"),
+                     f"{now - (r.get('published_at') or r['_seen']):.0f}"])  # a retained row may be old
     widths = [max(len(row[i]) for row in rows) for i in range(len(RUN_COLUMNS))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     if len(rows) == 1:

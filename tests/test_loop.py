@@ -265,3 +265,28 @@ def test_bad_loop_options_are_one_line_errors(tmp_path, args, fragment):
     proc = _evolve([*TINY, "--run-dir", str(tmp_path / "runs"), *args], tmp_path, timeout=120)
     assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_engine_that_disagrees_makes_the_offspring_unfit():
+    import numpy as np
+
+    from host_trainer.measuring import DeviceError, FleetMeasurer, disagreement
+
+    assert disagreement({"top1_agreement": 1.0, "nonfinite": 0}) is None
+    assert disagreement({"top1_agreement": 0.875, "nonfinite": 0}) is None
+    assert "top-1" in disagreement({"top1_agreement": 0.75, "nonfinite": 0})
+    assert "non-finite" in disagreement({"top1_agreement": 1.0, "nonfinite": 3})
+
+    class FakeFleet:
+        def measure(self, name, model, inputs, reference, meta):
+            return {"tx1": {"status": "ok", "device_id": "tx1", "fps": 10.0,
+                            "agreement": {"top1_agreement": 0.5, "nonfinite": 0, "max_abs_error": 3.0}}}
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    with pytest.raises(DeviceError, match="engine disagrees"):
+        FleetMeasurer(FakeFleet()).measure("g001.a0", model, np.zeros((8, 4), np.float32), {})
