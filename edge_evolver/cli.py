@@ -18,22 +18,15 @@ from . import __version__
 from .backends import available_backends, resolve_backend
 from .benchmark import BenchSettings
 from .cli_daemon import register as register_daemon_commands
+from .cli_support import fail as _fail
 from .cli_support import run_app
 from .engine_cache import EngineCache
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
 from .measure import MeasureRequest, MeasureResult, measure_model
 
-EXIT_ERROR = 2
-
 app = typer.Typer(add_completion=False, help="Measure ONNX models on the device they will run on.")
 log = structlog.get_logger("edge_evolver.cli")
-
-
-def _fail(code: str, message: str) -> None:
-    """Print the one-line error and exit 2 (newlines folded so it stays one line)."""
-    typer.echo("error: {}: {}".format(code, " ".join(str(message).split())), err=True)
-    raise typer.Exit(code=EXIT_ERROR)
 
 
 @app.callback()

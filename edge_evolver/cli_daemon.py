@@ -8,25 +8,18 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
 from typing import Any, Dict, Optional
 
 import typer
 
 from .backends import resolve_backend
+from .cli_support import fail as _fail
 from .errors import EdgeError, ErrorCode
 from .logging_setup import configure_logging
-from .monitor import MonitorState, render_table, subscriptions
+from .monitor import MonitorState, render_table, subscriptions, tick_until
 from .mqtt import MqttConnection, parse_broker_url
 from .protocol import DEFAULT_PREFIX, Topics
-
-EXIT_ERROR = 2
-
-
-def _fail(code: str, message: str) -> None:
-    typer.echo("error: {}: {}".format(code, " ".join(str(message).split())), err=True)
-    raise typer.Exit(code=EXIT_ERROR)
 
 
 def _board_state() -> Dict[str, Any]:
@@ -124,17 +117,17 @@ def serve(
     raise typer.Exit(code=daemon.run())
 
 
-def _watch(conn: MqttConnection, state: MonitorState, duration: Optional[float], json_out: bool) -> None:
-    deadline = None if duration is None else time.monotonic() + duration
+def _watch(state: MonitorState, duration: Optional[float], json_out: bool) -> None:
     tty = sys.stdout.isatty() and not json_out
-    while deadline is None or time.monotonic() < deadline:
-        wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-        time.sleep(wait)
+
+    def tick() -> None:
         if tty:
             typer.echo("\x1b[2J\x1b[H" + render_table(state.snapshot()))
         elif duration is None and state.changed.is_set():
             state.changed.clear()
             typer.echo(json.dumps(state.snapshot(), sort_keys=True) if json_out else render_table(state.snapshot()))
+
+    tick_until(duration, tick)
 
 
 def monitor(
@@ -162,9 +155,7 @@ def monitor(
     try:
         if not conn.start(first_delay=0.5, max_delay=5.0, give_up_after=duration):
             _fail(ErrorCode.BROKER_UNREACHABLE, f"cannot reach the broker at {url.display()}")
-        _watch(conn, state, duration, json_out)
-    except KeyboardInterrupt:
-        pass
+        _watch(state, duration, json_out)
     finally:
         conn.stop()
     if duration is not None:

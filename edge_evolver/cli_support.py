@@ -10,6 +10,16 @@ classes, while recent typer versions raise those of their own vendored copy of c
 import sys
 from typing import Any
 
+EXIT_ERROR = 2
+
+
+def fail(code: str, message: str) -> None:
+    """Print the one-line error `error: CODE: message` (newlines folded) and exit 2."""
+    import typer
+
+    typer.echo("error: {}: {}".format(code, " ".join(str(message).split())), err=True)
+    raise typer.Exit(code=EXIT_ERROR)
+
 
 def _is(exc: BaseException, name: str) -> bool:
     return any(cls.__name__ == name for cls in type(exc).__mro__)

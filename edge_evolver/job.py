@@ -139,11 +139,7 @@ def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes
 
 def decode_job(payload: bytes, max_bytes: int) -> Job:
     """Validate and unpack a framed job; raises FrameError with an ErrorCode (and never anything else)."""
-    try:
-        header, body = split_frame(payload, max_bytes)
-    except FrameError as exc:
-        exc.reply_to = _reply_to(exc.job_id, payload)
-        raise
+    header, body = split_frame(payload, max_bytes)
     try:
         return _decode(header, body)
     except FrameError as exc:
@@ -153,18 +149,6 @@ def decode_job(payload: bytes, max_bytes: int) -> Job:
         job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None
         message = f"unusable job header ({type(exc).__name__}: {exc})"
         raise FrameError(ErrorCode.INVALID_FRAME, message, job_id) from None
-
-
-def _reply_to(job_id: Optional[str], payload: bytes) -> Optional[str]:
-    """Where an oversize job wanted its answer (its header was readable, the body too big)."""
-    if job_id is None:
-        return None
-    try:
-        header, _ = split_frame(payload, len(payload))
-    except FrameError:
-        return None
-    value = header.get("reply_to")
-    return value if isinstance(value, str) else None
 
 
 def _decode(header: Dict[str, Any], body: memoryview) -> Job:

@@ -44,6 +44,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def stop_process(proc: Optional[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``; a no-op for None or an exited process."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class LocalBroker:
     """Mosquitto with persistence, bound to 127.0.0.1 only; restartable on the same port."""
 
@@ -78,11 +90,5 @@ class LocalBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # SIGTERM: mosquitto saves its persistence file
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10.0)  # SIGTERM: mosquitto saves its persistence file
         self.proc = None

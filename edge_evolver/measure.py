@@ -159,13 +159,6 @@ def _engine(runtime: Backend, model_bytes: bytes, result: MeasureResult, options
     return engine
 
 
-def _feeds(engine: Engine, inputs: Optional[Mapping[str, np.ndarray]], batch: int, seed: int,
-           overrides: Optional[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
-    if inputs is not None:
-        return check_feeds(engine.inputs, inputs)
-    return synthesize_inputs(engine.inputs, batch, seed=seed, overrides=overrides)
-
-
 def _leading_dim(feeds: Mapping[str, np.ndarray]) -> Optional[int]:
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else None
@@ -213,8 +206,8 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
         sample = check_feeds(engine.inputs, req.inputs) if req.inputs is not None else None
         # Job inputs drive the benchmark only at its batch; otherwise they are agreement samples.
         use_sample = sample is not None and _leading_dim(sample) == batch
-        feeds = sample if (use_sample and sample is not None) else _feeds(
-            engine, None, batch, req.seed, options.get("shape_overrides"))
+        feeds = sample if (use_sample and sample is not None) else synthesize_inputs(
+            engine.inputs, batch, seed=req.seed, overrides=options.get("shape_overrides"))
         # The first run doubles as a smoke test, so a failing model is reported as such
         # instead of as a benchmark failure, and its outputs are kept for agreement checks.
         result.outputs = engine.infer(feeds)

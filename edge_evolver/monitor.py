@@ -6,7 +6,7 @@ module folds status (retained), telemetry and results into one row per device.
 
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .protocol import Topics, loads
 
@@ -82,6 +82,17 @@ def render_table(rows: List[Dict[str, Any]], now: Optional[float] = None) -> str
     if not rows:
         lines.append("(no devices seen yet)")
     return "\n".join(lines)
+
+
+def tick_until(duration: Optional[float], on_tick: Callable[[], None]) -> None:
+    """Call ``on_tick`` about once a second until ``duration`` has passed (forever when None); Ctrl-C ends it."""
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+            on_tick()
+    except KeyboardInterrupt:
+        pass
 
 
 def subscriptions(topics: Topics) -> List[str]:

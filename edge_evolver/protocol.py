@@ -199,7 +199,9 @@ def split_frame(payload: bytes, max_bytes: int) -> Tuple[Dict[str, Any], memoryv
         raise FrameError("INVALID_FRAME", "header is not a JSON object")
     job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None
     if len(payload) > max_bytes:
-        raise FrameError("OVERSIZE", f"job is {len(payload)} bytes, above the limit of {max_bytes}", job_id)
+        error = FrameError("OVERSIZE", f"job is {len(payload)} bytes, above the limit of {max_bytes}", job_id)
+        error.reply_to = header.get("reply_to") if isinstance(header.get("reply_to"), str) else None
+        raise error
     return header, memoryview(payload)[HEADER_OFFSET + size:]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from edge_evolver.local_broker import INSTALL_HINT, LocalBroker, find_mosquitto
+from edge_evolver.local_broker import INSTALL_HINT, LocalBroker, find_mosquitto, stop_process
 from host_trainer.errors import UserError
 from host_trainer.runstore import atomic_write_json
 
@@ -90,13 +90,7 @@ class EmbeddedEdge:
                     time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait(5)
+        stop_process(self.daemon, 30.0)  # the daemon publishes "stopped" and leaves its spool intact
         self.daemon = None
         if self.broker is not None:
             self.broker.stop()

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from edge_evolver.monitor import MonitorState, render_table, subscriptions
+from edge_evolver.monitor import MonitorState, render_table, subscriptions, tick_until
 from edge_evolver.mqtt import MqttConnection, parse_broker_url
 from edge_evolver.protocol import Topics, loads
 
@@ -80,16 +80,13 @@ def watch(broker: str, prefix: str, run_id: str | None, duration: float | None, 
     conn.on_connect = subscribe
     if not conn.start(first_delay=0.5, max_delay=5.0, give_up_after=duration):
         raise ConnectionError(f"cannot reach the broker at {conn.broker.display()}")
+    def tick() -> None:
+        if duration is None:  # live: redraw on a terminal, append a table otherwise
+            clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else ""
+            print(clear + render(state.snapshot()) + ("" if clear else "\n"), flush=True)
+
     try:
-        deadline = None if duration is None else time.monotonic() + duration
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
-            if deadline is None and sys.stdout.isatty():
-                print("\x1b[2J\x1b[H" + render(state.snapshot()), flush=True)
-            elif deadline is None:
-                print(render(state.snapshot()) + "\n", flush=True)
-    except KeyboardInterrupt:
-        pass
+        tick_until(duration, tick)
     finally:
         conn.stop()
     if duration is not None:

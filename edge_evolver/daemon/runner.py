@@ -97,7 +97,10 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
         with lock:
             conn.send(message)
 
+    from ..engine_cache import EngineCache
+
     meter = _child_meter(params.get("power", "none"), params.get("power_reason") or "")
+    cache = EngineCache(params["cache_dir"])
     while True:
         try:
             request = conn.recv()
@@ -106,7 +109,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
         if request is None:
             return
         try:
-            send(("result", _measure(request, params, meter, send)))
+            send(("result", _measure(request, params, meter, cache, send)))
         except Exception as exc:  # measure_model never raises; this is the job decoding around it
             send(("result", error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")))
 
@@ -125,9 +128,8 @@ def _child_meter(name: str, reason: str) -> Any:
         return NoneMeter(f"power meter '{name}' failed in the measuring process: {exc}")
 
 
-def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any,
+def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any, cache: Any,
              send: Callable[[Any], None]) -> Dict[str, Any]:
-    from ..engine_cache import EngineCache
     from ..job import decode_job
     from ..measure import MeasureRequest, measure_model
     from ..protocol import FrameError
@@ -143,7 +145,7 @@ def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any,
     options.setdefault("threads", params.get("threads", 1))
     progress = _Progress(send, params.get("telemetry_interval_s", 1.0), job.settings.batch)
     req = MeasureRequest(backend=params["backend"], settings=job.settings, options=options, inputs=job.inputs,
-                         reference=job.reference, seed=job.seed, cache=EngineCache(params["cache_dir"]),
+                         reference=job.reference, seed=job.seed, cache=cache,
                          meter=meter, observer=progress.monitor)
     result = measure_model(job.model, request=req)
     out = result.to_dict(include_samples=job.include_samples)

@@ -25,7 +25,6 @@ from .runner import RunnerClient, error_result
 
 log = structlog.get_logger("edge_evolver.serve")
 
-MAX_SPOOLED_BYTES = 1 << 40  # spooled jobs passed the size check at intake; re-reading needs no limit
 SUMMARY_KEYS = ("status", "code", "backend", "precision", "cache_hit", "engine_build_s", "fps",
                 "latency_ms_p50", "latency_ms_p99", "power_w_mean", "energy_mj_per_inference", "queue_s")
 
@@ -198,7 +197,8 @@ class EdgeDaemon:
         board = self.board_state()
         started = time.time()
         self.activity = {"activity": "building", "job_id": job_id}
-        header, _ = split_frame(self.store.read_job(job_id), MAX_SPOOLED_BYTES)  # validated at intake
+        payload = self.store.read_job(job_id)
+        header, _ = split_frame(payload, len(payload))  # size and framing were checked at intake
         limit = min(header.get("timeout_s") or self.config.job_timeout_s, self.config.job_timeout_s)
         measured = self.runner.run(self.store.job_path(job_id), limit, self._progress(job_id),
                                    cancelled=self.stopping.is_set)
