@@ -3,11 +3,13 @@
 The host computes references with the model it exported; the device runs the same inputs on
 its engine (TensorRT in fp16, perhaps with different kernels), so the difference says whether
 the engine still computes the network the host evolved. Classifier outputs ([N, C] with
-C > 1) also get top-1 agreement, which is what matters for accuracy.
+C > 1) also get top-1 agreement, which is what matters for accuracy. A job whose header
+carries a detect `check` also gets `box_agreement`: both outputs are decoded with the one
+shared function (edge_evolver/detection.py) and the reference's confident boxes are matched.
 """
 
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,7 +21,10 @@ def _is_classifier(output: np.ndarray) -> bool:
 
 
 def compare_outputs(
-    outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], names: Sequence[str]
+    outputs: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    names: Sequence[str],
+    check: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """max |engine - reference| over every output, and top-1 agreement over classifier outputs.
 
@@ -58,10 +63,25 @@ def compare_outputs(
             worst = error
         bad += nonfinite
         per_output.append(entry)
-    return {
+    result = {
         "max_abs_error": worst,
         "nonfinite": bad,
         "top1_agreement": (agree / total) if total else None,
         "outputs_compared": len(per_output),
         "per_output": per_output,
     }
+    if check is not None and check.get("kind") == "detect" and outputs:
+        result["box_agreement"] = box_agreement(outputs[0], reference[0], check)
+    return result
+
+
+def box_agreement(got: np.ndarray, want: np.ndarray, check: Dict[str, Any]) -> Optional[float]:
+    """Fraction of the reference's confident boxes that the engine's output also yields (None: no boxes)."""
+    from .detection import decode, detection_agreement
+
+    try:
+        k, stride = int(check["num_classes"]), int(check["stride"])
+        return detection_agreement(decode(np.asarray(got, np.float32), k, stride),
+                                   decode(np.asarray(want, np.float32), k, stride))
+    except ValueError as exc:  # the output does not have the layout the check announced
+        raise EdgeError(ErrorCode.BAD_INPUT, "detect check does not fit the model's output: {}".format(exc))

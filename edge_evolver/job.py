@@ -16,6 +16,7 @@ from .inputs import MAX_ELEMENTS
 from .protocol import (
     BENCH_FIELDS,
     OPTION_FIELDS,
+    CHECK_KINDS,
     PROTOCOL_VERSION,
     FrameError,
     encode_frame,
@@ -42,6 +43,7 @@ class Job:
     include_samples: bool = False
     seed: int = 0
     meta: Dict[str, Any] = field(default_factory=dict)
+    check: Optional[Dict[str, Any]] = None
 
 
 def _tensor_entry(role: str, name: str, array: np.ndarray) -> Tuple[Dict[str, Any], bytes]:
@@ -191,4 +193,21 @@ def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, setting
              "seed must be a uint32", job_id)
     return Job(job_id=job_id, model=model, model_sha256=digest, settings=settings, inputs=inputs or None,
                reference=reference or None, reply_to=reply_to, options=dict(options), timeout_s=timeout,
-               include_samples=bool(header.get("include_samples", False)), seed=seed, meta=meta)
+               include_samples=bool(header.get("include_samples", False)), seed=seed, meta=meta,
+               check=_check(header.get("check"), job_id))
+
+
+def _small_int(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit
+
+
+def _check(check: Any, job_id: str) -> Optional[Dict[str, Any]]:
+    """The optional output check: {"kind": "detect", "num_classes": K, "stride": s}."""
+    if check is None:
+        return None
+    _require(isinstance(check, dict), "'check' must be an object", job_id, ErrorCode.BAD_INPUT)
+    _require(check.get("kind") in CHECK_KINDS, "check kind {!r} is not one of {}".format(
+        check.get("kind"), list(CHECK_KINDS)), job_id, ErrorCode.BAD_INPUT)
+    _require(_small_int(check.get("num_classes"), 100000) and _small_int(check.get("stride"), 4096),
+             "a detect check needs integer num_classes (1-100000) and stride (1-4096)", job_id, ErrorCode.BAD_INPUT)
+    return {"kind": check["kind"], "num_classes": check["num_classes"], "stride": check["stride"]}

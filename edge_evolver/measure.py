@@ -182,6 +182,7 @@ class MeasureRequest:
     options: Dict[str, Any] = field(default_factory=dict)
     inputs: Optional[Mapping[str, np.ndarray]] = None
     reference: Optional[Sequence[np.ndarray]] = None
+    check: Optional[Dict[str, Any]] = None  # e.g. {"kind": "detect", ...}: also compare decoded boxes
     seed: int = 0
     cache: Optional[EngineCache] = None
     meter: Any = None  # a power.PowerMeter, or None for "not measured"
@@ -214,7 +215,8 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
         if sample is not None and feeds is not sample:
             result.outputs = _run_in_batches(engine, sample, batch)
         if req.reference is not None:
-            result.agreement = compare_outputs(result.outputs, req.reference, [s.name for s in engine.outputs])
+            result.agreement = compare_outputs(result.outputs, req.reference, [s.name for s in engine.outputs],
+                                               check=req.check)
         result.bench = run_benchmark(lambda: engine.infer(feeds), req.settings, monitor=window)
         result.power = window.summary
     finally:

@@ -59,7 +59,10 @@ JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
     "include_samples": (False, "true: the result carries raw latency and power samples"),
     "seed": (False, "seed of the synthetic inputs (default 0)"),
     "meta": (False, "free JSON object echoed back in the result (generation, genome id...)"),
+    "check": (False, 'how to compare outputs with the references beyond raw values: {"kind": "detect", '
+                     '"num_classes": K, "stride": s} decodes boxes (edge_evolver/detection.py), box_agreement'),
 }
+CHECK_KINDS = ("detect",)
 BENCH_FIELDS = ("batch", "min_iterations", "min_seconds", "warmup_s", "max_seconds")
 OPTION_FIELDS = ("fp16", "threads", "workspace_mb", "shape_overrides")
 

@@ -31,15 +31,24 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command()
 def evolve(
-    model: str = typer.Option("vgg-small", "--model", envvar=_env("model"),
-                              help="Built-in (mlp, lenet5, vgg-small, resnet-small) or path/to/file.py:factory."),
-    dataset: str = typer.Option("glyphs", "--dataset", envvar=_env("dataset"),
-                                help="Built-in (digits, glyphs) or imagefolder:PATH."),
+    task: str = typer.Option("classify", "--task", envvar=_env("task"),
+                             help="classify, or detect (docs/detection.md)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", envvar=_env("model"),
+        help="Built-in (mlp, lenet5, vgg-small, resnet-small; det-small for detect) or path/to/file.py:factory "
+             "[default: vgg-small, det-small for detect]."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", envvar=_env("dataset"),
+        help="digits, glyphs or imagefolder:PATH; for detect shapes-det, coco:PATH or yolo:PATH "
+             "[default: glyphs, shapes-det for detect]."),
+    image_size: int = typer.Option(0, "--image-size", envvar=_env("image_size"),
+                                   help="Input side in pixels [default: 32, 128 for detect]."),
     generations: Optional[int] = typer.Option(None, "--generations", envvar=_env("generations"),
                                               help="Offspring generations after the dense generation 0 [default: 13]."),
-    epochs: float = typer.Option(0.75, "--epochs", envvar=_env("epochs"), help="Training epochs per offspring."),
-    gen0_epochs: float = typer.Option(4.0, "--gen0-epochs", envvar=_env("gen0_epochs"),
-                                    help="Training epochs of the dense generation 0."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", envvar=_env("epochs"),
+                                           help="Training epochs per offspring [default: 0.75, 1.5 for detect]."),
+    gen0_epochs: Optional[float] = typer.Option(None, "--gen0-epochs", envvar=_env("gen0_epochs"),
+                                                help="Training epochs of generation 0 [default: 4, 12 for detect]."),
     precision: str = typer.Option("fp16", "--precision", envvar=_env("precision"), help="fp16, bf16 or fp32."),
     env_factor: str = typer.Option("0.8,0.95", "--env-factor", envvar=_env("env_factor"),
                                    help="Environmental factor α, or α_c,α_s (fraction inherited per generation)."),
@@ -91,7 +100,7 @@ def evolve(
     log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
-    from host_trainer.config import CHANNEL_MULTIPLE_BY_BACKEND, EvolveConfig, parse_env_factor
+    from host_trainer.config import CHANNEL_MULTIPLE_BY_BACKEND, TASK_DEFAULTS, EvolveConfig, parse_env_factor
     from host_trainer.session import resume_run, start_run
 
     _configure_logging(log_level)
@@ -100,9 +109,12 @@ def evolve(
             rows = resume_run(resume, generations)
         else:
             alpha_c, alpha_s = parse_env_factor(env_factor)
+            defaults = TASK_DEFAULTS.get(task, TASK_DEFAULTS["classify"])
             cfg = EvolveConfig(
-                model=model, dataset=dataset, generations=13 if generations is None else generations,
-                epochs=epochs, gen0_epochs=gen0_epochs, precision=precision, alpha_c=alpha_c, alpha_s=alpha_s,
+                task=task, image_size=image_size, model=model or str(defaults["model"]),
+                dataset=dataset or str(defaults["dataset"]), generations=13 if generations is None else generations,
+                epochs=float(defaults["epochs"]) if epochs is None else epochs, batch_size=int(defaults["batch_size"]),
+                gen0_epochs=float(defaults["gen0_epochs"]) if gen0_epochs is None else gen0_epochs, precision=precision, alpha_c=alpha_c, alpha_s=alpha_s,
                 probability_model=probability_model, tau=tau, init=init, seed=seed,
                 channel_multiple=channel_multiple or CHANNEL_MULTIPLE_BY_BACKEND["onnxruntime"],
                 max_accuracy_drop=max_accuracy_drop, distill=distill, train_subset=train_subset,

@@ -15,12 +15,22 @@ from host_trainer.synthesis import PROBABILITY_MODELS
 # x86 prefers blocks of 16, TensorRT fp16 tensor cores prefer multiples of 8.
 CHANNEL_MULTIPLE_BY_BACKEND = {"onnxruntime": 16, "tensorrt": 8}
 INITS = ("inherit", "reinit")
+TASKS = ("classify", "detect")
+# What --model/--dataset/--image-size mean when not given, per task.
+# Detection's budget was measured on shapes-det (docs/detection.md): 12 epochs bring the dense det-small
+# to about 65% mAP@0.5, and a detector needs more recovery per cut than a classifier.
+TASK_DEFAULTS = {"classify": {"model": "vgg-small", "dataset": "glyphs", "image_size": 32, "epochs": 0.75,
+                              "gen0_epochs": 4.0, "batch_size": 128},
+                 "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
+                            "gen0_epochs": 12.0, "batch_size": 64}}
 
 
 @dataclass
 class EvolveConfig:
     model: str = "vgg-small"
     dataset: str = "glyphs"
+    task: str = "classify"        # or "detect" (docs/detection.md)
+    image_size: int = 0           # input side in pixels; 0 = the task's default (32, or 128 for detect)
     generations: int = 13
     epochs: float = 0.75          # per offspring generation (fractions of an epoch allowed)
     gen0_epochs: float = 4.0      # the dense ancestor
@@ -59,6 +69,9 @@ class EvolveConfig:
 
     def validate(self) -> EvolveConfig:
         checks = [
+            (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}"),
+            (self.image_size >= 0, "--image-size must be >= 0"),
+            (not (self.task == "detect" and self.distill), "--distill is implemented for classification only"),
             (self.generations >= 0, "--generations must be >= 0"),
             (self.epochs > 0 and self.gen0_epochs > 0, "--epochs and --gen0-epochs must be > 0"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
@@ -89,6 +102,9 @@ class EvolveConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def input_size(self) -> int:
+        return self.image_size or int(TASK_DEFAULTS.get(self.task, TASK_DEFAULTS["classify"])["image_size"])
 
     @classmethod
     def from_dict(cls, data: dict) -> EvolveConfig:

@@ -31,6 +31,13 @@ class Split:
     x: np.ndarray  # float32, (N, C, H, W), normalised with the data set's mean/std
     y: np.ndarray  # int64, (N,), class ids in [0, num_classes)
 
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, n: int) -> Split:
+        """The first n images (a quick run's --train-subset)."""
+        return Split(self.x[:n], self.y[:n])
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -43,6 +50,7 @@ class Dataset:
     class_names: tuple[str, ...]
     mean: float
     std: float
+    task: str = "classify"
 
 
 def load_dataset(ref: str, seed: int = 0, image_size: int = 32) -> Dataset:
@@ -58,6 +66,8 @@ def load_dataset(ref: str, seed: int = 0, image_size: int = 32) -> Dataset:
         if not path.strip():
             raise UserError("imagefolder needs a path: imagefolder:PATH (one sub-folder of images per class)")
         return imagefolder_dataset(path, seed, image_size)
+    if ref == "shapes-det" or ref.startswith(("coco:", "yolo:")):
+        raise UserError(f"{ref} is a detection data set: add --task detect")
     raise UserError(f"unknown dataset {ref!r}: choose digits, glyphs or imagefolder:PATH")
 
 

@@ -23,10 +23,10 @@ from host_trainer import checkpoint as ckpt
 from host_trainer.compaction import cluster_groups, compact, dense_masks
 from host_trainer.config import EvolveConfig
 from host_trainer.controller import Controller, Targets, speed_pressure
-from host_trainer.data import Dataset, Split
+from host_trainer.data import Dataset
 from host_trainer.display import Display
 from host_trainer.errors import UserError
-from host_trainer.export import check_parity, sha256, to_onnx_bytes
+from host_trainer.export import sha256, to_onnx_bytes
 from host_trainer.measuring import AGREEMENT_SAMPLES, DeviceError, LocalMeasurer
 from host_trainer.metrics import size_metrics
 from host_trainer.models import build_model, fixed_layers
@@ -34,7 +34,9 @@ from host_trainer.precision import restrict
 from host_trainer.runstore import RunDir, atomic_write_json
 from host_trainer.selection import pareto_front, select
 from host_trainer.synthesis import SynthesisConfig, plan_offspring
-from host_trainer.training import TrainConfig, apply_masks, evaluate, train
+from host_trainer.det_data import DetDataset
+from host_trainer.tasks import Task, make_task
+from host_trainer.training import TrainConfig, apply_masks, train
 
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
@@ -65,16 +67,18 @@ class Member:
 
 
 class Evolution:
-    def __init__(self, cfg: EvolveConfig, data: Dataset, run: RunDir, display: Display, measurer: Any = None):
+    def __init__(self, cfg: EvolveConfig, data: Dataset | DetDataset, run: RunDir, display: Display,
+                 measurer: Any = None, task: Task | None = None):
         self.cfg, self.data, self.run, self.display = cfg, data, run, display
         self.measurer = measurer if measurer is not None else LocalMeasurer(cfg)
         self.example = torch.zeros((1, *data.input_shape))
         self.targets = Targets(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
         self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0, self.targets)
+        if task is None:
+            task = make_task(cfg.task, data, build_model(cfg.model, data.num_classes, data.input_shape))
+        self.task = task
         self.rows: list[dict] = []
-        self.train_split = data.train
-        if cfg.train_subset:
-            self.train_split = Split(x=data.train.x[: cfg.train_subset], y=data.train.y[: cfg.train_subset])
+        self.train_split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
 
     # ---- the run -------------------------------------------------------------------------
     def run_all(self, parent: Member | None = None) -> list[dict]:
@@ -104,7 +108,8 @@ class Evolution:
         model = build_model(self.cfg.model, self.data.num_classes, self.data.input_shape)
         masks = dense_masks(model)
         tcfg = self._train_config(self.cfg.gen0_epochs, seed)
-        loss = train(model, masks, self.train_split, tcfg, progress=self.display.progress(0, tcfg.epochs))
+        loss = train(model, masks, self.train_split, tcfg, progress=self.display.progress(0, tcfg.epochs),
+                     task=self.task)
         member, row = self._finish(model, masks, generation=0, parent=None, seed=seed, alpha=None, loss=loss)
         self._commit(member, row, seed=seed, parent=None)
         return member
@@ -185,23 +190,24 @@ class Evolution:
         apply_masks(child, masks)
         teacher = parent.model if cfg.distill > 0 else None
         tcfg = self._train_config(cfg.epochs, seed)
-        loss = train(child, masks, self.train_split, tcfg, teacher, self.display.progress(generation, tcfg.epochs))
+        loss = train(child, masks, self.train_split, tcfg, teacher, self.display.progress(generation, tcfg.epochs),
+                     self.task)
         return child, masks, loss
 
     def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
                 seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0):
         """Restrict precision, evaluate before and after, and build the generation's row."""
-        before = evaluate(model, self.data.test, self.data.num_classes)
+        before = self.task.evaluate(model, self.data.test)
         restrict(model, self.cfg.precision)
         apply_masks(model, masks)
-        test = evaluate(model, self.data.test, self.data.num_classes)
-        val = evaluate(model, self.data.val, self.data.num_classes)
+        test = self.task.evaluate(model, self.data.test)
+        val = self.task.evaluate(model, self.data.val)
         row: dict[str, Any] = {
             "generation": generation, "parent": parent, "attempt": attempt, "seed": seed,
             "alpha": list(alpha) if alpha else None, "alpha_c": alpha[0] if alpha else None,
             "alpha_s": alpha[1] if alpha else None, "precision_format": self.cfg.precision,
             **size_metrics(model, self.data.input_shape).to_dict(), **test.to_dict(),
-            "val_accuracy": val.accuracy, "train_loss": loss,
+            "task": self.task.name, "val_accuracy": val.accuracy, "train_loss": loss,
             "accuracy_before_restriction": before.accuracy, "accepted": True, "reject_reason": None,
         }
         return Member(generation, model, masks, val.accuracy), row
@@ -217,11 +223,11 @@ class Evolution:
 
     def _export(self, member: Member, row: dict) -> bytes:
         started = time.perf_counter()
-        onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision)
-        parity = check_parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
+        onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision, self.task.output_name)
+        parity = self.task.parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
         if not parity.ok:
-            raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch "
-                               f"(max abs err {parity.max_abs_err:.4g}, top-1 {parity.top1_agreement:.4f})")
+            raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch (max abs err "
+                               f"{parity.max_abs_err:.4g}, {parity.metric} agreement {parity.top1_agreement:.4f})")
         row.update({"onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes), **parity.to_dict(),
                     "export_seconds": time.perf_counter() - started})
         return onnx_bytes

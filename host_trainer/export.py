@@ -36,16 +36,18 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class Parity:
     max_abs_err: float
-    top1_agreement: float
+    top1_agreement: float  # classification: top-1; detection: the box agreement (see `metric`)
     samples: int
     ok: bool
+    metric: str = "top1"   # "top1" or "box"
 
     def to_dict(self) -> dict[str, object]:
-        return {"onnx_max_abs_err": self.max_abs_err, "onnx_top1_agreement": self.top1_agreement,
+        return {"onnx_max_abs_err": self.max_abs_err, f"onnx_{self.metric}_agreement": self.top1_agreement,
                 "onnx_parity_samples": self.samples, "onnx_parity_ok": self.ok}
 
 
-def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str = "fp16") -> bytes:
+def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str = "fp16",
+                  output_name: str = OUTPUT_NAME) -> bytes:
     """Export with a dynamic batch dimension; fp16/bf16 runs store fp16 weights and compute."""
     model.eval()
     buf = io.BytesIO()
@@ -54,8 +56,8 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str
         warnings.simplefilter("ignore")  # the classic exporter's deprecation notice
         # torch accepts a file object here, though its annotation says path only
         torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                          input_names=[INPUT_NAME], output_names=[output_name],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
     if precision != "fp32":
         # bf16 has no portable ONNX kernels on CPU or TensorRT 8; its weights are exported as fp16
@@ -71,8 +73,8 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], precision: str
     return proto.SerializeToString()
 
 
-def check_parity(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> Parity:
-    """Compare ONNX Runtime (1 thread, CPU) with torch on real inputs `x`."""
+def onnx_and_torch(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first output of ONNX Runtime (1 thread, CPU) and of torch on the same inputs `x`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -82,10 +84,21 @@ def check_parity(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> Parity:
     model.eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(x.astype(np.float32))).numpy()
+    return got, ref
+
+
+def within_tolerance(got: np.ndarray, ref: np.ndarray) -> tuple[float, bool]:
+    """(max |got - ref|, every element within ATOL + RTOL·|ref|)."""
     err = np.abs(got.astype(np.float64) - ref)
-    within = bool(np.all(err <= ATOL + RTOL * np.abs(ref)))
+    return float(err.max()) if err.size else 0.0, bool(np.all(err <= ATOL + RTOL * np.abs(ref)))
+
+
+def check_parity(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> Parity:
+    """Compare ONNX Runtime with torch on real inputs `x` (a classifier: logits and top-1)."""
+    got, ref = onnx_and_torch(onnx_bytes, model, x)
+    max_err, within = within_tolerance(got, ref)
     agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
-    return Parity(max_abs_err=float(err.max()), top1_agreement=agree, samples=len(x),
+    return Parity(max_abs_err=max_err, top1_agreement=agree, samples=len(x),
                   ok=within and agree >= MIN_TOP1_AGREEMENT)
 
 

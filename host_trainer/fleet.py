@@ -111,14 +111,14 @@ class Fleet:
         return [ANY] if self.cfg.any_device or not self.cfg.devices else list(self.cfg.devices)
 
     def measure(self, name: str, model: bytes, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
-                meta: dict) -> dict[str, dict]:
+                meta: dict, check: dict | None = None) -> dict[str, dict]:
         """{target: result} for every target of the run; results may carry a (final) status "error"."""
         out = {}
         digest = sha256_hex(model)
         for target in self.targets():
             base = f"{self.run_id}.{name}.{target}"
             payload = lambda job_id: encode_job(job_id, model, self.cfg.bench, inputs, reference,  # noqa: E731
-                                                meta=meta, timeout_s=self.cfg.job_timeout_s)
+                                                meta=meta, timeout_s=self.cfg.job_timeout_s, check=check)
             out[target] = self._measure_one(target, base, payload, digest)
         return out
 

@@ -14,13 +14,13 @@ import numpy as np
 from edge_evolver.benchmark import RESULT_KEYS, BenchSettings
 from edge_evolver.measure import measure_model
 from host_trainer.fleet import Fleet
+from host_trainer.tasks import ClassificationTask, Task
 
 BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
 DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision", "engine_build_s", "engine_bytes",
                "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
-MIN_TOP1_AGREEMENT = 0.85  # 7 of 8 samples must agree
 # Device fields whose plain names mean something else in a generation row (precision = the host's
 # macro precision; backend/iterations = the local benchmark's) get a device_ prefix.
 PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
@@ -60,23 +60,30 @@ class LocalMeasurer:
 
 
 class FleetMeasurer:
-    """Each offspring as an MQTT job with agreement samples; the first target's numbers lead."""
+    """Each offspring as an MQTT job with agreement samples; the first target's numbers lead.
+
+    The task says how the device checks its engine's outputs (top-1 for classifiers, decoded boxes
+    for detectors) and which answers make the offspring unfit.
+    """
 
     parallel = True  # K offspring may be in flight at once (the devices, not this host, do the work)
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, task: Task | None = None) -> None:
         self.fleet = fleet
+        self.task: Task = task if task is not None else ClassificationTask(0)
 
     def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict:
         inputs, reference = host_reference(onnx_bytes, samples)
-        results = self.fleet.measure(name, onnx_bytes, inputs, reference, meta)
+        check = self.task.job_check()
+        extra = {"check": check} if check else {}
+        results = self.fleet.measure(name, onnx_bytes, inputs, reference, meta, **extra)
         failed = {t: r for t, r in results.items() if r.get("status") != "ok"}
         if failed:
             target, result = next(iter(failed.items()))
             raise DeviceError(f"device {result.get('device_id') or target}: {result.get('code')}: "
                               f"{result.get('message')}")
         for target, result in results.items():
-            problem = disagreement(result.get("agreement"))
+            problem = self.task.disagreement(result.get("agreement"))
             if problem:
                 raise DeviceError(f"device {result.get('device_id') or target}: engine disagrees with the "
                                   f"exported model ({problem})")
@@ -86,6 +93,7 @@ class FleetMeasurer:
         agreement = first.get("agreement") or {}
         out["agreement_max_abs_error"] = agreement.get("max_abs_error")
         out["agreement_top1"] = agreement.get("top1_agreement")
+        out["agreement_boxes"] = agreement.get("box_agreement")
         if len(results) > 1:
             out["devices"] = {t: {**_timing(r), **{k: r.get(k) for k in DEVICE_KEYS}} for t, r in results.items()}
         return out
@@ -99,19 +107,10 @@ class FleetMeasurer:
 
 
 def disagreement(agreement: dict | None) -> str | None:
-    """Why the device's engine cannot stand for the exported model, or None when it can.
-
-    The check is loose on purpose (fp16 engines differ in the last bits): any NaN/inf output, or more
-    than one of the 8 sample images classified differently, means the engine computes another network.
-    """
-    if not agreement:
-        return None
-    if agreement.get("nonfinite"):
-        return f"{agreement['nonfinite']} non-finite output values"
-    top1 = agreement.get("top1_agreement")
-    if top1 is not None and top1 < MIN_TOP1_AGREEMENT:
-        return f"top-1 agreement {top1:.3f} on the samples, below {MIN_TOP1_AGREEMENT}"
-    return None
+    """A classifier's engine cannot stand for the exported model: any NaN/inf output, or more than one
+    of the 8 sample images classified differently (the check is loose on purpose: fp16 engines differ in
+    the last bits). Detection's rule is DetectionTask.disagreement."""
+    return ClassificationTask(0).disagreement(agreement)
 
 
 def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:

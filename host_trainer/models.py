@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from host_trainer.det_models import DetSmall
 from host_trainer.errors import UserError
 
 
@@ -125,6 +126,7 @@ BUILTIN_MODELS: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
     "lenet5": LeNet5,
     "vgg-small": VGGSmall,
     "resnet-small": ResNetSmall,
+    "det-small": DetSmall,  # a detector: --task detect (host_trainer/det_models.py)
 }
 
 
@@ -163,7 +165,10 @@ def _call_factory(factory: Callable[..., object], num_classes: int, input_shape:
 def build_model(ref: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Build a fresh, dense model from a built-in name or `path/to/file.py:factory`."""
     if ref in BUILTIN_MODELS:
-        return BUILTIN_MODELS[ref](num_classes, tuple(input_shape))  # type: ignore[arg-type]
+        try:
+            return BUILTIN_MODELS[ref](num_classes, tuple(input_shape))  # type: ignore[arg-type]
+        except ValueError as exc:  # e.g. det-small at an input size it cannot take
+            raise UserError(f"{ref}: {exc}") from None
     if ":" not in ref:
         names = ", ".join(BUILTIN_MODELS)
         raise UserError(f"unknown model {ref!r}: choose one of {names} or give path/to/file.py:factory")

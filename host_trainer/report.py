@@ -107,6 +107,17 @@ def _name(config: dict) -> str:
     return f"{config.get('model', '?')} on {config.get('dataset', '?')}"
 
 
+def _score(config: dict) -> str:
+    """What the rows' `accuracy` holds: top-1 accuracy, or mAP@0.5 in a detection run."""
+    return "mAP@0.5" if config.get("task") == "detect" else "accuracy"
+
+
+def _pr_kind(config: dict) -> str:
+    if config.get("task") == "detect":
+        return "precision / recall at IoU 0.5, score ≥ 0.3"
+    return "macro precision / recall"
+
+
 # ---- figures --------------------------------------------------------------------------------
 def _new_figure() -> Any:
     try:
@@ -208,22 +219,24 @@ def plot_precision_recall(config: dict, lineage: Sequence[Row], rejected: Sequen
     gens = [r["generation"] for r in lineage]
     # Macro recall is close to accuracy on balanced classes: accuracy is drawn wide, pale and underneath,
     # so that recall stays visible on top of it.
-    styles = (("precision", "tab:blue", "o", 1.6, 1.0, 3), ("recall", "tab:orange", "s", 1.6, 1.0, 3),
-              ("accuracy", "tab:green", "^", 4.5, 0.45, 2))
-    for key, colour, marker, width, alpha, z in styles:
+    score = _score(config)
+    styles = (("precision", "precision", "tab:blue", "o", 1.6, 1.0, 3),
+              ("recall", "recall", "tab:orange", "s", 1.6, 1.0, 3),
+              ("accuracy", score, "tab:green", "^", 4.5, 0.45, 2))
+    for key, label, colour, marker, width, alpha, z in styles:
         ax.plot(gens, [_num(r, key, 100) for r in lineage], color=colour, marker=marker, linewidth=width,
-                alpha=alpha, zorder=z, label=key)
+                alpha=alpha, zorder=z, label=label)
     drop, base = config.get("max_accuracy_drop"), _num(lineage[0], "accuracy", 100)
     if isinstance(drop, (int, float)) and math.isfinite(base):
         ax.axhline(base - drop, color="grey", linestyle="--", linewidth=1,
-                   label=f"floor: gen-0 accuracy − {drop:g} points")
+                   label=f"floor: gen-0 {score} − {drop:g} points")
     tried = [(r["generation"], _num(r, "accuracy", 100)) for r in rejected]
     if tried:
         ax.scatter(*zip(*tried), color="grey", marker="x", s=30, zorder=3,
-                   label="rejected attempt (accuracy)")
-    ax.set_ylabel("% on the held-out test split (macro precision / recall)")
+                   label=f"rejected attempt ({score})")
+    ax.set_ylabel(f"% on the held-out test split ({_pr_kind(config)})")
     return _finish(fig, ax, lineage, ax.get_legend_handles_labels()[0],
-                   f"{_name(config)}: precision, recall and accuracy per generation\n"
+                   f"{_name(config)}: precision, recall and {score} per generation\n"
                    f"weights restricted to {config.get('precision', '?')}")
 
 
@@ -241,17 +254,20 @@ def _times(value: Optional[float]) -> str:
     return f"{value:.2f}×" if value is not None else DASH
 
 
-def summary(lineage: Sequence[Row]) -> str:
+def summary(lineage: Sequence[Row], config: Optional[dict] = None) -> str:
     first, last = lineage[0], lineage[-1]
     shrink = {key: _ratio(_num(first, key), _num(last, key)) for key in ("synapses", "params", "macs")}
     fps = _ratio(_num(last, "fps"), _num(first, "fps"))
-    change = _num(last, "accuracy", 100) - _num(first, "accuracy", 100)
+    change = {k: _num(last, k, 100) - _num(first, k, 100) for k in ("accuracy", "precision", "recall")}
+    quality = f"test accuracy changed by {_fmt(change['accuracy'], '+.2f')} points."
+    if (config or {}).get("task") == "detect":
+        quality = (f"test mAP@0.5 changed by {_fmt(change['accuracy'], '+.2f')} points, precision by "
+                   f"{_fmt(change['precision'], '+.2f')} and recall by {_fmt(change['recall'], '+.2f')}.")
     return (f"From generation {first['generation']} to generation {last['generation']}: "
             f"synapses reduced {_times(shrink['synapses'])}, parameters reduced {_times(shrink['params'])}, "
             f"MACs reduced {_times(shrink['macs'])}; fps ratio {_times(fps)} "
             f"(the fps measured during the run, each generation measured separately, "
-            f"so not a same-process A/B comparison); "
-            f"test accuracy changed by {_fmt(change, '+.2f')} points.")
+            f"so not a same-process A/B comparison); " + quality)
 
 
 # The accepted-generations table between "gen" and "sha256": (header, row key, format, scale).
@@ -263,19 +279,24 @@ COLUMNS = (("α_c", "alpha_c", ".3f", 1), ("synapses", "synapses", ",", 1), ("cl
            ("ONNX KB", "onnx_bytes", ".1f", 1e-3))
 
 
-def _accepted_line(r: Row) -> list[str]:
+def _columns(config: dict) -> tuple:
+    score = _score(config)
+    return tuple((f"{score} %", *c[1:]) if c[1] == "accuracy" else c for c in COLUMNS)
+
+
+def _accepted_line(r: Row, columns: tuple = COLUMNS) -> list[str]:
     gen = f"{r['generation']}*" if r.get("carried_over") else str(r["generation"])
-    cells = [_fmt(r.get(key), spec, scale) for _, key, spec, scale in COLUMNS]
+    cells = [_fmt(r.get(key), spec, scale) for _, key, spec, scale in columns]
     return [gen, *cells, _fmt((r.get("model_sha256") or "")[:12] or None)]
 
 
-def _rejected_section(rejected: Sequence[Row]) -> list[str]:
+def _rejected_section(rejected: Sequence[Row], score: str = "accuracy") -> list[str]:
     if not rejected:
         return ["No offspring was rejected."]
     rows = [[r["generation"], _fmt(r.get("attempt")), _fmt(r.get("alpha_c"), ".3f"),
              _fmt(r.get("accuracy"), ".2f", 100) + (" %" if r.get("accuracy") is not None else ""),
              _fmt(r.get("reject_reason"))] for r in rejected]
-    return _table(["gen", "attempt", "α_c", "accuracy", "reason"], rows)
+    return _table(["gen", "attempt", "α_c", score, "reason"], rows)
 
 
 def _heading(config: dict) -> list[str]:
@@ -286,19 +307,20 @@ def _heading(config: dict) -> list[str]:
 
 
 def render_markdown(config: dict, lineage: Sequence[Row], rejected: Sequence[Row]) -> str:
-    header = ["gen", *(name for name, *_ in COLUMNS), "sha256"]
-    lines = _heading(config) + ["", summary(lineage), "", "## Accepted generations", ""]
-    lines += _table(header, [_accepted_line(r) for r in lineage])
+    columns, score = _columns(config), _score(config)
+    header = ["gen", *(name for name, *_ in columns), "sha256"]
+    lines = _heading(config) + ["", summary(lineage, config), "", "## Accepted generations", ""]
+    lines += _table(header, [_accepted_line(r, columns) for r in lineage])
     if any(r.get("carried_over") for r in lineage):
         lines += ["", "\\* carried over: no offspring of that generation survived, the parent lives on."]
-    lines += ["", f"Accuracy, precision and recall on the held-out test split; fps and latency at batch 1 "
-                  f"({_bench(config, lineage)}).", "", "## Rejected attempts", ""]
-    lines += _rejected_section(rejected)
+    lines += ["", f"{score[0].upper() + score[1:]}, {_pr_kind(config)} on the held-out test split; fps and "
+                  f"latency at batch 1 ({_bench(config, lineage)}).", "", "## Rejected attempts", ""]
+    lines += _rejected_section(rejected, score)
     lines += ["", "## Figures", "", f"![synapses and fps per generation]({SYNAPSES_PNG})", "",
-              f"![precision, recall and accuracy per generation]({PRECISION_PNG})", ""]
+              f"![precision, recall and {score} per generation]({PRECISION_PNG})", ""]
     if "max_accuracy_drop" in config:
-        lines += ["The dashed floor is drawn on test accuracy; offspring are accepted or rejected on "
-                  "validation accuracy against generation 0's.", ""]
+        lines += [f"The dashed floor is drawn on test {score}; offspring are accepted or rejected on "
+                  f"validation {score} against generation 0's.", ""]
     return "\n".join(lines)
 
 

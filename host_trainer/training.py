@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from torch import nn
 from host_trainer.compaction import prunable_layers
 from host_trainer.data import Split
 from host_trainer.metrics import Quality, classification_quality
+
+if TYPE_CHECKING:
+    from host_trainer.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,25 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | 
     return (1 - cfg.distill) * loss + cfg.distill * (t * t) * soft
 
 
+def classification_loss(logits: torch.Tensor, targets: list[torch.Tensor], teacher_logits: torch.Tensor | None,
+                        cfg: TrainConfig) -> torch.Tensor:
+    """The classification task's loss (host_trainer.tasks): the targets are one tensor of class ids."""
+    return _loss(logits, targets[0], teacher_logits, cfg)
+
+
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: TrainConfig,
-          teacher: nn.Module | None = None, progress: Progress | None = None) -> float:
-    """Train in place at fp32; masked synapses are held at zero after every step. Returns last loss."""
+          teacher: nn.Module | None = None, progress: Progress | None = None, task: Task | None = None) -> float:
+    """Train in place at fp32; masked synapses are held at zero after every step. Returns last loss.
+
+    `task` supplies the per-image targets and the loss (classification when None); the loop is the same.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    steps_per_epoch = math.ceil(len(y_all) / cfg.batch_size)
+    x_all = torch.from_numpy(data.x)
+    targets = task.targets(data) if task is not None else [torch.from_numpy(data.y)]
+    loss_fn = task.loss if task is not None else classification_loss
+    shift = cfg.augment_shift if task is None or task.augment else 0
+    steps_per_epoch = math.ceil(len(x_all) / cfg.batch_size)
     total = max(1, round(steps_per_epoch * cfg.epochs))
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -93,19 +109,19 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: Tr
     model.train()
     step, last = 0, float("nan")
     while step < total:
-        order = torch.randperm(len(y_all), generator=gen)  # a fresh pass over the data
+        order = torch.randperm(len(x_all), generator=gen)  # a fresh pass over the data
         for start in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
             idx = order[start: start + cfg.batch_size]
-            x, y = _shift(x_all[idx], cfg.augment_shift, gen), y_all[idx]
+            x = _shift(x_all[idx], shift, gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
             teacher_logits = None
             if teacher is not None and cfg.distill > 0:
                 with torch.no_grad():
                     teacher_logits = teacher(x)
-            loss = _loss(model(x), y, teacher_logits, cfg)
+            loss = loss_fn(model(x), [t[idx] for t in targets], teacher_logits, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -145,7 +145,7 @@ def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any, cache:
     options.setdefault("threads", params.get("threads", 1))
     progress = _Progress(send, params.get("telemetry_interval_s", 1.0), job.settings.batch)
     req = MeasureRequest(backend=params["backend"], settings=job.settings, options=options, inputs=job.inputs,
-                         reference=job.reference, seed=job.seed, cache=cache,
+                         reference=job.reference, check=job.check, seed=job.seed, cache=cache,
                          meter=meter, observer=progress.monitor)
     result = measure_model(job.model, request=req)
     out = result.to_dict(include_samples=job.include_samples)

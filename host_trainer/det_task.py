@@ -1,0 +1,73 @@
+"""The detection task: centre heat-map targets and loss, mAP/precision/recall, box-level parity.
+
+Decoding is `edge_evolver.detection.decode`, the one function the host's metrics, the export parity
+check and the device-side output check share (docs/detection.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_evolver.detection import decode, detection_agreement
+from host_trainer.det_data import DetSplit
+from host_trainer.det_metrics import DetQuality, detection_quality
+from host_trainer.det_targets import detection_loss, split_targets
+from host_trainer.export import Parity, onnx_and_torch, within_tolerance
+from host_trainer.tasks import nonfinite_problem
+from host_trainer.training import TrainConfig, predict
+
+OUTPUT_NAME = "detections"
+MIN_PARITY_BOX_AGREEMENT = 0.95  # host: ONNX Runtime vs torch, same machine
+MIN_DEVICE_BOX_AGREEMENT = 0.85  # device engine (TensorRT fp16, other kernels) vs the host's reference
+
+
+class DetectionTask:
+    name, output_name, augment = "detect", OUTPUT_NAME, False
+
+    def __init__(self, num_classes: int, stride: int, input_shape: tuple[int, int, int]):
+        self.num_classes, self.stride = num_classes, stride
+        self.grid = (input_shape[1] // stride, input_shape[2] // stride)
+        self._targets: dict[int, list[torch.Tensor]] = {}  # by id(split): built once per run
+
+    def targets(self, split: DetSplit) -> list[torch.Tensor]:
+        key = id(split)
+        if key not in self._targets:
+            arrays = split_targets(split.boxes, split.labels, self.num_classes, self.grid, self.stride)
+            self._targets[key] = [torch.from_numpy(a) for a in arrays]
+        return self._targets[key]
+
+    def loss(self, outputs: torch.Tensor, targets: list[torch.Tensor], teacher: torch.Tensor | None,
+             cfg: TrainConfig) -> torch.Tensor:
+        heat, reg, mask = targets
+        return detection_loss(outputs, heat, reg, mask)
+
+    def decode(self, outputs: np.ndarray) -> list:
+        return decode(outputs, self.num_classes, self.stride)
+
+    def evaluate(self, model: nn.Module, split: DetSplit) -> DetQuality:
+        outputs = predict(model, split.x, batch_size=128)
+        heat, reg, mask = self.targets(split)
+        with torch.no_grad():
+            loss = float(detection_loss(torch.from_numpy(outputs), heat, reg, mask))
+        return detection_quality(self.decode(outputs), split.boxes, split.labels, self.num_classes, loss)
+
+    def parity(self, onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> Parity:
+        """Every output value within the fp16 tolerance, and the decoded boxes the same."""
+        got, ref = onnx_and_torch(onnx_bytes, model, x)
+        max_err, within = within_tolerance(got, ref)
+        agree = detection_agreement(self.decode(got), self.decode(ref))
+        agree = 1.0 if agree is None else float(agree)
+        return Parity(max_abs_err=max_err, top1_agreement=agree, samples=len(x),
+                      ok=within and agree >= MIN_PARITY_BOX_AGREEMENT, metric="box")
+
+    def job_check(self) -> dict | None:
+        return {"kind": "detect", "num_classes": self.num_classes, "stride": self.stride}
+
+    def disagreement(self, agreement: dict | None) -> str | None:
+        problem = nonfinite_problem(agreement)
+        boxes = (agreement or {}).get("box_agreement")
+        if problem is None and boxes is not None and boxes < MIN_DEVICE_BOX_AGREEMENT:
+            problem = f"box agreement {boxes:.3f} on the samples, below {MIN_DEVICE_BOX_AGREEMENT}"
+        return problem
