@@ -84,4 +84,4 @@ def box_agreement(got: np.ndarray, want: np.ndarray, check: Dict[str, Any]) -> O
         return detection_agreement(decode(np.asarray(got, np.float32), k, stride),
                                    decode(np.asarray(want, np.float32), k, stride))
     except ValueError as exc:  # the output does not have the layout the check announced
-        raise EdgeError(ErrorCode.BAD_INPUT, "detect check does not fit the model's output: {}".format(exc))
+        raise EdgeError(ErrorCode.BAD_INPUT, f"detect check does not fit the model's output: {exc}") from None

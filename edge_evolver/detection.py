@@ -77,12 +77,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU) -> 
 def _check_output(output: np.ndarray, num_classes: int, stride: int) -> np.ndarray:
     output = np.asarray(output)
     if output.ndim != 4:
-        raise ValueError("a detector output must be (N, K + 4, h, w), got shape {}".format(list(output.shape)))
+        raise ValueError(f"a detector output must be (N, K + 4, h, w), got shape {list(output.shape)}")
     if output.shape[1] != num_classes + 4:
-        raise ValueError("a detector output for {} classes has {} channels, got {}".format(
-            num_classes, num_classes + 4, output.shape[1]))
+        raise ValueError(f"a detector output for {num_classes} classes has {num_classes + 4} channels, "
+                         f"got {output.shape[1]}")
     if stride < 1:
-        raise ValueError("stride must be >= 1, got {}".format(stride))
+        raise ValueError(f"stride must be >= 1, got {stride}")
     return output.astype(np.float32, copy=False)
 
 

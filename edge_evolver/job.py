@@ -15,8 +15,8 @@ from .errors import EdgeError, ErrorCode
 from .inputs import MAX_ELEMENTS
 from .protocol import (
     BENCH_FIELDS,
-    OPTION_FIELDS,
     CHECK_KINDS,
+    OPTION_FIELDS,
     PROTOCOL_VERSION,
     FrameError,
     encode_frame,

@@ -24,6 +24,7 @@ from host_trainer.compaction import cluster_groups, compact, dense_masks
 from host_trainer.config import EvolveConfig
 from host_trainer.controller import Controller, Targets, speed_pressure
 from host_trainer.data import Dataset
+from host_trainer.det_data import DetDataset
 from host_trainer.display import Display
 from host_trainer.errors import UserError
 from host_trainer.export import sha256, to_onnx_bytes
@@ -34,7 +35,6 @@ from host_trainer.precision import restrict
 from host_trainer.runstore import RunDir, atomic_write_json
 from host_trainer.selection import pareto_front, select
 from host_trainer.synthesis import SynthesisConfig, plan_offspring
-from host_trainer.det_data import DetDataset
 from host_trainer.tasks import Task, make_task
 from host_trainer.training import TrainConfig, apply_masks, train
 
