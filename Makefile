@@ -9,7 +9,7 @@ OLDEST_STAMP := $(OLDEST)/.installed
 # Everything edge_evolver runs on a Jetson, tested again with the JetPack 4.6 library set.
 EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.py tests/test_protocol.py \
               tests/test_daemon.py tests/test_power.py tests/test_power_sampler.py tests/test_devicefacts.py \
-              tests/test_tensorrt_backend.py
+              tests/test_tensorrt_backend.py tests/test_det_decode.py
 # The daemon tests start their own Mosquitto on a free loopback port; Debian's packages provide it.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
@@ -19,7 +19,8 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
                   "$$p" -c pass 2>/dev/null && echo "$$p" && break; done)
 VENV36 := .venv-py36
 
-.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon bench-loop clean
+.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon bench-loop \
+        bench-detect clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +84,9 @@ bench-daemon: $(STAMP) broker
 
 bench-loop: $(STAMP) broker
 	$(BIN)/python bench/loop.py $(ARGS)
+
+bench-detect: $(STAMP) broker
+	$(BIN)/python bench/detect.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) $(VENV36) runs .pytest_cache

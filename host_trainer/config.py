@@ -6,6 +6,7 @@ Defaults are chosen by measurement; docs/method.md says why for each.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from host_trainer.errors import UserError
 from host_trainer.precision import PRECISIONS
@@ -19,10 +20,12 @@ TASKS = ("classify", "detect")
 # What --model/--dataset/--image-size mean when not given, per task.
 # Detection's budget was measured on shapes-det (docs/detection.md): 12 epochs bring the dense det-small
 # to about 65% mAP@0.5, and a detector needs more recovery per cut than a classifier.
-TASK_DEFAULTS = {"classify": {"model": "vgg-small", "dataset": "glyphs", "image_size": 32, "epochs": 0.75,
-                              "gen0_epochs": 4.0, "batch_size": 128},
-                 "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
-                            "gen0_epochs": 12.0, "batch_size": 64}}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {"model": "vgg-small", "dataset": "glyphs", "image_size": 32, "epochs": 0.75, "gen0_epochs": 4.0,
+                 "batch_size": 128},
+    "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5, "gen0_epochs": 12.0,
+               "batch_size": 64},
+}
 
 
 @dataclass

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from PIL import Image
 from host_trainer.data import IMAGE_EXTENSIONS, _read_image
 from host_trainer.det_data import RawDetection
 from host_trainer.errors import UserError
+from host_trainer.yaml_names import yaml_names
 
 COCO_TOLERANCE_PX = 1.0  # a COCO box may overhang its image by up to a pixel (rounding in label tools); clipped
 YOLO_TOLERANCE = 1e-3    # normalised: about a pixel of a 1000-pixel image (writers round to 6 decimals)
@@ -366,83 +366,7 @@ def _yolo_names(root: Path) -> tuple[tuple[str, ...], Path] | None:
     for name in _YAML_NAMES:
         file = root / name
         if file.is_file():
-            names = _yaml_names(file)
+            names = yaml_names(_read_text(file), file)
             if names is not None:
                 return names, file
     return None
-
-
-# ----------------------------------------------------------------- a minimal reader for YAML's `names:` entry
-
-def _outside_quotes(text: str, chars: str) -> list[int]:
-    """Positions of `chars` in `text` that are not inside '...' or "..."."""
-    quote, found = "", []
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in chars:
-            found.append(i)
-    return found
-
-
-def _uncomment(line: str) -> str:
-    cuts = [i for i in _outside_quotes(line, "#") if i == 0 or line[i - 1].isspace()]
-    return (line[:cuts[0]] if cuts else line).rstrip()
-
-
-def _scalar(text: str) -> str:
-    text = text.strip()
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
-
-
-def _yaml_names(file: Path) -> tuple[str, ...] | None:
-    """The top-level `names:` entry of a data.yaml, or None when there is none."""
-    lines = [_uncomment(line) for line in _read_text(file).splitlines()]
-    for i, line in enumerate(lines):
-        match = re.match(r"names\s*:(.*)$", line)
-        if not match:
-            continue
-        where, rest = f"{file} line {i + 1}", match.group(1).strip()
-        if not rest:  # a block list or mapping on the indented lines below
-            block = []
-            for below in lines[i + 1:]:
-                if below and not below[0].isspace():
-                    break
-                block += [below.strip()] if below.strip() else []
-            if block and all(s.startswith("-") for s in block):
-                return _names_list([s[1:] for s in block], where)
-            return _names_map(block, where)
-        for more in lines[i + 1:]:  # a flow collection may continue on the next lines
-            if rest[0] not in "[{" or rest[-1] in "]}":
-                break
-            rest += " " + more.strip()
-        if (rest[0], rest[-1]) in (("[", "]"), ("{", "}")):
-            cuts = _outside_quotes(rest, ",")
-            items = [rest[a + 1:b].strip() for a, b in zip([0, *cuts], [*cuts, len(rest) - 1])]
-            items = items[:-1] if items and not items[-1] else items  # a trailing comma
-            return _names_list(items, where) if rest[0] == "[" else _names_map(items, where)
-        raise UserError(f"{where}: cannot read 'names:' (expected [a, b], {{0: a, 1: b}} or an indented list)")
-    return None
-
-
-def _names_list(items: list[str], where: str) -> tuple[str, ...]:
-    names = tuple(_scalar(s) for s in items)
-    if not names or not all(names):
-        raise UserError(f"{where}: 'names:' lists no classes, or an empty class name")
-    return names
-
-
-def _names_map(items: list[str], where: str) -> tuple[str, ...]:
-    """`ID: name` items -> names in id order; the ids must be 0..n-1."""
-    table: dict[int, str] = {}
-    for item in items:
-        colon = (_outside_quotes(item, ":") or [-1])[0]
-        key = _scalar(item[:colon]) if colon > 0 else ""
-        if not key.isdigit() or int(key) in table:
-            raise UserError(f"{where}: 'names:' entries must read 'ID: name' with integer ids 0, 1, ... each once")
-        table[int(key)] = item[colon + 1:]
-    if sorted(table) != list(range(len(table))):
-        raise UserError(f"{where}: 'names:' ids must be 0..{len(table) - 1}, got {sorted(table)}")
-    return _names_list([table[i] for i in range(len(table))], where)

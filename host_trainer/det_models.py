@@ -51,8 +51,9 @@ class DetSmall(nn.Module):
         self.out = nn.Conv2d(48, num_classes + 4, 1)
         self.evolve_fixed_layers = [self.out]
         with torch.no_grad():
-            self.out.bias.zero_()
-            self.out.bias[:num_classes] = -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)
+            prior = torch.zeros(num_classes + 4)
+            prior[:num_classes] = -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR)
+            self.out.bias = nn.Parameter(prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s2 = self.stage2(self.stem(x))

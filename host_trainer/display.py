@@ -33,8 +33,10 @@ def format_row(row: dict) -> str:
     return "  ".join(cells)
 
 
-def header() -> str:
-    return "  ".join(h.rjust(w) for h, _k, w, _s in COLUMNS)
+def header(task: str = "classify") -> str:
+    """Column titles; in a detection run `accuracy` holds mAP@0.5 (docs/detection.md)."""
+    names = [("mAP%" if k == "accuracy" and task == "detect" else h, w) for h, k, w, _s in COLUMNS]
+    return "  ".join(h.rjust(w) for h, w in names)
 
 
 class Display:
@@ -49,7 +51,7 @@ class Display:
 
     def generation(self, row: dict) -> None:
         if not self._header_done:
-            self._print(header())
+            self._print(header(row.get("task", "classify")))
             self._header_done = True
         suffix = "  (carried over: no offspring survived)" if row.get("carried_over") else ""
         self._print(format_row(row) + suffix)

@@ -22,6 +22,7 @@ from host_trainer.data import Split
 from host_trainer.metrics import Quality, classification_quality
 
 if TYPE_CHECKING:
+    from host_trainer.det_data import DetSplit
     from host_trainer.tasks import Task
 
 
@@ -82,7 +83,7 @@ def classification_loss(logits: torch.Tensor, targets: list[torch.Tensor], teach
     return _loss(logits, targets[0], teacher_logits, cfg)
 
 
-def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: TrainConfig,
+def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split | DetSplit, cfg: TrainConfig,
           teacher: nn.Module | None = None, progress: Progress | None = None, task: Task | None = None) -> float:
     """Train in place at fp32; masked synapses are held at zero after every step. Returns last loss.
 
@@ -91,7 +92,9 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Split, cfg: Tr
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_all = torch.from_numpy(data.x)
-    targets = task.targets(data) if task is not None else [torch.from_numpy(data.y)]
+    if task is None and not isinstance(data, Split):
+        raise TypeError("detection data needs its task: train(..., task=DetectionTask(...))")
+    targets = task.targets(data) if task is not None else [torch.from_numpy(data.y)]  # type: ignore[union-attr]
     loss_fn = task.loss if task is not None else classification_loss
     shift = cfg.augment_shift if task is None or task.augment else 0
     steps_per_epoch = math.ceil(len(x_all) / cfg.batch_size)

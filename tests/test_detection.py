@@ -1,0 +1,273 @@
+"""The detection task end to end: det-small compaction and checkpoints, targets ↔ decode consistency,
+ONNX parity of the detector, the device-side box check, option errors, and a 2-generation run
+through the CLI (embedded broker and daemon) followed by `host-trainer report`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edge_evolver.agreement import compare_outputs
+from edge_evolver.detection import decode
+from edge_evolver.errors import EdgeError
+from edge_evolver.job import decode_job, encode_job
+from edge_evolver.protocol import FrameError
+from host_trainer import checkpoint as ckpt
+from host_trainer.compaction import cluster_groups, compact, dense_masks, widths
+from host_trainer.det_models import DetSmall
+from host_trainer.det_targets import detection_loss, image_targets
+from host_trainer.det_task import DetectionTask
+from host_trainer.export import to_onnx_bytes
+from host_trainer.models import fixed_layers
+from host_trainer.precision import restrict
+from host_trainer.synthesis import SynthesisConfig, plan_offspring
+
+SHAPE = (3, 64, 64)
+K = 3
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = DetSmall(K, SHAPE)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so compaction has something to carry
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _offspring(model, alpha=0.6, seed=1):
+    example = torch.zeros((1, *SHAPE))
+    groups = cluster_groups(model, example, fixed_layers(model))
+    plan = plan_offspring(model, groups, dense_masks(model), SynthesisConfig(alpha, 0.9, 0.1, "calibrated", 1),
+                          np.random.default_rng(seed))
+    return compact(model, plan.masks, groups, plan.keep, example)
+
+
+def test_det_small_output_layout_and_fixed_head():
+    model = _model()
+    out = model(torch.zeros((2, *SHAPE)))
+    assert out.shape == (2, K + 4, 16, 16) and model.output_stride == 4
+    groups = cluster_groups(model, torch.zeros((1, *SHAPE)), fixed_layers(model))
+    members = {m for g in groups for m in g.members}
+    assert "out" not in members and {"stem.0", "neck2.0", "head.0"} <= members  # backbone, neck, head lose clusters
+    assert torch.sigmoid(model.out.bias[:K]).allclose(torch.tensor(0.1))  # CenterNet's prior
+
+
+def test_det_small_compacts_through_the_concatenations_and_round_trips():
+    model = _model()
+    child, masks = _offspring(model)
+    assert sum(widths(child).values()) < sum(widths(model).values())
+    assert widths(child)["out"] == K + 4  # the head's output never loses clusters
+    assert child(torch.zeros((1, *SHAPE))).shape == (1, K + 4, 16, 16)
+    folder_meta = ckpt.architecture(child, "det-small", K, SHAPE)
+    rebuilt = ckpt.build_architecture(folder_meta)
+    rebuilt.load_state_dict(child.state_dict())
+    x = torch.randn(2, *SHAPE)
+    assert torch.allclose(rebuilt.eval()(x), child.eval()(x))
+
+
+def test_targets_decode_back_to_the_boxes():
+    """A perfect network output built from the targets decodes to the very boxes (to float rounding)."""
+    boxes = np.array([[4, 6, 20, 30], [30, 30, 62, 50], [40, 2, 49, 11]], np.float32)
+    labels = np.array([0, 2, 1])
+    heat, reg, mask = image_targets(boxes, labels, K, (16, 16), 4)
+    assert heat.max() == 1.0 and mask.sum() == 3
+    logits = np.where(heat >= 1.0, 8.0, -8.0 + 4.0 * heat)  # peaks only at the centre cells
+    out = np.concatenate([logits, reg], 0)[None].astype(np.float32)
+    (det,) = decode(out, K, 4)
+    order = np.argsort(det.labels)
+    assert list(det.labels[order]) == [0, 1, 2]
+    np.testing.assert_allclose(det.boxes[order], boxes[[0, 2, 1]], atol=1e-3)
+
+
+def test_loss_is_finite_and_falls_when_training():
+    model = _model()
+    task = DetectionTask(K, 4, SHAPE)
+    boxes = (np.array([[8, 8, 40, 40]], np.float32),) * 4
+    labels = (np.array([1]),) * 4
+    from host_trainer.det_data import DetSplit
+
+    split = DetSplit(np.random.default_rng(0).normal(size=(4, *SHAPE)).astype(np.float32), boxes, labels)
+    heat, reg, mask = task.targets(split)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(15):
+        loss = detection_loss(model(torch.from_numpy(split.x)), heat, reg, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+
+
+def test_onnx_parity_of_the_detector_dense_and_compacted():
+    task = DetectionTask(K, 4, SHAPE)
+    x = np.random.default_rng(0).normal(size=(16, *SHAPE)).astype(np.float32)
+    for model in (_model(), _offspring(_model())[0]):
+        restrict(model, "fp16")
+        with torch.no_grad():
+            model.out.bias[:K] = 2.0  # confident boxes, so that box agreement is really compared
+        onnx_bytes = to_onnx_bytes(model, SHAPE, "fp16", task.output_name)
+        parity = task.parity(onnx_bytes, model, x)
+        assert parity.ok and parity.metric == "box" and parity.top1_agreement >= 0.95
+        assert "onnx_box_agreement" in parity.to_dict()
+
+
+def _detector_output(shift=0.0):
+    out = np.full((2, K + 4, 16, 16), -6.0, np.float32)
+    out[:, K:] = 0.5
+    out[0, 1, 5, 5] = out[1, 0, 9, 3] = 3.0
+    out[:, K] += shift  # shift the offsets: the boxes move
+    return out
+
+
+def test_device_check_reports_box_agreement():
+    want = _detector_output()
+    check = {"kind": "detect", "num_classes": K, "stride": 4}
+    same = compare_outputs([want], [want], ["detections"], check=check)
+    assert same["box_agreement"] == 1.0 and same["top1_agreement"] is None
+    moved = compare_outputs([_detector_output(shift=3.0)], [want], ["detections"], check=check)
+    assert moved["box_agreement"] == 0.0
+    assert DetectionTask(K, 4, SHAPE).disagreement(moved).startswith("box agreement 0.000")
+    assert DetectionTask(K, 4, SHAPE).disagreement(same) is None
+    with pytest.raises(EdgeError, match="does not fit"):
+        compare_outputs([want], [want], ["detections"], check={**check, "num_classes": 5})
+
+
+@pytest.mark.parametrize("check, ok", [
+    ({"kind": "detect", "num_classes": 3, "stride": 4}, True),
+    ({"kind": "segment", "num_classes": 3, "stride": 4}, False),
+    ({"kind": "detect", "num_classes": 0, "stride": 4}, False),
+    ({"kind": "detect", "num_classes": 3, "stride": True}, False),
+    ("detect", False),
+])
+def test_job_check_field_is_validated(check, ok):
+    payload = encode_job("job-1", b"model", check=check)
+    if ok:
+        assert decode_job(payload, 1 << 20).check == check
+    else:
+        with pytest.raises(FrameError) as err:
+            decode_job(payload, 1 << 20)
+        assert err.value.code == "BAD_INPUT"
+
+
+def _evolve(args, cwd, timeout=600):
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--task", "detect", "--distill", "0.5"], "--distill is implemented for classification only"),
+    (["--task", "detect", "--dataset", "glyphs"], "a classification set: drop --task detect"),
+    (["--dataset", "shapes-det"], "shapes-det is a detection data set: add --task detect"),
+    (["--model", "det-small", "--dataset", "digits"], "det-small is a detector: add --task detect"),
+    (["--task", "detect", "--model", "mlp", "--image-size", "64"], "must declare `output_stride`"),
+    (["--task", "detect", "--image-size", "100"], "multiple of 16"),
+    (["--task", "detect", "--dataset", "coco:/nonexistent/x.json"], "/nonexistent"),
+    (["--task", "track"], "--task must be one of classify, detect"),
+])
+def test_bad_detection_options_are_one_line_errors(tmp_path, args, fragment):
+    proc = _evolve([*args, "--run-dir", str(tmp_path / "runs")], tmp_path, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and fragment in lines[-1], proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_two_generation_detection_run_through_the_cli_and_report(tmp_path):
+    args = ["--task", "detect", "--generations", "2", "--gen0-epochs", "2", "--epochs", "0.5", "--train-subset",
+            "256", "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.2",
+            "--bench-min-iterations", "20", "--run-dir", str(tmp_path / "runs")]
+    proc = _evolve(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    accepted = [r for r in rows if r["accepted"]]
+    assert [r["generation"] for r in accepted] == [0, 1, 2]
+    for r in accepted:
+        assert r["task"] == "detect" and r["accuracy"] == r["map50"] and 0 <= r["map50"] <= 1
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fps"] > 0 and r["device_id"] == "local"
+        assert r["onnx_parity_ok"] and "onnx_box_agreement" in r and "agreement_boxes" in r
+    assert accepted[-1]["synapses"] < accepted[0]["synapses"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "detect" and config["model"] == "det-small" and config["dataset"] == "shapes-det"
+    report = subprocess.run([sys.executable, "-m", "host_trainer.cli", "report", str(run)], capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    markdown = (run / "report.md").read_text()
+    assert "mAP@0.5 %" in markdown and "precision / recall at IoU 0.5, score ≥ 0.3" in markdown
+    for name in ("synapses_fps.png", "precision_recall.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+USER_DETECTOR = '''
+import torch
+from torch import nn
+
+
+class TinyDet(nn.Module):
+    output_stride = 8  # the documented interface: one output (N, K + 4, S/8, S/8) in det-small's layout
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Conv2d(32, num_classes + 4, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def build(num_classes, in_channels):
+    return TinyDet(num_classes, in_channels)
+'''
+
+
+def _yolo_set(root, n=12):
+    from PIL import Image, ImageDraw
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("box\ndisc\n")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = Image.new("RGB", (64, 48), (40, 40, 40))
+        x, y, s = int(rng.integers(4, 40)), int(rng.integers(4, 26)), int(rng.integers(10, 18))
+        cls = i % 2
+        draw = ImageDraw.Draw(img)
+        (draw.rectangle if cls == 0 else draw.ellipse)([x, y, x + s, y + s], fill=(220, 200, 60))
+        img.save(root / "images" / f"im{i:02d}.png")
+        cx, cy = (x + s / 2) / 64, (y + s / 2) / 48
+        (root / "labels" / f"im{i:02d}.txt").write_text(f"{cls} {cx:.5f} {cy:.5f} {s / 64:.5f} {s / 48:.5f}\n")
+
+
+def test_a_user_detector_on_yolo_data_through_the_cli(tmp_path):
+    """--model file.py:factory with the documented interface, on a yolo:PATH set, measured in-process."""
+    (tmp_path / "det.py").write_text(USER_DETECTOR)
+    _yolo_set(tmp_path / "yolo")
+    args = ["--task", "detect", "--model", f"{tmp_path / 'det.py'}:build", "--dataset", f"yolo:{tmp_path / 'yolo'}",
+            "--image-size", "32", "--generations", "1", "--gen0-epochs", "2", "--epochs", "1", "--no-mqtt",
+            "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "10",
+            "--run-dir", str(tmp_path / "runs")]
+    proc = _evolve(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows if r["accepted"]] == [0, 1]
+    assert all(r["task"] == "detect" and r["onnx_parity_ok"] for r in rows)
+    import onnx
+
+    graph = onnx.load(str(run / rows[-1]["onnx_path"])).graph
+    assert [o.name for o in graph.output] == ["detections"]
+    dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [2 + 4, 4, 4]  # K + 4 channels at stride 8 of a 32x32 input
