@@ -234,10 +234,10 @@ def plot_precision_recall(config: dict, lineage: Sequence[Row], rejected: Sequen
     if tried:
         ax.scatter(*zip(*tried), color="grey", marker="x", s=30, zorder=3,
                    label=f"rejected attempt ({score})")
-    ax.set_ylabel(f"% on the held-out test split ({_pr_kind(config)})")
+    ax.set_ylabel("% on the held-out test split")
     return _finish(fig, ax, lineage, ax.get_legend_handles_labels()[0],
                    f"{_name(config)}: precision, recall and {score} per generation\n"
-                   f"weights restricted to {config.get('precision', '?')}")
+                   f"{_pr_kind(config)}; weights restricted to {config.get('precision', '?')}")
 
 
 # ---- markdown -------------------------------------------------------------------------------

@@ -48,9 +48,10 @@ def plot_pareto(config: dict, rows: Sequence[dict]) -> bytes:
                       label="Pareto front (" + " x ".join(front["axes"]) + ")")
     ax.set_xscale("log")
     ax.set_xlabel("measured fps (batch 1)")
-    ax.set_ylabel("test accuracy %")
+    score = "mAP@0.5" if config.get("task") == "detect" else "accuracy"
+    ax.set_ylabel(f"test {score} %")
     ax.grid(True, alpha=0.35)
-    ax.set_title(f"accuracy vs speed of every measured offspring: {config.get('model')}")
+    ax.set_title(f"{score} vs speed of every measured offspring: {config.get('model')}")
     _legend_below(fig, [dots, line])
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
