@@ -23,7 +23,7 @@ TASKS = ("classify", "detect")
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classify": {"model": "vgg-small", "dataset": "glyphs", "image_size": 32, "epochs": 0.75, "gen0_epochs": 4.0,
                  "batch_size": 128},
-    "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5, "gen0_epochs": 12.0,
+    "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5, "gen0_epochs": 24.0,
                "batch_size": 64},
 }
 
