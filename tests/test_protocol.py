@@ -229,3 +229,43 @@ def test_monitor_folds_topics_into_rows():
     assert [r["device_id"] for r in rows] == ["nano-1", "tx1-1"] and rows[1]["bad_payloads"] == 1
     table = render_table(rows)
     assert "nano-1" in table and "412.5" in table and "benchmarking" in table and "tensorrt" in table
+
+
+# ---- the detect check (docs/detection.md): decoded boxes of the engine vs the reference -------------
+DK = 3
+
+
+def _detector_output(shift=0.0):
+    out = np.full((2, DK + 4, 16, 16), -6.0, np.float32)
+    out[:, DK:] = 0.5
+    out[0, 1, 5, 5] = out[1, 0, 9, 3] = 3.0
+    out[:, DK] += shift  # shift the offsets: the boxes move
+    return out
+
+
+def test_a_detect_check_reports_box_agreement():
+    want = _detector_output()
+    check = {"kind": "detect", "num_classes": DK, "stride": 4}
+    same = compare_outputs([want], [want], ["detections"], check=check)
+    assert same["box_agreement"] == 1.0 and same["top1_agreement"] is None
+    moved = compare_outputs([_detector_output(shift=3.0)], [want], ["detections"], check=check)
+    assert moved["box_agreement"] == 0.0
+    with pytest.raises(EdgeError, match="does not fit"):
+        compare_outputs([want], [want], ["detections"], check={**check, "num_classes": 5})
+
+
+@pytest.mark.parametrize("check, ok", [
+    ({"kind": "detect", "num_classes": DK, "stride": 4}, True),
+    ({"kind": "segment", "num_classes": DK, "stride": 4}, False),
+    ({"kind": "detect", "num_classes": 0, "stride": 4}, False),
+    ({"kind": "detect", "num_classes": DK, "stride": True}, False),
+    ("detect", False),
+])
+def test_the_job_check_field_is_validated(check, ok):
+    payload = encode_job("job-1", b"model", check=check)
+    if ok:
+        assert decode_job(payload, 1 << 20).check == check
+    else:
+        with pytest.raises(FrameError) as err:
+            decode_job(payload, 1 << 20)
+        assert err.value.code == "BAD_INPUT"
