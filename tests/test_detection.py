@@ -237,3 +237,9 @@ def test_a_user_detector_on_yolo_data_through_the_cli(tmp_path):
     assert [o.name for o in graph.output] == ["detections"]
     dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     assert dims[1:] == [2 + 4, 4, 4]  # K + 4 channels at stride 8 of a 32x32 input
+    # a detection run resumes like any other: the config brings back the task, the data and the model
+    resumed = subprocess.run([sys.executable, "-m", "host_trainer.cli", "evolve", "--resume", str(run),
+                              "--generations", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows if r["accepted"]] == [0, 1, 2] and rows[-1]["task"] == "detect"
