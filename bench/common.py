@@ -49,6 +49,18 @@ def interleaved_latency(models: dict[str, bytes], rounds: int = 5, threads: int 
             for name, rs in samples.items()}
 
 
+def first_and_last(run: Path, rounds: int) -> tuple[list[dict], dict[int, dict], dict[str, dict]]:
+    """A run's rows, its lineage {generation: accepted row}, and generation 0 ("gen0") and the last
+    generation ("last") measured again here, interleaved, with 1 thread."""
+    from host_trainer.runstore import RunDir
+
+    rows = RunDir(run).rows()
+    lineage = {r["generation"]: r for r in rows if r["accepted"]}
+    first, last = lineage[0], lineage[max(lineage)]
+    models = {"gen0": (run / first["onnx_path"]).read_bytes(), "last": (run / last["onnx_path"]).read_bytes()}
+    return rows, lineage, interleaved_latency(models, rounds=rounds, threads=1)
+
+
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """columns: (header, key, format spec)."""
     lines = ["| " + " | ".join(h for h, _k, _f in columns) + " |",

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import OUT, evolve_into, interleaved_latency, markdown, save
-
-from host_trainer.runstore import RunDir
+from common import OUT, evolve_into, first_and_last, markdown, save
 
 # Twice the offspring training of `make evolve`'s default (4 and 0.75 epochs); the rest are the CLI's defaults.
 BUDGET = ["--gen0-epochs", "6", "--epochs", "1.5"]
@@ -25,11 +23,8 @@ GOALS = "goal: >=10x fewer synapses, >=4x measured speed-up, accuracy within 2 p
 
 
 def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
-    rows = RunDir(run).rows()
-    lineage = {r["generation"]: r for r in rows if r["accepted"]}
+    rows, lineage, lat = first_and_last(run, rounds)
     first, last = lineage[0], lineage[max(lineage)]
-    models = {"gen0": (run / first["onnx_path"]).read_bytes(), "last": (run / last["onnx_path"]).read_bytes()}
-    lat = interleaved_latency(models, rounds=rounds, threads=1)
     result = {
         "run_dir": str(run), "wall_s": wall, "generations": last["generation"],
         "synapses": [first["synapses"], last["synapses"]], "params": [first["params"], last["params"]],

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import OUT, evolve_into, interleaved_latency, markdown, save
+from common import OUT, evolve_into, first_and_last, markdown, save
 
 from host_trainer.report import write_report
-from host_trainer.runstore import RunDir
 
 GOALS = ("goal: >=10x fewer synapses, >=3x fps, precision and recall each within 3 points of generation 0, "
          "< 30 min")
@@ -36,11 +35,8 @@ def _per_generation(lineage: dict[int, dict]) -> str:
 
 
 def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
-    rows = RunDir(run).rows()
-    lineage = {r["generation"]: r for r in rows if r["accepted"]}
+    rows, lineage, lat = first_and_last(run, rounds)
     first, last = lineage[0], lineage[max(lineage)]
-    models = {"gen0": (run / first["onnx_path"]).read_bytes(), "last": (run / last["onnx_path"]).read_bytes()}
-    lat = interleaved_latency(models, rounds=rounds, threads=1)
     result = {
         "run_dir": str(run), "wall_s": wall, "generations": last["generation"],
         "synapses": [first["synapses"], last["synapses"]], "params": [first["params"], last["params"]],

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .detection import decode, detection_agreement
 from .errors import EdgeError, ErrorCode
 
 
@@ -77,8 +78,6 @@ def compare_outputs(
 
 def box_agreement(got: np.ndarray, want: np.ndarray, check: Dict[str, Any]) -> Optional[float]:
     """Fraction of the reference's confident boxes that the engine's output also yields (None: no boxes)."""
-    from .detection import decode, detection_agreement
-
     try:
         k, stride = int(check["num_classes"]), int(check["stride"])
         return detection_agreement(decode(np.asarray(got, np.float32), k, stride),

@@ -15,7 +15,7 @@ from host_trainer.det_data import DetSplit
 from host_trainer.det_metrics import DetQuality, detection_quality
 from host_trainer.det_targets import detection_loss, split_targets
 from host_trainer.export import Parity, onnx_and_torch, within_tolerance
-from host_trainer.tasks import nonfinite_problem
+from host_trainer.tasks import agreement_problem
 from host_trainer.training import TrainConfig, predict
 
 OUTPUT_NAME = "detections"
@@ -29,14 +29,15 @@ class DetectionTask:
     def __init__(self, num_classes: int, stride: int, input_shape: tuple[int, int, int]):
         self.num_classes, self.stride = num_classes, stride
         self.grid = (input_shape[1] // stride, input_shape[2] // stride)
-        self._targets: dict[int, list[torch.Tensor]] = {}  # by id(split): built once per run
+        # Built once per split and run; the split is kept with its targets so that its id is never reused.
+        self._targets: dict[int, tuple[DetSplit, list[torch.Tensor]]] = {}
 
     def targets(self, split: DetSplit) -> list[torch.Tensor]:
         key = id(split)
         if key not in self._targets:
             arrays = split_targets(split.boxes, split.labels, self.num_classes, self.grid, self.stride)
-            self._targets[key] = [torch.from_numpy(a) for a in arrays]
-        return self._targets[key]
+            self._targets[key] = (split, [torch.from_numpy(a) for a in arrays])
+        return self._targets[key][1]
 
     def loss(self, outputs: torch.Tensor, targets: list[torch.Tensor], teacher: torch.Tensor | None,
              cfg: TrainConfig) -> torch.Tensor:
@@ -66,8 +67,4 @@ class DetectionTask:
         return {"kind": "detect", "num_classes": self.num_classes, "stride": self.stride}
 
     def disagreement(self, agreement: dict | None) -> str | None:
-        problem = nonfinite_problem(agreement)
-        boxes = (agreement or {}).get("box_agreement")
-        if problem is None and boxes is not None and boxes < MIN_DEVICE_BOX_AGREEMENT:
-            problem = f"box agreement {boxes:.3f} on the samples, below {MIN_DEVICE_BOX_AGREEMENT}"
-        return problem
+        return agreement_problem(agreement, "box_agreement", "box agreement", MIN_DEVICE_BOX_AGREEMENT)

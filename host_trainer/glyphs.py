@@ -26,19 +26,15 @@ The main residual confusions are O/0, M/N/H, a/d, B/8, g/q/9 and 1/I.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import os
-import tempfile
-import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from host_trainer import procedural
+from host_trainer.procedural import default_workers, render_jobs
 
 # The EMNIST "balanced" alphabet. Lower-case letters shaped like their capital (c, o, s, ...) are left
 # out: at a random size they are the capital, and a label that is ambiguous by definition teaches nothing.
@@ -194,37 +190,13 @@ def _render_range(args: _Job) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _default_workers(total: int) -> int:
-    # A pool only pays for itself on big sets; it needs fork, so that a user's script without a
-    # `__main__` guard is never re-imported by the workers (spawn would do that).
-    import multiprocessing
-
-    if total < 4000 or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
-def _render_jobs(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                return list(pool.map(_render_range, jobs))
-        except (OSError, BrokenProcessPool):
-            pass  # no processes to be had (limits, memory): the serial path gives the same arrays
-    return [_render_range(job) for job in jobs]
-
-
 def generate(cfg: GlyphsConfig, workers: int | None = None) -> dict[str, np.ndarray]:
     """Render every split: {"x_train": uint8 (N, H, W), "y_train": int64 (N,), ... for val and test}."""
     chunk = 1000
     jobs = [(cfg, split, start, min(start + chunk, cfg.split_size(split)))
             for split in SPLITS for start in range(0, max(cfg.split_size(split), 1), chunk)]
-    workers = _default_workers(sum(cfg.split_size(s) for s in SPLITS)) if workers is None else workers
-    parts = _render_jobs(jobs, workers)
+    workers = default_workers(sum(cfg.split_size(s) for s in SPLITS), 4000) if workers is None else workers
+    parts = render_jobs(_render_range, jobs, workers)
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
         mine = [p for job, p in zip(jobs, parts) if job[1] == split]  # never empty: see `jobs`
@@ -235,59 +207,21 @@ def generate(cfg: GlyphsConfig, workers: int | None = None) -> dict[str, np.ndar
 
 def cache_path(cfg: GlyphsConfig) -> Path | None:
     """Where the disk cache for `cfg` lives; None when EDGE_EVOLVER_CACHE is "off"."""
-    root = os.environ.get("EDGE_EVOLVER_CACHE", "").strip()
-    if root.lower() == "off":
-        return None
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edge-evolver"
-    # The key covers what changes the pixels: the config, the generator and the rasteriser.
-    key = json.dumps([asdict(cfg), GENERATOR_VERSION, PIL.__version__], sort_keys=True)
-    return base / f"glyphs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    return procedural.cache_path("glyphs", asdict(cfg), GENERATOR_VERSION)
 
 
-def _read_cache(path: Path, cfg: GlyphsConfig) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing, truncated, corrupt or of the wrong shape."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
+def _valid(arrays: dict[str, np.ndarray], cfg: GlyphsConfig) -> bool:
     for split in SPLITS:
         x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
         n = cfg.split_size(split)
         if x is None or y is None or x.shape != (n, cfg.image_size, cfg.image_size) or y.shape != (n,):
-            return None
+            return False
         if x.dtype != np.uint8 or y.dtype != np.int64:
-            return None
-    return arrays
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically (temp file + rename) so that a concurrent reader never sees half a file."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub confuses ** with allow_pickle
-        os.chmod(tmp, 0o644)  # NamedTemporaryFile makes it private; the cache holds nothing secret
-        os.replace(tmp, path)
-        tmp = None
-    except OSError:
-        pass  # the cache is an optimisation: a read-only or full disk must not stop a run
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=4)
 def load_glyphs(cfg: GlyphsConfig = GlyphsConfig()) -> dict[str, np.ndarray]:
     """The arrays of `generate(cfg)`, from memory, the disk cache, or freshly rendered. Read-only."""
-    path = cache_path(cfg)
-    arrays = _read_cache(path, cfg) if path is not None and path.is_file() else None
-    if arrays is None:
-        arrays = generate(cfg)
-        if path is not None:
-            _write_cache(path, arrays)
-    for a in arrays.values():
-        a.setflags(write=False)  # shared by every caller in this process
-    return arrays
+    return procedural.load_cached(cache_path(cfg), lambda arrays: _valid(arrays, cfg), lambda: generate(cfg))

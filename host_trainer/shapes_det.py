@@ -31,23 +31,18 @@ distance of an object's colour from the mean colour under it). Not yet calibrate
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import os
-import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
-import PIL
 from PIL import Image, ImageDraw
 
+from host_trainer import procedural
 from host_trainer.det_data import RawDetection
-from host_trainer.glyphs import _write_cache  # generic: an atomic .npz write that tolerates a full disk
+from host_trainer.procedural import default_workers, render_jobs
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring")
 # Bump when the rendering changes, so that stale disk caches are not reused.
@@ -326,38 +321,14 @@ def _render_range(args: _Job) -> _Part:
     return x, np.concatenate(boxes), np.concatenate(labels), counts
 
 
-def _default_workers(total: int) -> int:
-    # As in glyphs.py: a pool pays only on big sets, and it needs fork so that a user's script without a
-    # `__main__` guard is never re-imported by the workers.
-    import multiprocessing
-
-    if total < 1000 or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
-def _render_jobs(jobs: list[_Job], workers: int) -> list[_Part]:
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                return list(pool.map(_render_range, jobs))
-        except (OSError, BrokenProcessPool):
-            pass  # no processes to be had (limits, memory): the serial path gives the same arrays
-    return [_render_range(job) for job in jobs]
-
-
 def generate(cfg: ShapesDetConfig, workers: int | None = None) -> dict[str, np.ndarray]:
     """Render every split: {"x_train": uint8 (N, 3, S, S), "boxes_train": float32 (M, 4), "labels_train":
     int64 (M,), "counts_train": int64 (N,) objects per image (cut boxes with its cumsum), ... val, test}."""
     chunk = 250
     jobs = [(cfg, split, start, min(start + chunk, cfg.split_size(split)))
             for split in SPLITS for start in range(0, max(cfg.split_size(split), 1), chunk)]
-    workers = _default_workers(sum(cfg.split_size(s) for s in SPLITS)) if workers is None else workers
-    parts = _render_jobs(jobs, workers)
+    workers = default_workers(sum(cfg.split_size(s) for s in SPLITS), 1000) if workers is None else workers
+    parts = render_jobs(_render_range, jobs, workers)
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
         mine = [p for job, p in zip(jobs, parts) if job[1] == split]  # never empty: see `jobs`
@@ -368,13 +339,7 @@ def generate(cfg: ShapesDetConfig, workers: int | None = None) -> dict[str, np.n
 
 def cache_path(cfg: ShapesDetConfig) -> Path | None:
     """Where the disk cache for `cfg` lives; None when EDGE_EVOLVER_CACHE is "off"."""
-    root = os.environ.get("EDGE_EVOLVER_CACHE", "").strip()
-    if root.lower() == "off":
-        return None
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "edge-evolver"
-    # The key covers what changes the pixels: the config, the generator and the rasteriser.
-    key = json.dumps([asdict(cfg), GENERATOR_VERSION, PIL.__version__], sort_keys=True)
-    return base / f"shapes-det-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    return procedural.cache_path("shapes-det", asdict(cfg), GENERATOR_VERSION)
 
 
 def _valid(arrays: dict[str, np.ndarray], cfg: ShapesDetConfig) -> bool:
@@ -394,26 +359,13 @@ def _valid(arrays: dict[str, np.ndarray], cfg: ShapesDetConfig) -> bool:
 
 def _read_cache(path: Path, cfg: ShapesDetConfig) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is missing, truncated, corrupt or of the wrong shape."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
-    return arrays if _valid(arrays, cfg) else None
+    return procedural.read_cache(path, lambda arrays: _valid(arrays, cfg))
 
 
 @functools.lru_cache(maxsize=2)
 def load_shapes_det(cfg: ShapesDetConfig = ShapesDetConfig()) -> dict[str, np.ndarray]:
     """The arrays of `generate(cfg)`, from memory, the disk cache, or freshly rendered. Read-only."""
-    path = cache_path(cfg)
-    arrays = _read_cache(path, cfg) if path is not None and path.is_file() else None
-    if arrays is None:
-        arrays = generate(cfg)
-        if path is not None:
-            _write_cache(path, arrays)
-    for a in arrays.values():
-        a.setflags(write=False)  # shared by every caller in this process
-    return arrays
+    return procedural.load_cached(cache_path(cfg), lambda arrays: _valid(arrays, cfg), lambda: generate(cfg))
 
 
 def to_raw(arrays: dict[str, np.ndarray], split: str, cfg: ShapesDetConfig) -> RawDetection:

@@ -64,16 +64,18 @@ class ClassificationTask:
 
     def disagreement(self, agreement: dict | None) -> str | None:
         """Any NaN/inf output, or more than one of the 8 sample images classified differently."""
-        problem = nonfinite_problem(agreement)
-        top1 = (agreement or {}).get("top1_agreement")
-        if problem is None and top1 is not None and top1 < MIN_TOP1_AGREEMENT:
-            problem = f"top-1 agreement {top1:.3f} on the samples, below {MIN_TOP1_AGREEMENT}"
-        return problem
+        return agreement_problem(agreement, "top1_agreement", "top-1 agreement", MIN_TOP1_AGREEMENT)
 
 
-def nonfinite_problem(agreement: dict | None) -> str | None:
-    if agreement and agreement.get("nonfinite"):
+def agreement_problem(agreement: dict | None, key: str, name: str, floor: float) -> str | None:
+    """Why a device's answer to the output check rejects the offspring: any NaN/inf output, or the task's
+    agreement figure `key` below `floor` (a missing figure, e.g. no confident boxes, rejects nothing)."""
+    agreement = agreement or {}
+    if agreement.get("nonfinite"):
         return f"{agreement['nonfinite']} non-finite output values"
+    value = agreement.get(key)
+    if value is not None and value < floor:
+        return f"{name} {value:.3f} on the samples, below {floor}"
     return None
 
 
