@@ -19,7 +19,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
                   "$$p" -c pass 2>/dev/null && echo "$$p" && break; done)
 VENV36 := .venv-py36
 
-.PHONY: evolve test test-py36 lint broker bench-default bench-peers bench-precision bench-daemon bench-loop \
+.PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
         bench-detect clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -69,6 +69,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check edge_evolver host_trainer tests bench
 	$(BIN)/vermin -q --no-tips --violations -t=3.6- --backport dataclasses edge_evolver
 	$(BIN)/mypy
+
+# docs/generations.md's field table, from host_trainer/record.py (a test checks that they agree).
+docs: $(STAMP)
+	$(BIN)/python -c "from host_trainer.record import write_fields_doc; write_fields_doc('docs/generations.md')"
 
 bench-default: $(STAMP)
 	$(BIN)/python bench/default_run.py $(ARGS)

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT))
 
-from edge_evolver.benchmark import BenchSettings  # noqa: E402
-from edge_evolver.measure import measure_model  # noqa: E402
+from edge_evolver.measure.benchmark import BenchSettings  # noqa: E402
+from edge_evolver.measure.pipeline import measure_model  # noqa: E402
 
 
 def evolve_into(folder: Path, args: list[str]) -> tuple[Path, float]:
@@ -22,7 +23,7 @@ def evolve_into(folder: Path, args: list[str]) -> tuple[Path, float]:
     folder.mkdir(parents=True, exist_ok=True)
     before = set(folder.iterdir())
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", "--run-dir", str(folder), *args]
+    cmd = [sys.executable, "-m", "host_trainer", "evolve", "--run-dir", str(folder), *args]
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.perf_counter() - started
     (run,) = set(folder.iterdir()) - before
@@ -49,16 +50,17 @@ def interleaved_latency(models: dict[str, bytes], rounds: int = 5, threads: int 
             for name, rs in samples.items()}
 
 
-def first_and_last(run: Path, rounds: int) -> tuple[list[dict], dict[int, dict], dict[str, dict]]:
-    """A run's rows, its lineage {generation: accepted row}, and generation 0 ("gen0") and the last
+def first_and_last(run: Path, rounds: int) -> tuple[list, dict[int, Any], dict[str, dict]]:
+    """A run's records, its lineage {generation: accepted record}, and generation 0 ("gen0") and the last
     generation ("last") measured again here, interleaved, with 1 thread."""
-    from host_trainer.runstore import RunDir
+    from host_trainer.loop.runstore import RunDir
+    from host_trainer.record import lineage as lineage_of
 
-    rows = RunDir(run).rows()
-    lineage = {r["generation"]: r for r in rows if r["accepted"]}
+    records = RunDir(run).records()
+    lineage = {r.generation: r for r in lineage_of(records)}
     first, last = lineage[0], lineage[max(lineage)]
-    models = {"gen0": (run / first["onnx_path"]).read_bytes(), "last": (run / last["onnx_path"]).read_bytes()}
-    return rows, lineage, interleaved_latency(models, rounds=rounds, threads=1)
+    models = {"gen0": (run / first.onnx_path).read_bytes(), "last": (run / last.onnx_path).read_bytes()}
+    return records, lineage, interleaved_latency(models, rounds=rounds, threads=1)
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -25,10 +25,10 @@ import time
 import numpy as np
 from common import ROOT, markdown, save  # also puts the repository on sys.path
 
-from edge_evolver.benchmark import BenchSettings, run_benchmark
-from edge_evolver.inputs import synthesize_inputs
 from edge_evolver.job import encode_job
-from edge_evolver.measure import measure_model
+from edge_evolver.measure.benchmark import BenchSettings, run_benchmark
+from edge_evolver.measure.inputs import synthesize_inputs
+from edge_evolver.measure.pipeline import measure_model
 from edge_evolver.protocol import Topics
 from tests.mqtt_support import Broker, Collector, Daemon, children, result_for, status_is
 
@@ -158,7 +158,7 @@ def ort_agreement(name: str, model: bytes, rounds: int) -> dict:
 
 
 def _spec(node_arg):
-    from edge_evolver.inputs import TensorSpec
+    from edge_evolver.measure.inputs import TensorSpec
 
     return TensorSpec(node_arg.name, tuple(node_arg.shape), "float32")
 

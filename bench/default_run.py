@@ -26,23 +26,23 @@ def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
     rows, lineage, lat = first_and_last(run, rounds)
     first, last = lineage[0], lineage[max(lineage)]
     result = {
-        "run_dir": str(run), "wall_s": wall, "generations": last["generation"],
-        "synapses": [first["synapses"], last["synapses"]], "params": [first["params"], last["params"]],
-        "macs": [first["macs"], last["macs"]], "accuracy": [first["accuracy"], last["accuracy"]],
+        "run_dir": str(run), "wall_s": wall, "generations": last.generation,
+        "synapses": [first.synapses, last.synapses], "params": [first.params, last.params],
+        "macs": [first.macs, last.macs], "accuracy": [first.accuracy, last.accuracy],
         "latency_p50_ms": [lat["gen0"]["p50_ms"], lat["last"]["p50_ms"]],
         "speedup": lat["gen0"]["p50_ms"] / lat["last"]["p50_ms"], "threads": 1,
         "backend": f"onnxruntime {lat['gen0']['backend_version']} (CPU)",
-        "rejected": sum(not r["accepted"] for r in rows),
+        "rejected": sum(not r.accepted for r in rows),
     }
     table = markdown([{
         "wall": f"{wall / 60:.1f} min" if wall else "(reused)", "gens": result["generations"],
-        "syn": f"{first['synapses'] / last['synapses']:.1f}× ({first['synapses']:,} → {last['synapses']:,})",
-        "par": f"{first['params'] / last['params']:.1f}× ({first['params']:,} → {last['params']:,})",
-        "mac": f"{first['macs'] / last['macs']:.1f}× ({first['macs'] / 1e6:.2f} M → {last['macs'] / 1e6:.2f} M)",
+        "syn": f"{first.synapses / last.synapses:.1f}× ({first.synapses:,} → {last.synapses:,})",
+        "par": f"{first.params / last.params:.1f}× ({first.params:,} → {last.params:,})",
+        "mac": f"{first.macs / last.macs:.1f}× ({first.macs / 1e6:.2f} M → {last.macs / 1e6:.2f} M)",
         "lat": f"{result['latency_p50_ms'][0] * 1000:.0f} → {result['latency_p50_ms'][1] * 1000:.0f} µs",
         "spd": f"{result['speedup']:.2f}×",
-        "acc": f"{first['accuracy'] * 100:.2f} → {last['accuracy'] * 100:.2f}% "
-               f"({(last['accuracy'] - first['accuracy']) * 100:+.2f})",
+        "acc": f"{first.accuracy * 100:.2f} → {last.accuracy * 100:.2f}% "
+               f"({(last.accuracy - first.accuracy) * 100:+.2f})",
     }], [("wall time", "wall", "s"), ("generations", "gens", "d"), ("synapses", "syn", "s"),
          ("parameters", "par", "s"), ("MACs", "mac", "s"), ("batch-1 p50 (1 thread)", "lat", "s"),
          ("measured speed-up", "spd", "s"), ("test accuracy", "acc", "s")])

@@ -19,15 +19,15 @@ from pathlib import Path
 
 from common import OUT, evolve_into, first_and_last, markdown, save
 
-from host_trainer.report import write_report
+from host_trainer.report.writer import write_report
 
 GOALS = ("goal: >=10x fewer synapses, >=3x fps, precision and recall each within 3 points of generation 0, "
          "< 30 min")
 
 
-def _per_generation(lineage: dict[int, dict]) -> str:
-    rows = [{"gen": g, "syn": r["synapses"], "fps": r.get("fps"), "p": r["precision"] * 100,
-             "r": r["recall"] * 100, "map": r["map50"] * 100, "alpha": r.get("alpha_c")}
+def _per_generation(lineage: dict) -> str:
+    rows = [{"gen": g, "syn": r.synapses, "fps": r.fps, "p": r.precision * 100,
+             "r": r.recall * 100, "map": r.map50 * 100, "alpha": r.alpha_c}
             for g, r in sorted(lineage.items())]
     return markdown(rows, [("gen", "gen", "d"), ("α_c", "alpha", ".3f"), ("synapses", "syn", ","),
                            ("device fps", "fps", ",.0f"), ("precision %", "p", ".2f"), ("recall %", "r", ".2f"),
@@ -38,28 +38,28 @@ def summarize(run: Path, wall: float | None, rounds: int) -> tuple[dict, str]:
     rows, lineage, lat = first_and_last(run, rounds)
     first, last = lineage[0], lineage[max(lineage)]
     result = {
-        "run_dir": str(run), "wall_s": wall, "generations": last["generation"],
-        "synapses": [first["synapses"], last["synapses"]], "params": [first["params"], last["params"]],
-        "macs": [first["macs"], last["macs"]], "device_fps": [first.get("fps"), last.get("fps")],
+        "run_dir": str(run), "wall_s": wall, "generations": last.generation,
+        "synapses": [first.synapses, last.synapses], "params": [first.params, last.params],
+        "macs": [first.macs, last.macs], "device_fps": [first.fps, last.fps],
         "interleaved_fps": [lat["gen0"]["fps"], lat["last"]["fps"]],
         "interleaved_speedup": lat["gen0"]["p50_ms"] / lat["last"]["p50_ms"],
-        "precision": [r["precision"] for _, r in sorted(lineage.items())],
-        "recall": [r["recall"] for _, r in sorted(lineage.items())],
-        "map50": [r["map50"] for _, r in sorted(lineage.items())],
-        "rejected": sum(not r["accepted"] for r in rows), "figures": [str(p) for p in write_report(run)],
+        "precision": [r.precision for _, r in sorted(lineage.items())],
+        "recall": [r.recall for _, r in sorted(lineage.items())],
+        "map50": [r.map50 for _, r in sorted(lineage.items())],
+        "rejected": sum(not r.accepted for r in rows), "figures": [str(p) for p in write_report(run)],
         "backend": f"onnxruntime {lat['gen0']['backend_version']} (CPU), 1 thread",
     }
     headline = markdown([{
         "wall": f"{wall / 60:.1f} min" if wall else "(reused)", "gens": result["generations"],
-        "syn": f"{first['synapses'] / last['synapses']:.1f}× ({first['synapses']:,} → {last['synapses']:,})",
-        "mac": f"{first['macs'] / last['macs']:.1f}× ({first['macs'] / 1e6:.1f} M → {last['macs'] / 1e6:.1f} M)",
-        "dev": f"{first['fps']:.0f} → {last['fps']:.0f} ({last['fps'] / first['fps']:.2f}×)",
+        "syn": f"{first.synapses / last.synapses:.1f}× ({first.synapses:,} → {last.synapses:,})",
+        "mac": f"{first.macs / last.macs:.1f}× ({first.macs / 1e6:.1f} M → {last.macs / 1e6:.1f} M)",
+        "dev": f"{first.fps:.0f} → {last.fps:.0f} ({last.fps / first.fps:.2f}×)",
         "same": f"{lat['gen0']['fps']:.0f} → {lat['last']['fps']:.0f} ({result['interleaved_speedup']:.2f}×)",
-        "p": f"{first['precision'] * 100:.2f} → {last['precision'] * 100:.2f} "
-             f"({(last['precision'] - first['precision']) * 100:+.2f})",
-        "r": f"{first['recall'] * 100:.2f} → {last['recall'] * 100:.2f} "
-             f"({(last['recall'] - first['recall']) * 100:+.2f})",
-        "map": f"{first['map50'] * 100:.2f} → {last['map50'] * 100:.2f}",
+        "p": f"{first.precision * 100:.2f} → {last.precision * 100:.2f} "
+             f"({(last.precision - first.precision) * 100:+.2f})",
+        "r": f"{first.recall * 100:.2f} → {last.recall * 100:.2f} "
+             f"({(last.recall - first.recall) * 100:+.2f})",
+        "map": f"{first.map50 * 100:.2f} → {last.map50 * 100:.2f}",
     }], [("wall time", "wall", "s"), ("generations", "gens", "d"), ("synapses", "syn", "s"), ("MACs", "mac", "s"),
          ("fps on the device (during the run)", "dev", "s"), ("fps, re-measured interleaved", "same", "s"),
          ("precision", "p", "s"), ("recall", "r", "s"), ("mAP@0.5", "map", "s")])

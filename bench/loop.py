@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,30 +23,32 @@ from pathlib import Path
 
 from common import ROOT, markdown, save  # also puts the repository on sys.path
 
+from host_trainer.loop.runstore import RunDir
+from host_trainer.record import GenerationRecord
 from tests.mqtt_support import Broker, Collector, Daemon
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
         "--max-accuracy-drop", "100"]
 
 
-def evolve(args: list[str], folder: Path) -> list[dict]:
+def evolve(args: list[str], folder: Path) -> list[GenerationRecord]:
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, *args, "--run-dir", str(folder)]
+    cmd = [sys.executable, "-m", "host_trainer", "evolve", *TINY, *args, "--run-dir", str(folder)]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     (run,) = [p for p in folder.iterdir() if p.is_dir()]
-    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    return RunDir(run).records()
 
 
 def overhead(workdir: Path, generations: int, bench: list[str]) -> dict:
     local = evolve([*bench, "--generations", str(generations), "--no-mqtt"], workdir / "local")
     mqtt = evolve([*bench, "--generations", str(generations)], workdir / "mqtt")
     med = statistics.median
-    pairs = [(a["measure_seconds"], b["measure_seconds"]) for a, b in zip(local, mqtt) if a["accepted"]]
+    pairs = [(a.measure_seconds, b.measure_seconds) for a, b in zip(local, mqtt) if a.accepted]
     return {"generations": len(pairs), "local_measure_s": med(a for a, _ in pairs),
             "mqtt_measure_s": med(b for _, b in pairs), "overhead_s": med(b - a for a, b in pairs),
             "ratio": med(b for _, b in pairs) / med(a for a, _ in pairs),
-            "local_fps": med(r["fps"] for r in local if r["accepted"]),
-            "mqtt_fps": med(r["fps"] for r in mqtt if r["accepted"])}
+            "local_fps": med(r.fps for r in local if r.accepted),
+            "mqtt_fps": med(r.fps for r in mqtt if r.accepted)}
 
 
 def parallel(workdir: Path, daemons: int, bench: list[str]) -> float:
@@ -60,7 +61,7 @@ def parallel(workdir: Path, daemons: int, bench: list[str]) -> float:
             watcher.wait_for(lambda m, n=n: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
         rows = evolve([*bench, "--generations", "2", "--offspring", "4", "--any-device", "--broker", broker.url],
                       workdir / f"par-{daemons}")
-        batches = {r["generation"]: r["measure_batch_seconds"] for r in rows if r["generation"] > 0}
+        batches = {r.generation: r.measure_batch_seconds for r in rows if r.generation > 0}
         return statistics.median(batches.values())
     finally:
         watcher.close()

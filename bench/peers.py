@@ -5,7 +5,7 @@ For each seed, starting from the same trained, fp16-restricted generation 0:
 - unstructured: global L1 magnitude pruning (torch.nn.utils.prune) to our final synapse count,
   then the same fine-tuning budget with the pruning masks held;
 - Torch-Pruning: structured L1 magnitude channel pruning to our final parameter count, then the same
-  fine-tuning budget; once without rounding and once with round_to=16 (FACTS.md's two baselines; with
+  fine-tuning budget; once without rounding and once with round_to=16 (the two baselines of docs/findings.md; with
   rounding, Torch-Pruning's uniform ratio cannot get near our size, so the closest count is used);
 - ours: the evolved lineage's last generation.
 Every model is restricted to fp16, exported to fp16 ONNX and timed in this process, interleaved,
@@ -30,24 +30,27 @@ from common import OUT, evolve_into, interleaved_latency, markdown, save
 from default_run import BUDGET
 from torch.nn.utils import prune
 
-from host_trainer import checkpoint as ckpt
-from host_trainer.compaction import dense_masks, prunable_layers
 from host_trainer.config import EvolveConfig
-from host_trainer.data import load_dataset
-from host_trainer.export import to_onnx_bytes
-from host_trainer.metrics import size_metrics
-from host_trainer.models import fixed_layers
-from host_trainer.precision import restrict
-from host_trainer.runstore import RunDir
-from host_trainer.training import TrainConfig, evaluate, train
+from host_trainer.data.classify import load_dataset
+from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop.runstore import RunDir
+from host_trainer.loop.training import TrainConfig, train
+from host_trainer.method.export import to_onnx_bytes
+from host_trainer.method.masks import dense_masks, prunable_layers
+from host_trainer.method.restriction import restrict
+from host_trainer.method.size import size_metrics
+from host_trainer.models.registry import fixed_layers
+from host_trainer.record import lineage as lineage_of
+from host_trainer.tasks.classify import ClassificationTask
 
 TP_PLAIN, TP_ROUNDED = "Torch-Pruning L1", "Torch-Pruning L1, round_to=16"
 METHODS = ("dense (gen 0)", "dense control", "unstructured L1", TP_PLAIN, TP_ROUNDED, "ours")
 
 
 def finetune(model, masks, data, cfg: EvolveConfig, epochs: float, seed: int):
-    train(model, masks, data.train, TrainConfig(epochs=epochs, seed=seed, batch_size=cfg.batch_size, lr=cfg.lr))
-    return restrict(model, cfg.precision)
+    train(model, masks, data.train, TrainConfig(epochs=epochs, seed=seed, batch_size=cfg.batch_size, lr=cfg.lr),
+          ClassificationTask(data.num_classes))
+    return restrict(model, cfg.precision_format)
 
 
 def unstructured(gen0, data, cfg, target_synapses: int, epochs: float, seed: int):
@@ -88,31 +91,31 @@ def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int, ro
 def compare_seed(run: Path) -> list[dict]:
     store = RunDir(run)
     cfg = EvolveConfig.from_dict(store.read_config())
-    data = load_dataset(cfg.dataset, seed=cfg.seed)
-    rows = store.rows()
-    lineage = [r for r in rows if r["accepted"]]
+    data = load_dataset(cfg.dataset, seed=cfg.seed, image_size=cfg.input_size())
+    lineage = lineage_of(store.records())
     # The epochs the final network's lineage was trained for after generation 0 (rejected attempts were
     # extra compute, but none of their training reached the final network).
-    budget = sum(cfg.epochs for r in lineage if r["generation"] > 0 and not r.get("carried_over"))
+    budget = sum(cfg.epochs for r in lineage if r.generation > 0 and not r.carried_over)
     gen0 = ckpt.read_checkpoint(run / "gen-000")
-    last = ckpt.read_checkpoint(run / f"gen-{lineage[-1]['generation']:03d}")
+    last = ckpt.read_checkpoint(run / f"gen-{lineage[-1].generation:03d}")
     seed = cfg.seed + 1000  # fine-tuning order differs from any generation's but is fixed per seed
     print(f"seed {cfg.seed}: fine-tuning three peers for {budget:g} epochs each", flush=True)
     models = {
         "dense (gen 0)": gen0.model,
         "dense control": finetune(copy.deepcopy(gen0.model), gen0.masks, data, cfg, budget, seed),
-        "unstructured L1": unstructured(gen0, data, cfg, lineage[-1]["synapses"], budget, seed)[0],
-        TP_PLAIN: structured(gen0, data, cfg, lineage[-1]["params"], budget, seed, None)[0],
-        TP_ROUNDED: structured(gen0, data, cfg, lineage[-1]["params"], budget, seed, 16)[0],
+        "unstructured L1": unstructured(gen0, data, cfg, lineage[-1].synapses, budget, seed)[0],
+        TP_PLAIN: structured(gen0, data, cfg, lineage[-1].params, budget, seed, None)[0],
+        TP_ROUNDED: structured(gen0, data, cfg, lineage[-1].params, budget, seed, 16)[0],
         "ours": last.model,
     }
     print(f"seed {cfg.seed}: timing {len(models)} models, interleaved", flush=True)
-    onnx = {name: to_onnx_bytes(m, data.input_shape, cfg.precision) for name, m in models.items()}
+    onnx = {name: to_onnx_bytes(m, data.input_shape, cfg.precision_format, "logits") for name, m in models.items()}
     latency = interleaved_latency(onnx, rounds=3, threads=1)
+    task = ClassificationTask(data.num_classes)
     out = []
     for name, model in models.items():
         size = size_metrics(model, data.input_shape)
-        out.append({"method": name, "seed": cfg.seed, "accuracy": evaluate(model, data.test, data.num_classes).accuracy,
+        out.append({"method": name, "seed": cfg.seed, "accuracy": task.evaluate(model, data.test).accuracy,
                     "synapses": size.synapses, "params": size.params, "macs": size.macs,
                     "onnx_kb": len(onnx[name]) / 1000, "p50_us": latency[name]["p50_ms"] * 1000,
                     "budget_epochs": budget})
@@ -120,20 +123,20 @@ def compare_seed(run: Path) -> list[dict]:
 
 
 def aggregate(results: list[dict]) -> list[dict]:
-    dense = {r["seed"]: r["p50_us"] for r in results if r["method"] == "dense (gen 0)"}
+    dense = {r.seed: r.p50_us for r in results if r.method == "dense (gen 0)"}
     rows = []
     for method in METHODS:
-        mine = [r for r in results if r["method"] == method]
-        accs = [r["accuracy"] * 100 for r in mine]
+        mine = [r for r in results if r.method == method]
+        accs = [r.accuracy * 100 for r in mine]
         rows.append({
             "method": method, "acc": statistics.mean(accs), "acc_sd": statistics.pstdev(accs),
             "accs": " / ".join(f"{a:.2f}" for a in accs),
-            "params": statistics.mean(r["params"] for r in mine),
-            "synapses": statistics.mean(r["synapses"] for r in mine),
-            "mmacs": statistics.mean(r["macs"] for r in mine) / 1e6,
-            "onnx_kb": statistics.mean(r["onnx_kb"] for r in mine),
-            "p50_us": statistics.mean(r["p50_us"] for r in mine),
-            "speedup": statistics.mean(dense[r["seed"]] / r["p50_us"] for r in mine),
+            "params": statistics.mean(r.params for r in mine),
+            "synapses": statistics.mean(r.synapses for r in mine),
+            "mmacs": statistics.mean(r.macs for r in mine) / 1e6,
+            "onnx_kb": statistics.mean(r.onnx_kb for r in mine),
+            "p50_us": statistics.mean(r.p50_us for r in mine),
+            "speedup": statistics.mean(dense[r.seed] / r.p50_us for r in mine),
         })
     return rows
 

@@ -1,7 +1,8 @@
 """Facts about the board that change what a measurement means, read from sysfs/procfs.
 
 The same model runs at very different speeds under another nvpmodel mode, with or without
-``jetson_clocks``, or on a hot board, so every result carries these facts. Each function
+``jetson_clocks``, or on a hot board: the daemon's retained status and `info` carry these facts, every
+result carries the power mode and clock state, and telemetry the temperatures. Each function
 takes ``root`` (tests pass a fixture tree shaped like a real board), never raises, and
 returns None for what it cannot tell (a desktop, a container, a board without the file).
 """
@@ -221,7 +222,7 @@ def _range_size(part: str) -> int:
 
 
 def collect_facts(root: str = "/") -> Dict[str, Any]:
-    """Everything above in one JSON-ready dict (what the daemon reports with each result)."""
+    """Everything above in one JSON-ready dict (the daemon's retained status, and `info`)."""
     l4t = _safe(l4t_release, root)
     return {
         "board": _safe(board_model, root),

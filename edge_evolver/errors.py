@@ -1,7 +1,7 @@
 """Error codes the device side reports.
 
 A measurement never raises to its caller: failures come back as a result carrying one of
-these codes, so the host (and later the MQTT daemon) can tell a bad genome (INVALID_MODEL,
+these codes, so the host and the MQTT daemon's results can tell a bad genome (INVALID_MODEL,
 UNSUPPORTED_OP, BAD_SHAPE) from a broken device (BACKEND_UNAVAILABLE, INTERNAL).
 Codes are plain strings so they survive JSON and MQTT unchanged.
 """

@@ -10,9 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .benchmark import BenchSettings
 from .errors import EdgeError, ErrorCode
-from .inputs import MAX_ELEMENTS
+from .measure.benchmark import BenchSettings
+from .measure.inputs import MAX_ELEMENTS
 from .protocol import (
     BENCH_FIELDS,
     CHECK_KINDS,

@@ -60,7 +60,7 @@ JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
     "seed": (False, "seed of the synthetic inputs (default 0)"),
     "meta": (False, "free JSON object echoed back in the result (generation, genome id...)"),
     "check": (False, 'how to compare outputs with the references beyond raw values: {"kind": "detect", '
-                     '"num_classes": K, "stride": s} decodes boxes (edge_evolver/detection.py), box_agreement'),
+                     '"num_classes": K, "stride": s} decodes boxes (edge_evolver/measure/detection.py), box_agreement'),
 }
 CHECK_KINDS = ("detect",)
 BENCH_FIELDS = ("batch", "min_iterations", "min_seconds", "warmup_s", "max_seconds")

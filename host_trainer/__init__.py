@@ -1,3 +1,3 @@
 """host-trainer: evolutionary synthesis with synaptic precision restriction (workstation side)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

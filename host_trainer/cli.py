@@ -1,7 +1,8 @@
-"""`host-trainer`: evolve compact networks (`evolve`) and draw a run's figures (`report`).
+"""`host-trainer`: evolve compact networks (`evolve`), draw a run's figures (`report`), watch runs (`watch`).
 
-Every option also reads an environment variable (HOST_TRAINER_<OPTION>). Bad input ends with a
-one-line `error: …` on stderr and exit code 2, before anything is written.
+Every option also reads an environment variable (HOST_TRAINER_<OPTION>). Defaults come from
+host_trainer/config.py and are shown in the help. Bad input ends with a one-line `error: …` on stderr and
+exit code 2, before anything is written. Logging is configured here, once (host_trainer/events.py).
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from edge_evolver.cli_support import run_app
+from edge_evolver.cli.support import run_app
+from host_trainer.config import default_text
 from host_trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from host_trainer.terminal import Terminal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evolutionary synthesis with synaptic precision restriction (host side).")
@@ -29,115 +34,137 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _opt(name: str, flag: str, text: str, default_from: str | None = None, envvar: str | None = None):  # noqa: ANN202
+    """An option whose default lives in config.py: None here, "[default: …]" in the help."""
+    shown = default_text(default_from or name)
+    # The backslash keeps rich (typer's help renderer) from reading "[default: …]" as markup.
+    return typer.Option(None, flag, envvar=_env(envvar or name), show_default=False,
+                        help=f"{text} \\[default: {shown}]")
+
+
 @app.command()
 def evolve(
-    task: str = typer.Option("classify", "--task", envvar=_env("task"),
-                             help="classify, or detect (docs/detection.md)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", envvar=_env("model"),
-        help="Built-in (mlp, lenet5, vgg-small, resnet-small; det-small for detect) or path/to/file.py:factory "
-             "[default: vgg-small, det-small for detect]."),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", envvar=_env("dataset"),
-        help="digits, glyphs or imagefolder:PATH; for detect shapes-det, coco:PATH or yolo:PATH "
-             "[default: glyphs, shapes-det for detect]."),
-    image_size: int = typer.Option(0, "--image-size", envvar=_env("image_size"),
-                                   help="Input side in pixels [default: 32, 128 for detect]."),
-    generations: Optional[int] = typer.Option(None, "--generations", envvar=_env("generations"),
-                                              help="Offspring generations after the dense generation 0 [default: 13]."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", envvar=_env("epochs"),
-                                           help="Training epochs per offspring [default: 0.75, 1.5 for detect]."),
-    gen0_epochs: Optional[float] = typer.Option(None, "--gen0-epochs", envvar=_env("gen0_epochs"),
-                                                help="Training epochs of generation 0 [default: 4, 12 for detect]."),
-    precision: str = typer.Option("fp16", "--precision", envvar=_env("precision"), help="fp16, bf16 or fp32."),
-    env_factor: str = typer.Option("0.8,0.95", "--env-factor", envvar=_env("env_factor"),
-                                   help="Environmental factor α, or α_c,α_s (fraction inherited per generation)."),
-    probability_model: str = typer.Option("calibrated", "--probability-model", envvar=_env("probability_model"),
-                                          help="calibrated or darwin."),
-    tau: float = typer.Option(0.1, "--tau", envvar=_env("tau"), help="Heredity sharpness τ (1 = the papers')."),
-    channel_multiple: Optional[int] = typer.Option(
-        None, "--channel-multiple", envvar=_env("channel_multiple"),
-        help="Round surviving channels to a multiple [default: 16 for onnxruntime, 8 for tensorrt]."),
-    init: str = typer.Option("inherit", "--init", envvar=_env("init"), help="inherit or reinit."),
-    seed: int = typer.Option(0, "--seed", envvar=_env("seed")),
+    task: Optional[str] = _opt("task", "--task", "classify, or detect (docs/detection.md)."),
+    model: Optional[str] = _opt("model", "--model", "Built-in (mlp, lenet5, vgg-small, resnet-small; det-small for "
+                                "detect) or path/to/file.py:factory."),
+    dataset: Optional[str] = _opt("dataset", "--dataset", "digits, glyphs or imagefolder:PATH; for detect "
+                                  "shapes-det, coco:PATH or yolo:PATH."),
+    image_size: Optional[int] = _opt("image_size", "--image-size", "Input side in pixels."),
+    generations: Optional[int] = _opt("generations", "--generations",
+                                      "Offspring generations after the dense generation 0."),
+    epochs: Optional[float] = _opt("epochs", "--epochs", "Training epochs per offspring (fractions allowed)."),
+    gen0_epochs: Optional[float] = _opt("gen0_epochs", "--gen0-epochs", "Training epochs of generation 0."),
+    precision: Optional[str] = _opt("precision", "--precision", "Number format the weights are restricted to: "
+                                    "fp16, bf16 or fp32 (no restriction).", default_from="precision_format"),
+    env_factor: Optional[str] = _opt("env_factor", "--env-factor", "Environmental factor α, or α_c,α_s "
+                                     "(fraction inherited per generation)."),
+    probability_model: Optional[str] = _opt("probability_model", "--probability-model", "calibrated or darwin."),
+    tau: Optional[float] = _opt("tau", "--tau", "Heredity sharpness τ (1 = the papers')."),
+    channel_multiple: Optional[int] = _opt("channel_multiple", "--channel-multiple", "Round surviving channels to "
+                                           "a multiple (16 suits ONNX Runtime on x86, 8 TensorRT fp16)."),
+    init: Optional[str] = _opt("init", "--init", "inherit the parent's weights, or reinit."),
+    seed: Optional[int] = _opt("seed", "--seed", "Seed of everything random in the run."),
     run_dir: Path = typer.Option(Path("runs"), "--run-dir", envvar=_env("run_dir"),
                                  help="Folder under which a new run directory is made."),
     resume: Optional[Path] = typer.Option(None, "--resume", envvar=_env("resume"),
                                           help="Continue this run directory from its last completed generation."),
-    max_accuracy_drop: float = typer.Option(2.0, "--max-accuracy-drop", envvar=_env("max_accuracy_drop"),
-                                            help="Largest validation-accuracy drop vs generation 0, in points."),
-    distill: float = typer.Option(0.0, "--distill", envvar=_env("distill"),
-                                  help="Weight of distillation from the parent's outputs (0 = off)."),
-    train_subset: int = typer.Option(0, "--train-subset", envvar=_env("train_subset"),
-                                     help="Train on the first N training images only (0 = all)."),
-    bench_threads: int = typer.Option(1, "--bench-threads", envvar=_env("bench_threads"),
-                                      help="ONNX Runtime intra-op threads for the local benchmark."),
-    bench_min_seconds: float = typer.Option(1.0, "--bench-min-seconds", envvar=_env("bench_min_seconds"),
-                                            help="Shortest timed window of the local benchmark."),
-    bench_min_iterations: int = typer.Option(200, "--bench-min-iterations", envvar=_env("bench_min_iterations"),
-                                             help="Fewest timed inferences of the local benchmark."),
-    broker: str = typer.Option("", "--broker", envvar=_env("broker"),
-                               help="mqtt://host:port of the fleet [default: an embedded broker + local daemon]."),
-    device: List[str] = typer.Option([], "--device", envvar=_env("device"),
-                                     help="Measure on this device id (repeat for several)."),
+    max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop",
+                                              "Largest validation-accuracy drop vs generation 0, in points."),
+    distill: Optional[float] = _opt("distill", "--distill", "Weight of distillation from the parent's outputs "
+                                    "(0 = off)."),
+    train_subset: Optional[int] = _opt("train_subset", "--train-subset",
+                                       "Train on the first N training images only (0 = all)."),
+    bench_threads: Optional[int] = _opt("bench_threads", "--bench-threads",
+                                        "ONNX Runtime intra-op threads of the measuring daemon or benchmark."),
+    bench_min_seconds: Optional[float] = _opt("bench_min_seconds", "--bench-min-seconds",
+                                              "Shortest timed window of each measurement."),
+    bench_min_iterations: Optional[int] = _opt("bench_min_iterations", "--bench-min-iterations",
+                                               "Fewest timed inferences of each measurement."),
+    broker: Optional[str] = _opt("broker", "--broker", "mqtt://host:port of the fleet; without it, an embedded "
+                                 "broker and a local daemon."),
+    device: Optional[List[str]] = typer.Option(None, "--device", envvar=_env("device"),
+                                               help="Measure on this device id (repeat for several)."),
     any_device: bool = typer.Option(False, "--any-device", envvar=_env("any_device"),
                                     help="Send jobs to <prefix>/jobs: one board of each shared-subscription group."),
-    prefix: str = typer.Option("edge-evolver", "--prefix", envvar=_env("prefix"), help="MQTT topic prefix."),
+    prefix: Optional[str] = _opt("prefix", "--prefix", "MQTT topic prefix."),
     no_mqtt: bool = typer.Option(False, "--no-mqtt", envvar=_env("no_mqtt"),
                                  help="Measure in this process instead (no devices, no power)."),
-    job_timeout_s: float = typer.Option(600.0, "--job-timeout-s", envvar=_env("job_timeout_s"),
-                                        help="How long to wait for one device result before sending again."),
-    job_retries: int = typer.Option(2, "--job-retries", envvar=_env("job_retries")),
-    device_timeout_s: float = typer.Option(300.0, "--device-timeout", envvar=_env("device_timeout"),
-                                           help="How long to wait for a device to be online before giving up."),
-    target_fps: float = typer.Option(0.0, "--target-fps", envvar=_env("target_fps"), help="0 = no target."),
-    target_latency_ms: float = typer.Option(0.0, "--target-latency-ms", envvar=_env("target_latency_ms")),
-    max_power_w: float = typer.Option(0.0, "--max-power-w", envvar=_env("max_power_w")),
-    offspring: int = typer.Option(1, "--offspring", envvar=_env("offspring"),
-                                  help="K offspring per generation, measured in parallel; the fittest is kept."),
-    hold: int = typer.Option(2, "--hold", envvar=_env("hold"),
-                             help="Stop once the targets are met for this many generations in a row."),
-    log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level")),
+    job_timeout_s: Optional[float] = _opt("job_timeout_s", "--job-timeout-s",
+                                          "How long to wait for one device result before sending again."),
+    job_retries: Optional[int] = _opt("job_retries", "--job-retries", "Resends of a job without a usable result."),
+    device_timeout_s: Optional[float] = _opt("device_timeout_s", "--device-timeout", "How long to wait for a "
+                                             "device to be online before giving up.", envvar="device_timeout"),
+    target_fps: Optional[float] = _opt("target_fps", "--target-fps", "Speed goal in fps (0 = none)."),
+    target_latency_ms: Optional[float] = _opt("target_latency_ms", "--target-latency-ms",
+                                              "Latency goal, p50 in ms (0 = none)."),
+    max_power_w: Optional[float] = _opt("max_power_w", "--max-power-w", "Power budget in W (0 = none)."),
+    offspring: Optional[int] = _opt("offspring", "--offspring",
+                                    "K offspring per generation, measured in parallel; the fittest is kept."),
+    hold: Optional[int] = _opt("hold", "--hold", "Stop once the goals are met for this many generations in a row."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", envvar=_env("quiet"),
+                               help="Show only warnings, errors and the final line (the run directory still "
+                                    "gets everything)."),
+    log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level"),
+                                  help="Lowest level of the event log (debug, info, warning, error or critical)."),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
-    from host_trainer.config import CHANNEL_MULTIPLE_BY_BACKEND, TASK_DEFAULTS, EvolveConfig, parse_env_factor
-    from host_trainer.session import resume_run, start_run
+    given = dict(model=model, dataset=dataset, image_size=image_size, generations=generations, epochs=epochs,
+                 gen0_epochs=gen0_epochs, precision_format=precision, probability_model=probability_model, tau=tau,
+                 channel_multiple=channel_multiple, init=init, seed=seed, max_accuracy_drop=max_accuracy_drop,
+                 distill=distill, train_subset=train_subset, bench_threads=bench_threads,
+                 bench_min_seconds=bench_min_seconds, bench_min_iterations=bench_min_iterations, broker=broker,
+                 devices=list(device) if device else None, any_device=any_device or None, prefix=prefix,
+                 no_mqtt=no_mqtt or None, job_timeout_s=job_timeout_s, job_retries=job_retries,
+                 device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
+                 max_power_w=max_power_w, hold=hold, offspring=offspring)
+    _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level)
 
-    _configure_logging(log_level)
+
+def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
+                quiet: bool, log_level: str) -> None:
+    from host_trainer import events
+    from host_trainer.config import EvolveConfig, parse_env_factor
+    from host_trainer.terminal import Terminal
+
+    with Terminal(quiet=quiet) as terminal:
+        try:
+            _configure_events(terminal, log_level, quiet)
+            if resume is not None:
+                from host_trainer.loop.session import resume_run
+
+                finished = resume_run(resume, given["generations"], terminal)
+            else:
+                from host_trainer.loop.session import start_run
+
+                if env_factor is not None:
+                    given["alpha_c"], given["alpha_s"] = parse_env_factor(env_factor)
+                cfg = EvolveConfig.for_task(task or "classify", **given).validate()
+                finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
+            raise typer.Exit(code=130) from None
+        finally:
+            events.close()
+    accepted = sum(1 for r in finished.records if r.accepted)
+    typer.echo(f"done: {accepted} generations recorded in {finished.path}")
+
+
+def _configure_events(terminal: Terminal, log_level: str, quiet: bool) -> None:
+    from host_trainer import events
+
+    plain = not terminal.live and not quiet
     try:
-        if resume is not None:
-            rows = resume_run(resume, generations)
-        else:
-            alpha_c, alpha_s = parse_env_factor(env_factor)
-            defaults = TASK_DEFAULTS.get(task, TASK_DEFAULTS["classify"])
-            cfg = EvolveConfig(
-                task=task, image_size=image_size, model=model or str(defaults["model"]),
-                dataset=dataset or str(defaults["dataset"]), generations=13 if generations is None else generations,
-                epochs=float(defaults["epochs"]) if epochs is None else epochs, batch_size=int(defaults["batch_size"]),
-                gen0_epochs=float(defaults["gen0_epochs"]) if gen0_epochs is None else gen0_epochs,
-                precision=precision, alpha_c=alpha_c, alpha_s=alpha_s,
-                probability_model=probability_model, tau=tau, init=init, seed=seed,
-                channel_multiple=channel_multiple or CHANNEL_MULTIPLE_BY_BACKEND["onnxruntime"],
-                max_accuracy_drop=max_accuracy_drop, distill=distill, train_subset=train_subset,
-                bench_threads=bench_threads, bench_min_seconds=bench_min_seconds,
-                bench_min_iterations=bench_min_iterations, broker=broker, devices=list(device),
-                any_device=any_device, prefix=prefix, no_mqtt=no_mqtt, job_timeout_s=job_timeout_s,
-                job_retries=job_retries, device_timeout_s=device_timeout_s, target_fps=target_fps,
-                target_latency_ms=target_latency_ms, max_power_w=max_power_w, hold=hold, offspring=offspring,
-            ).validate()
-            rows = start_run(cfg, run_dir, _run_id(cfg))
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
-        raise typer.Exit(code=130) from None
-    typer.echo(f"done: {sum(1 for r in rows if r['accepted'])} generations recorded")
+        events.configure(log_level, terminal.event, shown_from=log_level if plain else "warning")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 @app.command()
 def report(run: Path = typer.Argument(..., help="A run directory made by `host-trainer evolve`.")) -> None:
     """Draw the run's figures (PNG) and write report.md."""
-    from host_trainer.report import write_report
+    from host_trainer.report.writer import write_report
 
     try:
         outputs = write_report(run)
@@ -152,12 +179,15 @@ def watch(
     broker: str = typer.Option("mqtt://localhost:1883", "--broker", envvar=_env("broker"),
                                help="mqtt://host:port (the embedded run prints its own)."),
     prefix: str = typer.Option("edge-evolver", "--prefix", envvar=_env("prefix")),
-    run: Optional[str] = typer.Option(None, "--run", help="Only this run id (its directory name)."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Watch this long, print once, exit."),
-    json_out: bool = typer.Option(False, "--json", help="With --duration: one JSON object."),
+    run: Optional[str] = typer.Option(None, "--run", envvar=_env("run"), help="Only this run id (its directory name)."),
+    duration: Optional[float] = typer.Option(None, "--duration", envvar=_env("duration"),
+                                             help="Watch this long, print once, exit."),
+    json_out: bool = typer.Option(False, "--json", envvar=_env("json"),
+                                  help="JSON: one object per update (live), or one snapshot with --duration."),
 ) -> None:
-    """A live table of runs (generation, synapses, α, accuracy, fps) and devices (fps, power)."""
-    from host_trainer.watch import watch as run_watch
+    """Runs (generation, synapses, α, accuracy, fps) and devices (fps, power): a live table on a TTY,
+    one line per update elsewhere."""
+    from host_trainer.fleet.watch import watch as run_watch
 
     try:
         raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out))
@@ -165,15 +195,9 @@ def watch(
         raise _fail(str(exc)) from None
 
 
-def _run_id(cfg) -> str:
+def _run_id(cfg) -> str:  # noqa: ANN001
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.model.split(':')[0]).stem}-{cfg.dataset.split(':')[0]}")
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-s{cfg.seed}"
-
-
-def _configure_logging(level: str) -> None:
-    from edge_evolver.logging_setup import configure_logging
-
-    configure_logging(level)
 
 
 def main() -> None:

@@ -1,49 +1,45 @@
-"""The configuration of one evolution run, as one dataclass (no globals).
+"""The configuration of one evolution run: one dataclass, and the one place its defaults live.
 
-Defaults are chosen by measurement; docs/method.md says why for each.
+`EvolveConfig`'s field defaults are the classification defaults; `DETECT_DEFAULTS` overrides the few that
+differ for `--task detect`. The CLI's help texts are rendered from here (`default_text`), and a test checks
+the README's option table and docs/method.md against it. docs/method.md says why each default was chosen.
+This module imports nothing heavy, so `host-trainer --help` does not load torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from host_trainer.errors import UserError
-from host_trainer.precision import PRECISIONS
-from host_trainer.synthesis import PROBABILITY_MODELS
 
-# Surviving channel counts are rounded to these multiples by default (FACTS.md): ONNX Runtime on
-# x86 prefers blocks of 16, TensorRT fp16 tensor cores prefer multiples of 8.
-CHANNEL_MULTIPLE_BY_BACKEND = {"onnxruntime": 16, "tensorrt": 8}
-INITS = ("inherit", "reinit")
+# The choices each option offers; the modules that implement them accept exactly these names.
 TASKS = ("classify", "detect")
-# What --model/--dataset/--image-size mean when not given, per task.
+PRECISION_FORMATS = ("fp16", "bf16", "fp32")  # what the weights are restricted to (fp32: no restriction)
+PROBABILITY_MODELS = ("calibrated", "darwin")
+INITS = ("inherit", "reinit")
 # Detection's budget was measured on shapes-det (docs/detection.md, bench/detect.py): 12 epochs bring the dense
 # det-small to 66% mAP@0.5 at an operating point (score >= 0.3) its offspring keep; 24 epochs reach 74% but move
 # that point (precision 72%, recall 70%), which short offspring training then does not hold.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": {"model": "vgg-small", "dataset": "glyphs", "image_size": 32, "epochs": 0.75, "gen0_epochs": 4.0,
-                 "batch_size": 128},
-    "detect": {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5, "gen0_epochs": 12.0,
-               "batch_size": 64},
-}
+DETECT_DEFAULTS: dict[str, Any] = {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
+                                   "gen0_epochs": 12.0, "batch_size": 64}
 
 
 @dataclass
 class EvolveConfig:
+    task: str = "classify"        # or "detect" (docs/detection.md)
     model: str = "vgg-small"
     dataset: str = "glyphs"
-    task: str = "classify"        # or "detect" (docs/detection.md)
-    image_size: int = 0           # input side in pixels; 0 = the task's default (32, or 128 for detect)
+    image_size: int = 32          # input side in pixels (0 in configs written before 0.2: the task's default)
     generations: int = 13
     epochs: float = 0.75          # per offspring generation (fractions of an epoch allowed)
     gen0_epochs: float = 4.0      # the dense ancestor
-    precision: str = "fp16"
+    precision_format: str = "fp16"  # `--precision`: the number format weights are restricted to
     alpha_c: float = 0.8
     alpha_s: float = 0.95
     probability_model: str = "calibrated"
     tau: float = 0.1
-    channel_multiple: int = 16
+    channel_multiple: int = 16    # 16 suits ONNX Runtime on x86, 8 TensorRT fp16 (docs/findings.md)
     init: str = "inherit"
     seed: int = 0
     max_accuracy_drop: float = 2.0  # percentage points of validation accuracy vs generation 0
@@ -56,7 +52,7 @@ class EvolveConfig:
     bench_threads: int = 1
     bench_min_seconds: float = 1.0
     bench_min_iterations: int = 200
-    # The closed loop (docs/method.md, docs/protocol.md). broker "" = embedded Mosquitto + local daemon.
+    # The closed loop (docs/method.md, docs/protocol.md). broker "" = an embedded Mosquitto + local daemon.
     broker: str = ""
     devices: list = field(default_factory=list)
     any_device: bool = False
@@ -71,14 +67,27 @@ class EvolveConfig:
     hold: int = 2  # stop early once the targets are met for this many generations in a row
     offspring: int = 1  # K offspring per generation, measured in parallel; the fittest becomes the parent
 
+    @classmethod
+    def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:
+        """A config with the task's defaults for every option not given (None counts as not given)."""
+        chosen = {k: v for k, v in given.items() if v is not None}
+        defaults = DETECT_DEFAULTS if task == "detect" else {}
+        return cls(task=task, **{**defaults, **chosen})
+
     def validate(self) -> EvolveConfig:
-        checks = [
+        for ok, message in self._checks():
+            if not ok:
+                raise UserError(message)
+        return self
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}"),
             (self.image_size >= 0, "--image-size must be >= 0"),
             (not (self.task == "detect" and self.distill), "--distill is implemented for classification only"),
             (self.generations >= 0, "--generations must be >= 0"),
             (self.epochs > 0 and self.gen0_epochs > 0, "--epochs and --gen0-epochs must be > 0"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.precision_format in PRECISION_FORMATS, f"--precision must be one of {', '.join(PRECISION_FORMATS)}"),
             (0 < self.alpha_c <= 1 and 0 < self.alpha_s <= 1, "--env-factor values must lie in (0, 1]"),
             (self.probability_model in PROBABILITY_MODELS,
              f"--probability-model must be one of {', '.join(PROBABILITY_MODELS)}"),
@@ -99,21 +108,51 @@ class EvolveConfig:
             (not (self.any_device and not self.broker) or self.no_mqtt,
              "--any-device needs --broker (the embedded default has one local device)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def input_size(self) -> int:
-        return self.image_size or int(TASK_DEFAULTS.get(self.task, TASK_DEFAULTS["classify"])["image_size"])
+        detect = self.task == "detect"
+        return self.image_size or int(DETECT_DEFAULTS["image_size"] if detect else _FIELD_DEFAULTS["image_size"])
 
     @classmethod
     def from_dict(cls, data: dict) -> EvolveConfig:
+        """A config.json as written by any version: older ones said `precision` for `precision_format`."""
+        data = dict(data)
+        if "precision" in data and "precision_format" not in data:
+            data["precision_format"] = data.pop("precision")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_FIELD_DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
+                   for f in fields(EvolveConfig)}
+
+
+def default_of(name: str, task: str = "classify") -> Any:
+    """One option's default for a task."""
+    if task == "detect" and name in DETECT_DEFAULTS:
+        return DETECT_DEFAULTS[name]
+    return _FIELD_DEFAULTS[name]
+
+
+def default_text(name: str) -> str:
+    """How the CLI help and the README show a default: `0.75`, or `0.75; detect: 1.5`."""
+    if name == "env_factor":
+        return f"{_show(_FIELD_DEFAULTS['alpha_c'])},{_show(_FIELD_DEFAULTS['alpha_s'])}"
+    text = _show(_FIELD_DEFAULTS[name])
+    if name in DETECT_DEFAULTS:
+        text += f"; detect: {_show(DETECT_DEFAULTS[name])}"
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "off" if not value else "on"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if value != "" else "none"
 
 
 def parse_env_factor(text: str) -> tuple[float, float]:

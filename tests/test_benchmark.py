@@ -18,10 +18,10 @@ from edge_evolver.backends.onnxruntime_backend import (
     clean_message,
     ort_dtype,
 )
-from edge_evolver.benchmark import RESULT_KEYS, BenchSettings, run_benchmark, summarize, throughput
 from edge_evolver.errors import MODEL_REJECTION_CODES, EdgeError, ErrorCode
-from edge_evolver.inputs import MAX_ELEMENTS, TensorSpec, resolve_shape, synthesize_inputs
-from edge_evolver.measure import ENGINE_KEYS, POWER_KEYS, measure_model
+from edge_evolver.measure.benchmark import RESULT_KEYS, BenchSettings, run_benchmark, summarize, throughput
+from edge_evolver.measure.inputs import MAX_ELEMENTS, TensorSpec, resolve_shape, synthesize_inputs
+from edge_evolver.measure.pipeline import ENGINE_KEYS, POWER_KEYS, measure_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -261,7 +261,7 @@ def test_auto_resolution_and_unavailable(monkeypatch):
 
 def test_registry_does_not_import_runtimes():
     code = (
-        "import sys, edge_evolver.backends, edge_evolver.measure, edge_evolver.cli\n"
+        "import sys, edge_evolver.backends, edge_evolver.measure.pipeline, edge_evolver.cli.app\n"
         "edge_evolver.backends.get_backend('onnxruntime')\n"
         "bad = [m for m in ('onnxruntime', 'tensorrt', 'pycuda', 'torch') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -414,7 +414,7 @@ def test_measure_model_reports_unknown_backend_and_internal_errors(weights, monk
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("edge_evolver.measure.run_benchmark", boom)
+    monkeypatch.setattr("edge_evolver.measure.pipeline.run_benchmark", boom)
     result = measure_model(model, settings=QUICK)
     assert (result.status, result.code) == ("error", ErrorCode.INTERNAL)
     assert "kaboom" in result.message
@@ -435,7 +435,7 @@ def test_model_zoo_graph_measures_ok():
 
 
 def test_job_samples_at_another_batch_are_for_agreement_only(weights):
-    from edge_evolver.measure import MeasureRequest
+    from edge_evolver.measure.pipeline import MeasureRequest
 
     w, b = weights
     x = np.random.RandomState(3).standard_normal((6, 4)).astype(np.float32)

@@ -10,12 +10,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from host_trainer import checkpoint as ckpt
-from host_trainer.compaction import build_graph, cluster_groups, compact, prunable_layers
-from host_trainer.models import BUILTIN_MODELS, build_model, fixed_layers
-from host_trainer.precision import is_representable, restrict
-from host_trainer.synthesis import SynthesisConfig, plan_offspring
-from host_trainer.training import apply_masks
+from host_trainer.loop import checkpoint as ckpt
+from host_trainer.method.compaction import build_graph, cluster_groups, compact
+from host_trainer.method.masks import apply_masks, prunable_layers
+from host_trainer.method.restriction import is_representable, restrict
+from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
+from host_trainer.models.registry import BUILTIN_MODELS, build_model, fixed_layers
 
 SHAPE = (1, 32, 32)
 

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from host_trainer.config import EvolveConfig, parse_env_factor
-from host_trainer.controller import MIN_PRESSURE, Controller
 from host_trainer.errors import UserError
-from host_trainer.runstore import RunDir, atomic_write_json
+from host_trainer.loop.controller import MIN_PRESSURE, Controller
+from host_trainer.loop.runstore import RunDir, atomic_write_json
+from host_trainer.record import GenerationRecord
 
 
 def test_pressure_is_users_alpha_with_full_headroom():
@@ -54,7 +55,9 @@ def test_config_validation_and_roundtrip():
     cfg = EvolveConfig()
     assert EvolveConfig.from_dict({**cfg.to_dict(), "unknown_future_key": 1}) == cfg
     with pytest.raises(UserError, match="--precision"):
-        EvolveConfig(precision="fp8").validate()
+        EvolveConfig(precision_format="fp8").validate()
+    old = {k: v for k, v in cfg.to_dict().items() if k != "precision_format"}
+    assert EvolveConfig.from_dict({**old, "precision": "bf16"}).precision_format == "bf16"  # a config.json of 0.1
     with pytest.raises(UserError, match="--channel-multiple"):
         EvolveConfig(channel_multiple=0).validate()
 
@@ -80,18 +83,19 @@ def test_commit_generation_is_all_or_nothing(tmp_path):
     assert (tmp_path / "gen-001" / "model.onnx").read_bytes() == b"x"
 
 
-def test_completed_rows_and_clean_partial(tmp_path):
+def test_completed_records_and_clean_partial(tmp_path):
     run = RunDir(tmp_path)
     for g in (0, 1, 2):
         (tmp_path / f"gen-{g:03d}").mkdir()
     (tmp_path / ".gen-003.tmp").mkdir()
-    rows = [{"generation": 0, "accepted": True}, {"generation": 1, "accepted": True},
-            {"generation": 2, "accepted": False}, {"generation": 2, "accepted": True},
-            {"generation": 3, "accepted": False}]  # generation 3 was cut short
-    run.write_rows(rows)
+    (tmp_path / ".tmp-x1y2").write_bytes(b"half a file")  # an atomic write cut short
+    (tmp_path / "gen-notes").mkdir()  # not a generation folder: left alone
+    records = [GenerationRecord(generation=g, accepted=a)
+               for g, a in ((0, True), (1, True), (2, False), (2, True), (3, False))]  # generation 3 cut short
+    run.write_records(records)
     (tmp_path / "gen-002").rmdir()  # as if killed between rows and folder: gen 2 does not count
-    done = run.completed_rows()
-    assert [(r["generation"], r["accepted"]) for r in done] == [(0, True), (1, True)]
+    done = run.completed_records()
+    assert [(r.generation, r.accepted) for r in done] == [(0, True), (1, True)]
     (tmp_path / "gen-002").mkdir()
     run.clean_partial(last_generation=1)
-    assert sorted(os.listdir(tmp_path)) == ["gen-000", "gen-001", "generations.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["gen-000", "gen-001", "gen-notes", "generations.jsonl"]

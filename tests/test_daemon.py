@@ -252,6 +252,16 @@ def test_last_will_and_restart_mid_job_finishes_the_job(broker, tmp_path):
     watcher.close()
 
 
+def wait_until(condition, timeout: float) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass (a bound for a stuck daemon, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
 def test_broker_restart_reconnects_and_keeps_the_session(tmp_path):
     broker = Broker(str(tmp_path / "b")).start()
     daemon = Daemon(broker.url, str(tmp_path / "s"), "br1").start()
@@ -273,8 +283,11 @@ def test_broker_restart_reconnects_and_keeps_the_session(tmp_path):
         watcher.wait_for(lambda m: m["topic"].endswith("/telemetry") and m["data"]["activity"] == "benchmarking", 30)
         watcher.close()
         broker.stop()
-        time.sleep(3.0)
-        assert os.path.exists(os.path.join(str(tmp_path / "s"), "spool", "during-outage.job"))
+        state = str(tmp_path / "s")
+        # The job finishes while the broker is away (its result is stored before it is published) ...
+        assert wait_until(lambda: os.path.exists(os.path.join(state, "results", "during-outage.json")), 120)
+        # ... and its spool file stays, since no broker has confirmed the result yet.
+        assert os.path.exists(os.path.join(state, "spool", "during-outage.job"))
         broker.start()
         watcher = Collector(broker.url, ["edge-evolver/devices/br1/+"])
         assert watcher.wait_for(result_for("during-outage"), timeout=60)["data"]["status"] == "ok"

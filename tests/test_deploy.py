@@ -8,6 +8,7 @@ installed and skip otherwise.
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -33,7 +34,6 @@ REQUIREMENTS = ROOT / "deploy" / "jetson" / "requirements.txt"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 ACL_EXAMPLE = ROOT / "deploy" / "mosquitto" / "acl.example"
 
-EXEC_START = "/opt/edge-evolver/venv/bin/edge-evolver serve --config /etc/edge-evolver/config.toml"
 CONFIG_DEFAULTS = {
     "broker": "mqtt://localhost:1883",
     "device_id": "",
@@ -128,8 +128,26 @@ def test_unit_restarts_on_failure_after_the_network_and_jtop(unit):
         assert "jtop.service" not in " ".join(section.get(key, [])), key
 
 
-def test_unit_serves_with_the_installed_config(unit):
-    assert unit["Service"]["ExecStart"] == [EXEC_START]
+def _installer_default(name: str) -> str:
+    """A variable's default as install.sh sets it (`NAME=value` at the start of a line)."""
+    found = re.findall(rf"^{name}=(\S+)$", INSTALL.read_text(), re.M)
+    assert found, name
+    return found[0]
+
+
+def test_unit_runs_the_installed_command_with_the_installed_config(unit):
+    """ExecStart names what install.sh creates: its wrapper under the default prefix, and its config file."""
+    (exec_start,) = unit["Service"]["ExecStart"]
+    program, *args = shlex.split(exec_start)
+    venv = _installer_default("VENV").replace("$PREFIX", _installer_default("PREFIX"))
+    assert program == _installer_default("WRAPPER").replace("$VENV", venv)
+    config = _installer_default("CONFIG_FILE").replace("$CONFIG_DIR", _installer_default("CONFIG_DIR"))
+    assert args == ["serve", "--config", config]
+    from typer.testing import CliRunner
+
+    from edge_evolver.cli.app import app
+
+    assert "--config" in CliRunner().invoke(app, ["serve", "--help"]).output  # and the command takes it
 
 
 def test_unit_passes_the_password_as_a_credential_and_owns_its_directories(unit):
@@ -510,6 +528,9 @@ def test_mosquitto_acl_example_confines_each_user(broker_factory, tmp_path):
     publish(host, "edge-evolver/devices/jetson-nano-01/jobs", "own-job")
     publish(board, "edge-evolver/devices/jetson-nano-02/results", "forged")  # another board's results
     publish(board, "edge-evolver/devices/jetson-nano-01/results", "real")
+    publish(board, "edge-evolver/runs/r1/generations", "forged-progress")  # only the host reports runs
+    _mqtt("mosquitto_pub", broker, "-q", "1", "-r", "-t", "edge-evolver/runs/r1/generations", "-m", "gen-3",
+          user=host)
 
     run = _mqtt("mosquitto_sub", broker, "-c", "-i", "b1", "-q", "1", "-t", "edge-evolver/devices/+/jobs",
                 "-t", "$share/nano/edge-evolver/jobs", "-C", "2", "-W", "10", "-v", user=board)
@@ -520,6 +541,9 @@ def test_mosquitto_acl_example_confines_each_user(broker_factory, tmp_path):
                 "-C", "1", "-W", "10", "-v", user=host)
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().strip() == "edge-evolver/devices/jetson-nano-01/results real"
+    run = _mqtt("mosquitto_sub", broker, "-q", "1", "-t", "edge-evolver/runs/#", "-C", "1", "-W", "10", "-v",
+                user=host)  # the retained progress, as `host-trainer watch` reads it
+    assert run.stdout.decode().strip() == "edge-evolver/runs/r1/generations gen-3", run.stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

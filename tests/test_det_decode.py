@@ -1,4 +1,4 @@
-"""edge_evolver/detection.py on hand-built network outputs: decode, peaks, NMS, IoU, agreement.
+"""edge_evolver/measure/detection.py on hand-built network outputs: decode, peaks, NMS, IoU, agreement.
 
 Python 3.6-compatible like the package it tests (a Jetson could run it with the JetPack set)."""
 
@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from edge_evolver import detection
-from edge_evolver.detection import (
+from edge_evolver.measure import detection
+from edge_evolver.measure.detection import (
     AGREEMENT_SCORE,
     DEFAULT_MAX_DETECTIONS,
     DEFAULT_NMS_IOU,

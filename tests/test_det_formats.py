@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from host_trainer.det_data import RawDetection, load_det_dataset
-from host_trainer.det_formats import read_coco, read_yolo
+from host_trainer.data.coco import read_coco
+from host_trainer.data.detect import load_det_dataset
+from host_trainer.data.types import RawDetection
+from host_trainer.data.yolo import read_yolo
 from host_trainer.errors import UserError
 
 S = 32
@@ -99,7 +101,7 @@ def test_coco_folder_picks_its_json(tmp_path: Path) -> None:
 
 def test_coco_load_det_dataset_end_to_end(tmp_path: Path) -> None:
     write_coco(tmp_path)
-    ds = load_det_dataset(f"coco:{tmp_path}", image_size=S)
+    ds = load_det_dataset(f"coco:{tmp_path}", image_size=S, seed=0)
     assert ds.num_classes == 2 and ds.input_shape == (3, S, S)
     assert len(ds.train) + len(ds.val) + len(ds.test) == 4
 
@@ -239,7 +241,7 @@ def test_yolo_classes_txt_wins_and_yaml_errors(tmp_path: Path) -> None:
 
 
 def test_yolo_load_det_dataset_end_to_end(tmp_path: Path) -> None:
-    ds = load_det_dataset(f"yolo:{write_yolo(tmp_path)}", image_size=S)
+    ds = load_det_dataset(f"yolo:{write_yolo(tmp_path)}", image_size=S, seed=0)
     assert ds.num_classes == 3 and ds.input_shape == (1, S, S) and ds.class_names == ("car", "bus", "truck")
 
 

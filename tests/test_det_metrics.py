@@ -1,4 +1,4 @@
-"""host_trainer/det_metrics.py: precision, recall and mAP@0.5 on hand-worked cases, and mAP@0.5 against
+"""host_trainer/tasks/detect_metrics.py: precision, recall and mAP@0.5 on hand-worked cases, and mAP@0.5 against
 pycocotools' COCOeval on the same random predictions."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import io
 import numpy as np
 import pytest
 
-from edge_evolver.detection import Detections
-from host_trainer.det_metrics import (
+from edge_evolver.measure.detection import Detections
+from host_trainer.tasks.detect_metrics import (
     CONF_THRESHOLD,
     IOU_THRESHOLD,
     DetQuality,

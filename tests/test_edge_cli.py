@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_evolver import cli
-from edge_evolver.benchmark import RESULT_KEYS
+from edge_evolver.cli import app as cli
+from edge_evolver.measure.benchmark import RESULT_KEYS
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -120,7 +120,7 @@ def _run(cmd):
 
 
 def test_subprocess_bench_json(tiny_model, tmp_path):
-    base = [sys.executable, "-m", "edge_evolver.cli", "bench"]
+    base = [sys.executable, "-m", "edge_evolver", "bench"]
     done = _run(base + [str(tiny_model), "--json", *QUICK])
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1
@@ -140,7 +140,28 @@ def test_subprocess_bench_json(tiny_model, tmp_path):
     (["bench"], "Missing argument"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, expected):
-    done = _run([sys.executable, "-m", "edge_evolver.cli"] + args)
+    done = _run([sys.executable, "-m", "edge_evolver"] + args)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+
+
+def test_serve_takes_the_log_level_of_the_config_unless_the_option_says_otherwise(tmp_path, monkeypatch):
+    from edge_evolver.cli import mqtt_commands
+    from edge_evolver.errors import EdgeError, ErrorCode
+
+    levels = []
+    monkeypatch.setattr(mqtt_commands, "configure_logging", levels.append)
+
+    def stop_before_serving(config):
+        raise EdgeError(ErrorCode.BACKEND_UNAVAILABLE, "stopped by the test")
+
+    monkeypatch.setattr(mqtt_commands, "daemon_facts", stop_before_serving)
+    config = tmp_path / "config.toml"
+    config.write_text('log_level = "debug"\nstate_dir = "{}"\n'.format(tmp_path / "state"))
+    serve = ["serve", "--config", str(config)]
+    assert _runner().invoke(cli.app, serve).exit_code == 2 and levels == ["debug"]
+    levels.clear()
+    assert _runner().invoke(cli.app, ["--log-level", "warning"] + serve).exit_code == 2 and levels == []
+    result = _runner().invoke(cli.app, serve, env={"EDGE_EVOLVER_LOG_LEVEL": "error"})
+    assert result.exit_code == 2 and levels == []  # the variable is the option too

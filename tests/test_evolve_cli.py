@@ -15,9 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from host_trainer import checkpoint as ckpt
 from host_trainer.cli import app
-from host_trainer.precision import is_representable
+from host_trainer.loop import checkpoint as ckpt
+from host_trainer.method.restriction import is_representable
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
         "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "20"]
@@ -78,7 +78,32 @@ def test_tiny_run_writes_a_complete_run_directory(reference_run):
     assert accepted[-1]["synapses"] < accepted[0]["synapses"]
     assert accepted[-1]["params"] < accepted[0]["params"]
     assert json.loads((run / "config.json").read_text())["model"] == "mlp"
-    assert "synapses" in proc.stdout and "acc%" in proc.stdout  # the per-generation table
+    assert "synapses" in proc.stdout and "acc %" in proc.stdout  # the per-generation table
+    assert all(r["schema"] == 2 for r in rows)
+
+
+def test_events_go_to_the_run_directory_and_as_json_to_stderr(reference_run):
+    """Off a TTY: the table on stdout, every event as a JSON line on stderr and in events.jsonl."""
+    run, proc = reference_run
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names.count("generation") == len(_rows(run)) and "run started" in names and "job_sent" in names
+    assert all({"event", "level", "timestamp"} <= set(e) for e in events)
+    stderr = [json.loads(line) for line in proc.stderr.strip().splitlines() if line.startswith("{")]
+    assert [e["event"] for e in stderr] == names  # the same events, none left out at --log-level info
+    assert not any(line.startswith("{") for line in proc.stdout.splitlines())  # stdout: notes and the table
+    assert proc.stdout.strip().splitlines()[-1] == f"done: 4 generations recorded in {run}"
+
+
+def test_quiet_prints_only_the_final_line(tmp_path):
+    proc = _evolve([*TINY, "--generations", "1", "--no-mqtt", "--quiet", "--run-dir", str(tmp_path)], cwd=tmp_path,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = _run_dir(tmp_path)
+    assert proc.stdout.strip().splitlines() == [f"done: 2 generations recorded in {run}"]
+    assert not any('"level": "info"' in line for line in proc.stderr.splitlines())  # warnings and errors only
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["generation"] for e in events if e["event"] == "generation"] == [0, 1]  # the log is complete
 
 
 def test_same_seed_gives_identical_offspring_and_metrics(reference_run, tmp_path):

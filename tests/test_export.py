@@ -7,15 +7,16 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from host_trainer.data import load_dataset
-from host_trainer.export import ATOL, RTOL, check_parity, to_onnx_bytes
-from host_trainer.models import BUILTIN_MODELS, build_model
-from host_trainer.precision import restrict
+from host_trainer.data.classify import load_dataset
+from host_trainer.method.export import ATOL, RTOL, to_onnx_bytes
+from host_trainer.method.restriction import restrict
+from host_trainer.models.registry import BUILTIN_MODELS, build_model
+from host_trainer.tasks.classify import check_parity
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", seed=0)
+    return load_dataset("digits", seed=0, image_size=32)
 
 
 def _model(ref, data):
@@ -30,7 +31,7 @@ def _model(ref, data):
 @pytest.mark.parametrize("ref", list(BUILTIN_MODELS))
 def test_fp16_onnx_matches_torch_on_real_inputs(ref, digits):
     model = _model(ref, digits)
-    data = to_onnx_bytes(model, digits.input_shape, "fp16")
+    data = to_onnx_bytes(model, digits.input_shape, "fp16", "logits")
     proto = onnx.load_from_string(data)
     onnx.checker.check_model(proto, full_check=True)
     weights = [t for t in proto.graph.initializer if len(t.dims) > 1]
@@ -40,7 +41,7 @@ def test_fp16_onnx_matches_torch_on_real_inputs(ref, digits):
     assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in io)  # devices feed float32
     parity = check_parity(data, model, digits.test.x[:128])
     assert parity.ok, parity
-    assert parity.max_abs_err < ATOL and parity.top1_agreement >= 0.99
+    assert parity.max_abs_err < ATOL and parity.agreement >= 0.99
 
 
 def test_fp16_initializers_are_the_restricted_values_exactly(digits):
@@ -48,7 +49,7 @@ def test_fp16_initializers_are_the_restricted_values_exactly(digits):
     model = _model("mlp", digits)
     with torch.no_grad():
         model.fc1.weight[0, :3] = torch.tensor([2.0 ** -24, -(2.0 ** -24), 3 * 2.0 ** -20])  # fp16 subnormals
-    proto = onnx.load_from_string(to_onnx_bytes(model, digits.input_shape, "fp16"))
+    proto = onnx.load_from_string(to_onnx_bytes(model, digits.input_shape, "fp16", "logits"))
     stored = {tuple(t.dims): onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     w = model.fc1.weight.detach().numpy()
     got = stored[w.T.shape] if w.T.shape in stored else stored[w.shape].T
@@ -57,15 +58,15 @@ def test_fp16_initializers_are_the_restricted_values_exactly(digits):
 
 def test_fp32_export_is_exact_and_twice_the_size(digits):
     model = _model("vgg-small", digits)
-    fp32 = to_onnx_bytes(model, digits.input_shape, "fp32")
-    fp16 = to_onnx_bytes(model, digits.input_shape, "fp16")
+    fp32 = to_onnx_bytes(model, digits.input_shape, "fp32", "logits")
+    fp16 = to_onnx_bytes(model, digits.input_shape, "fp16", "logits")
     assert 1.8 < len(fp32) / len(fp16) < 2.1
     assert check_parity(fp32, model, digits.test.x[:64]).max_abs_err < 1e-4
 
 
 def test_parity_detects_a_different_model(digits):
     model = _model("lenet5", digits)
-    data = to_onnx_bytes(model, digits.input_shape, "fp16")
+    data = to_onnx_bytes(model, digits.input_shape, "fp16", "logits")
     with torch.no_grad():
         model.fc3.bias.add_(5.0 * torch.arange(10, dtype=torch.float32))
     parity = check_parity(data, model, digits.test.x[:64])

@@ -6,6 +6,7 @@ Tiny runs (mlp on digits) as subprocesses; the daemons are `edge-evolver serve` 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from host_trainer.controller import FULL_GAP, MIN_SPEED_PRESSURE, Targets, speed_pressure
+from host_trainer.loop.controller import FULL_GAP, MIN_SPEED_PRESSURE, Goals, speed_pressure
+from host_trainer.record import GenerationRecord
 
 from .mqtt_support import Broker, Collector, Daemon
 
@@ -50,15 +52,19 @@ def _daemons(broker, tmp_path, *names):
     return daemons
 
 
+def _measured(**fields) -> GenerationRecord:
+    return GenerationRecord(generation=1).update(fields)
+
+
 def test_speed_pressure_rule():
-    targets = Targets(fps=1000.0)
-    assert speed_pressure(Targets(), {"fps": 10.0}) == 1.0
-    assert speed_pressure(targets, {"fps": 1000.0 / FULL_GAP}) == pytest.approx(1.0)
-    assert speed_pressure(targets, {"fps": 500.0}) == pytest.approx(math.log(2) / math.log(FULL_GAP))
-    assert speed_pressure(targets, {"fps": 2000.0}) == MIN_SPEED_PRESSURE
-    assert Targets(fps=100, max_power_w=5).gap({"fps": 200.0, "power_w_mean": 10.0}) == 2.0
-    assert Targets(fps=100, max_power_w=5).gap({"fps": 200.0, "power_w_mean": None}) == 0.5  # no meter: fps only
-    assert Targets(latency_ms=2).met({"latency_ms_p50": 1.5}) and not Targets(fps=10).met({"fps": None})
+    goals = Goals(fps=1000.0)
+    assert speed_pressure(Goals(), _measured(fps=10.0)) == 1.0
+    assert speed_pressure(goals, _measured(fps=1000.0 / FULL_GAP)) == pytest.approx(1.0)
+    assert speed_pressure(goals, _measured(fps=500.0)) == pytest.approx(math.log(2) / math.log(FULL_GAP))
+    assert speed_pressure(goals, _measured(fps=2000.0)) == MIN_SPEED_PRESSURE
+    assert Goals(fps=100, max_power_w=5).gap(_measured(fps=200.0, power_w_mean=10.0)) == 2.0
+    assert Goals(fps=100, max_power_w=5).gap(_measured(fps=200.0, power_w_mean=None)) == 0.5  # no meter: fps only
+    assert Goals(latency_ms=2).met(_measured(latency_ms_p50=1.5)) and not Goals(fps=10).met(_measured(fps=None))
 
 
 def test_three_generations_on_one_device_follow_the_controller(broker, tmp_path):
@@ -88,8 +94,37 @@ def test_three_generations_on_one_device_follow_the_controller(broker, tmp_path)
         assert watched.returncode == 0, watched.stderr
         last = json.loads(watched.stdout.strip().splitlines()[-1])["runs"][run.name]
         assert last["generation"] == 3 and last["device_id"] == "dev-a"
+        lines = _follow_watch(broker.url, run.name)
+        assert f"run run={run.name} gen=3 " in lines and "device device=dev-a state=online" in lines
     finally:
         daemon.kill()
+
+
+def _follow_watch(url: str, run_id: str, *extra: str) -> str:
+    """`host-trainer watch` without --duration, off a TTY, for a few seconds: its plain lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "host_trainer", "watch", "--broker", url, "--run", run_id, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C ends a watch cleanly
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_watch_reads_the_progress_of_a_0_1_host(broker, tmp_path):
+    """A row as host-trainer 0.1 published it (no schema, fewer keys) shows in watch, as lines and as JSON."""
+    fixture = Path(__file__).parent / "fixtures" / "run-v0.1" / "generations.jsonl"
+    row = json.loads(fixture.read_text().splitlines()[-1])
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-r", "-q", "1",
+                    "-t", "edge-evolver/runs/old-host/generations", "-m", json.dumps(row)], check=True, timeout=30)
+    watched = subprocess.run([sys.executable, "-m", "host_trainer", "watch", "--broker", broker.url, "--run",
+                              "old-host", "--duration", "1.5", "--json"], capture_output=True, text=True, timeout=60)
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads(watched.stdout)["runs"]["old-host"]["synapses"] == row["synapses"]
+    assert "run run=old-host gen=1 synapses=12,058" in _follow_watch(broker.url, "old-host")
+    (line,) = [json.loads(x) for x in _follow_watch(broker.url, "old-host", "--json").splitlines()
+               if x.startswith('{"') and '"kind": "run"' in x]
+    assert line["run_id"] == "old-host" and line["generation"] == 1
 
 
 def test_two_devices_measure_every_offspring(broker, tmp_path):
@@ -202,56 +237,54 @@ class _FailingOnce:
 
     def __init__(self):
         from host_trainer.config import EvolveConfig
-        from host_trainer.measuring import LocalMeasurer
+        from host_trainer.fleet.measurers import LocalMeasurer
 
         self.local = LocalMeasurer(EvolveConfig(bench_min_seconds=0.05, bench_min_iterations=10))
 
     def measure(self, name, onnx_bytes, samples, meta):
-        from host_trainer.measuring import DeviceError
+        from host_trainer.fleet.measurers import DeviceError
 
         if name.startswith("g001.a0"):
             raise DeviceError("device tx1-01: BUILD_FAILED: could not build the engine")
         return self.local.measure(name, onnx_bytes, samples, meta)
 
-    def progress(self, row):
+    def publish(self, record):
+        pass
+
+    def cancel(self):
         pass
 
 
 def test_a_device_error_makes_the_offspring_unfit(tmp_path):
-    import io
-
     from host_trainer.config import EvolveConfig
-    from host_trainer.data import load_dataset
-    from host_trainer.display import Display
-    from host_trainer.evolve import Evolution
-    from host_trainer.runstore import RunDir
+    from host_trainer.loop.evolve import Evolution
+    from host_trainer.loop.runstore import RunDir
+    from host_trainer.models.registry import build_model
+    from host_trainer.tasks.registry import load_data, make_task
 
     cfg = EvolveConfig(model="mlp", dataset="digits", generations=1, epochs=1, gen0_epochs=2, alpha_c=0.7,
                        alpha_s=0.7, max_accuracy_drop=100, no_mqtt=True).validate()
-    run = RunDir(tmp_path)
-    rows = Evolution(cfg, load_dataset("digits"), run, Display(io.StringIO(), live=False), _FailingOnce()).run_all()
-    first, second = [r for r in rows if r["generation"] == 1]
-    assert not first["accepted"] and first["reject_reason"].startswith("device error: device tx1-01: BUILD_FAILED")
-    assert second["accepted"] and second["attempt"] == 1 and second["alpha_c"] > first["alpha_c"]  # milder
+    data = load_data("classify", "digits", seed=0, image_size=32)
+    task = make_task("classify", data, build_model("mlp", data.num_classes, data.input_shape))
+    records = Evolution(cfg, data, RunDir(tmp_path), _FailingOnce(), task).run_all()
+    first, second = [r for r in records if r.generation == 1]
+    assert not first.accepted and first.reject_reason.startswith("device error: device tx1-01: BUILD_FAILED")
+    assert second.accepted and second.attempt == 1 and second.alpha_c > first.alpha_c  # milder
 
 
 def test_selection_and_pareto_front():
-    from host_trainer.selection import pareto_front, select
+    from host_trainer.loop.selection import pareto_front, select
 
-    rows = [
-        {"generation": 1, "accuracy": 0.90, "val_accuracy": 0.90, "fps": 100.0, "energy_mj_per_inference": 5.0},
-        {"generation": 1, "accuracy": 0.85, "val_accuracy": 0.85, "fps": 300.0, "energy_mj_per_inference": 2.0},
-        {"generation": 1, "accuracy": 0.80, "val_accuracy": 0.80, "fps": 250.0, "energy_mj_per_inference": 1.0},
-        {"generation": 1, "accuracy": 0.79, "val_accuracy": 0.79, "fps": 240.0, "energy_mj_per_inference": 3.0},
-    ]
-    assert select(rows, Targets()) == 1  # no targets: the fastest
-    assert select(rows, Targets(fps=200)) == 1  # two meet 200 fps: the more accurate of them
-    assert select(rows, Targets(fps=90)) == 0
+    rows = [_measured(accuracy=a, val_accuracy=a, fps=f, energy_mj_per_inference=e)
+            for a, f, e in ((0.90, 100.0, 5.0), (0.85, 300.0, 2.0), (0.80, 250.0, 1.0), (0.79, 240.0, 3.0))]
+    assert select(rows, Goals()) == 1  # no goals: the fastest
+    assert select(rows, Goals(fps=200)) == 1  # two meet 200 fps: the more accurate of them
+    assert select(rows, Goals(fps=90)) == 0
     front = pareto_front(rows)
     assert front["axes"][-1].startswith("energy") and front["points_considered"] == 4
     # Row 2 survives only through energy (slower and less accurate than row 1, but cheaper); row 3 is dominated.
     assert [p["fps"] for p in front["front"]] == [300.0, 250.0, 100.0]
-    no_meter = pareto_front([dict(r, energy_mj_per_inference=None) for r in rows])
+    no_meter = pareto_front([_measured(accuracy=r.accuracy, fps=r.fps) for r in rows])
     assert no_meter["note"] and [p["fps"] for p in no_meter["front"]] == [300.0, 100.0]
 
 
@@ -270,12 +303,14 @@ def test_bad_loop_options_are_one_line_errors(tmp_path, args, fragment):
 def test_an_engine_that_disagrees_makes_the_offspring_unfit():
     import numpy as np
 
-    from host_trainer.measuring import DeviceError, FleetMeasurer, disagreement
+    from host_trainer.fleet.measurers import DeviceError, FleetMeasurer
+    from host_trainer.tasks.classify import ClassificationTask
 
-    assert disagreement({"top1_agreement": 1.0, "nonfinite": 0}) is None
-    assert disagreement({"top1_agreement": 0.875, "nonfinite": 0}) is None
-    assert "top-1" in disagreement({"top1_agreement": 0.75, "nonfinite": 0})
-    assert "non-finite" in disagreement({"top1_agreement": 1.0, "nonfinite": 3})
+    task = ClassificationTask(4)
+    assert task.disagreement({"top1_agreement": 1.0, "nonfinite": 0}) is None
+    assert task.disagreement({"top1_agreement": 0.875, "nonfinite": 0}) is None
+    assert "top-1" in task.disagreement({"top1_agreement": 0.75, "nonfinite": 0})
+    assert "non-finite" in task.disagreement({"top1_agreement": 1.0, "nonfinite": 3})
 
     class FakeFleet:
         def measure(self, name, model, inputs, reference, meta):
@@ -289,4 +324,4 @@ def test_an_engine_that_disagrees_makes_the_offspring_unfit():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
     with pytest.raises(DeviceError, match="engine disagrees"):
-        FleetMeasurer(FakeFleet()).measure("g001.a0", model, np.zeros((8, 4), np.float32), {})
+        FleetMeasurer(FakeFleet(), task).measure("g001.a0", model, np.zeros((8, 4), np.float32), {})

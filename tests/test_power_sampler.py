@@ -128,13 +128,22 @@ def test_no_meter_never_reports_zero():
     assert json.loads(json.dumps(out)) == out
 
 
-def test_sampler_stops_promptly_and_can_run_again():
+def _sampler_threads(besides: frozenset = frozenset()) -> list:
+    """Sampling threads alive now, other than `besides` (left over by other tests)."""
+    return [t for t in threading.enumerate() if t.name == "power-sampler" and t.is_alive() and t not in besides]
+
+
+def test_sampler_stops_without_waiting_out_its_interval_and_can_run_again():
+    """stop() wakes the sampling thread (an Event, not a sleep): with a 5 s interval, the thread is gone when
+    stop() returns, long before the interval (the join waits JOIN_TIMEOUT_S at most)."""
+    assert sampler_module.JOIN_TIMEOUT_S < 5.0
+    others = frozenset(_sampler_threads())
     sampler = PowerSampler(FakeMeter(script(3.0)), interval_s=5.0)
     for _ in range(2):
         sampler.start()
-        began = time.monotonic()
+        assert len(_sampler_threads(others)) == 1
         summary = sampler.stop()
-        assert time.monotonic() - began < 1.0 and summary.samples == 2
+        assert _sampler_threads(others) == [] and summary.samples == 2
 
 
 def test_sampler_misuse():
@@ -160,11 +169,16 @@ def test_a_hung_read_does_not_block_stop(monkeypatch):
             release.wait(2.0)  # a jtop service that stopped answering
         return 1.0
 
-    sampler = PowerSampler(FakeMeter(read), interval_s=0.001)
+    ticks = iter(range(1000))
+    others = frozenset(_sampler_threads())
+    sampler = PowerSampler(FakeMeter(read), interval_s=0.001, clock=lambda: float(next(ticks)))
     sampler.start()
-    time.sleep(0.02)
-    began = time.monotonic()
-    assert sampler.stop().samples == 2 and time.monotonic() - began < 1.0
+    time.sleep(0.02)  # the thread is now stuck in a read
+    summary = sampler.stop()
+    # stop() did not wait for the stuck read (the thread is still in it), and the window ended at the
+    # closing sample, not when the join gave up.
+    assert summary.samples == 2 and len(_sampler_threads(others)) == 1
+    assert summary.sample_t[-1] == summary.seconds
     release.set()  # the abandoned thread finishes its read; it must not leak into the next window
     sampler.start()
     time.sleep(0.02)

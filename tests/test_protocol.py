@@ -11,13 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from edge_evolver.agreement import compare_outputs
+from edge_evolver.cli.monitor import MonitorState, render_table
 from edge_evolver.daemon.config import broker_with_credentials, build_config
 from edge_evolver.daemon.jobstore import JobStore
-from edge_evolver.engine_cache import EngineCache, cache_digest
 from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job
-from edge_evolver.monitor import MonitorState, render_table
+from edge_evolver.measure.agreement import compare_outputs
+from edge_evolver.measure.engine_cache import EngineCache, cache_digest
 from edge_evolver.mqtt import parse_broker_url
 from edge_evolver.protocol import HEADER_OFFSET, MAGIC, FrameError, Topics, dumps, encode_frame, loads
 

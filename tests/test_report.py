@@ -15,7 +15,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from host_trainer.cli import app  # noqa: E402
 from host_trainer.errors import UserError  # noqa: E402
-from host_trainer.report import write_report  # noqa: E402
+from host_trainer.report import writer  # noqa: E402
+from host_trainer.report.writer import write_report  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"model": "lenet5", "dataset": "digits", "generations": 3, "precision": "fp16", "alpha_c": 0.85,
@@ -71,13 +72,27 @@ def report(run: Path) -> str:
     return (run / "report.md").read_text(encoding="utf-8")
 
 
-def test_writes_the_three_files_atomically(run: Path) -> None:
+def test_writes_every_output_and_no_temporary_file(run: Path) -> None:
     outputs = write_report(run)
     # The fixture's rows carry fps but no device: the Pareto figure, no per-device figure.
     assert outputs == [run / "synapses_fps.png", run / "precision_recall.png", run / "report.md", run / "pareto.png"]
     leftovers = sorted(p.name for p in run.iterdir())
     assert leftovers == ["config.json", "generations.jsonl", "pareto.png", "precision_recall.png", "report.md",
                          "synapses_fps.png"]  # no temporary files left behind
+
+
+def test_a_failure_while_rendering_writes_nothing(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything is rendered before the first write: a crash in the last figure leaves the old report whole."""
+    (run / "report.md").write_text("the report of yesterday")
+
+    def broken(*_args: object) -> dict:
+        raise RuntimeError("matplotlib crashed")
+
+    monkeypatch.setattr(writer, "fleet_figures", broken)
+    with pytest.raises(RuntimeError, match="crashed"):
+        write_report(run)
+    assert (run / "report.md").read_text() == "the report of yesterday"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "generations.jsonl", "report.md"]
 
 
 @pytest.mark.parametrize("name", ["synapses_fps.png", "precision_recall.png"])
@@ -94,7 +109,7 @@ def test_table_has_one_row_per_accepted_generation(report: str) -> None:
     rows = [line for line in report.splitlines() if re.match(r"^\| \d+\*? \| [\d.–]+ \| [\d,]+ \|", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2", "3"]
     gen3 = [c.strip() for c in rows[3].split("|")[1:-1]]
-    assert gen3 == ["3", "0.850", "10,000", "170", "30,000", "1.000", "93.50", "92.50", "94.00", "2,500",
+    assert gen3 == ["3", "0.850", "10,000", "170", "30,000", "1.00", "93.50", "92.50", "94.00", "2,500",
                     "0.900", "1.500", "20.0", "333333333333"]
     assert [c.strip() for c in rows[2].split("|")[1:-1]][9] == "–"  # the missing fps
 

@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from host_trainer import shapes_det
-from host_trainer.shapes_det import SPLITS, ShapesDetConfig, generate, load_shapes_det, render_sample, to_raw
+from host_trainer.data.procedural import shapes_det
+from host_trainer.data.procedural.shapes_det import (
+    LOADED,
+    SPLITS,
+    ShapesDetConfig,
+    generate,
+    load_shapes_det,
+    render_sample,
+    to_raw,
+)
 
 SMALL = ShapesDetConfig(n_train=40, n_val=10, n_test=12)
 
@@ -18,7 +26,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Keep the disk cache out of the home folder, and start every test from cold memory."""
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("EDGE_EVOLVER_CACHE", str(root))
-    load_shapes_det.cache_clear()
+    LOADED.clear()
     return root
 
 
@@ -153,13 +161,16 @@ def test_disk_cache_round_trip_and_corrupt_file(_private_cache: Path, small: dic
     arrays = load_shapes_det(SMALL)
     assert path.is_file() and all(np.array_equal(arrays[k], small[k]) for k in small)
     assert not arrays["x_train"].flags.writeable and load_shapes_det(SMALL) is arrays  # memory cache
-    load_shapes_det.cache_clear()
+    LOADED.clear()
     assert all(np.array_equal(load_shapes_det(SMALL)[k], small[k]) for k in small)  # from disk
     path.write_bytes(b"not a zip file")
-    load_shapes_det.cache_clear()
+    LOADED.clear()
     assert np.array_equal(load_shapes_det(SMALL)["boxes_test"], small["boxes_test"])  # regenerated
-    assert shapes_det._read_cache(path, SMALL) is not None  # and rewritten, valid
-    assert shapes_det._read_cache(path, ShapesDetConfig(n_train=41, n_val=10, n_test=12)) is None  # wrong shape
+    with np.load(path) as npz:  # and rewritten, whole
+        assert all(np.array_equal(npz[k], small[k]) for k in small)
+    np.savez(path, **{k: v[:1] for k, v in small.items()})  # a valid file of the wrong shapes: not trusted
+    LOADED.clear()
+    assert np.array_equal(load_shapes_det(SMALL)["x_train"], small["x_train"])
 
 
 def test_cache_key_and_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,12 @@
-"""Probability models and sampling (METHOD.md step 1)."""
+"""Probability models and sampling (docs/method.md, "Synthesis")."""
 
 import numpy as np
 import pytest
 import torch
 
-from host_trainer.compaction import cluster_groups, prunable_layers
-from host_trainer.models import build_model, fixed_layers
-from host_trainer.synthesis import (
+from host_trainer.method.compaction import cluster_groups
+from host_trainer.method.masks import prunable_layers
+from host_trainer.method.synthesis import (
     SynthesisConfig,
     calibrate,
     heredity,
@@ -16,6 +16,7 @@ from host_trainer.synthesis import (
     sample_clusters,
     sample_synapses,
 )
+from host_trainer.models.registry import build_model, fixed_layers
 
 
 @pytest.mark.parametrize("alpha", [0.3, 0.5, 0.85, 0.95])

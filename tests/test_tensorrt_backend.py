@@ -16,7 +16,7 @@ from edge_evolver.backends import _cuda, known_backends, resolve_backend
 from edge_evolver.backends import tensorrt_backend as tb
 from edge_evolver.backends.tensorrt_backend import TensorRTBackend, TensorRTEngine
 from edge_evolver.errors import EdgeError, ErrorCode
-from edge_evolver.inputs import TensorSpec
+from edge_evolver.measure.inputs import TensorSpec
 
 from .trt_fakes import (
     FakeConfig,

@@ -27,8 +27,7 @@ _REGISTRY: Dict[str, str] = {
     "tensorrt": "edge_evolver.backends.tensorrt_backend:TensorRTBackend",
 }
 
-# Preference for backend="auto": fastest first. Names not (yet) in _REGISTRY are skipped,
-# so "tensorrt" can sit here before its module exists.
+# Preference for backend="auto": fastest first. Names not in _REGISTRY are skipped.
 AUTO_ORDER: List[str] = ["tensorrt", "onnxruntime"]
 
 

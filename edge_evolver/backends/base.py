@@ -1,4 +1,4 @@
-"""The interface every inference runtime implements (ONNX Runtime now, TensorRT next).
+"""The interface every inference runtime implements (ONNX Runtime, TensorRT).
 
 Kept deliberately small: the benchmark only needs to load bytes, learn the inputs, and call
 ``infer`` in a loop. Backend modules import their runtime lazily, inside methods, so that
@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..inputs import TensorSpec
+from ..measure.inputs import TensorSpec
 
 
 class Engine(abc.ABC):
@@ -83,5 +83,5 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> Dict[str, Any]:
-        """Name, version and device facts (providers, threads...) for `info` and logs."""
+        """Name, version and device facts (providers, threads...), JSON-ready."""
         raise NotImplementedError

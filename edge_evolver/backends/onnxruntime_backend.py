@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
-from ..inputs import TensorSpec
+from ..measure.inputs import TensorSpec
 from .base import Backend, Engine
 
 DEFAULT_THREADS = 1

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
-from ..inputs import TensorSpec, check_feeds, resolve_shape
+from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
 from . import _cuda
 from ._trt_io import BindingsIo as BindingsIo
 from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage

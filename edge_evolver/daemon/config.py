@@ -1,7 +1,8 @@
 """ServeConfig: what `edge-evolver serve` runs with.
 
 Precedence, highest first: command-line option, environment variable (typer reads both), the
-TOML config file (flat top-level keys named like the options), built-in defaults. The broker
+TOML config file (flat top-level keys named like the options), built-in defaults. `log_level` follows
+the same rule: `--log-level`/EDGE_EVOLVER_LOG_LEVEL, else the file's, else info. The broker
 password never sits in the config itself: it comes from systemd's credential directory
 (``LoadCredential=broker-password:…``), else from ``password_file``, else from the URL.
 """

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
-from ..engine_cache import atomic_write
+from ..files import atomic_write
 
 JOB_SUFFIX = ".job"
 RESULT_SUFFIX = ".json"

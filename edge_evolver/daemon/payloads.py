@@ -8,8 +8,8 @@ import time
 from typing import Any, Dict, Optional
 
 from .. import __version__
-from ..benchmark import RESULT_KEYS
-from ..measure import ENGINE_KEYS, POWER_KEYS
+from ..measure.benchmark import RESULT_KEYS
+from ..measure.pipeline import ENGINE_KEYS, POWER_KEYS
 from ..protocol import PROTOCOL_VERSION
 
 

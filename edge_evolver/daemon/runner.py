@@ -30,7 +30,7 @@ class _Progress:
     """Child side: sends ("progress", {...}) about once per interval while a window is open."""
 
     def __init__(self, send: Callable[[Any], None], interval_s: float, batch: int) -> None:
-        from ..benchmark import WindowMonitor
+        from ..measure.benchmark import WindowMonitor
 
         self._send, self.interval_s, self.batch = send, interval_s, batch
         self._latencies: Optional[List[float]] = None
@@ -88,7 +88,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
     # systemd signals the whole cgroup on stop; the parent decides what happens to a job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from ..logging_setup import configure_logging
+    from ..cli.logs import configure_logging
 
     configure_logging(params.get("log_level", "info"))
     lock = threading.Lock()
@@ -97,7 +97,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
         with lock:
             conn.send(message)
 
-    from ..engine_cache import EngineCache
+    from ..measure.engine_cache import EngineCache
 
     meter = _child_meter(params.get("power", "none"), params.get("power_reason") or "")
     cache = EngineCache(params["cache_dir"])
@@ -131,7 +131,7 @@ def _child_meter(name: str, reason: str) -> Any:
 def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any, cache: Any,
              send: Callable[[Any], None]) -> Dict[str, Any]:
     from ..job import decode_job
-    from ..measure import MeasureRequest, measure_model
+    from ..measure.pipeline import MeasureRequest, measure_model
     from ..protocol import FrameError
 
     with open(request["path"], "rb") as handle:

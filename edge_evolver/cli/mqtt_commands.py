@@ -1,0 +1,216 @@
+"""`edge-evolver serve`, `monitor` and `pack`: the MQTT side of the command line.
+
+Registered onto the app in cli/app.py. The options of `serve` and `monitor` (but `--duration`) read
+EDGE_EVOLVER_* environment variables; `pack` reads none. Serve options left unset fall back to the
+config file and then to ServeConfig's defaults.
+"""
+
+import json
+import os
+import queue
+import signal
+import sys
+import uuid
+from typing import Any, Dict, Optional
+
+import typer
+
+from ..backends import resolve_backend
+from ..errors import EdgeError, ErrorCode
+from ..mqtt import MqttConnection, parse_broker_url
+from ..protocol import DEFAULT_PREFIX, Topics
+from .logs import configure_logging
+from .monitor import MonitorState, render_table, row_json, row_line, subscriptions, tick_until
+from .support import fail as _fail
+
+
+def _board_state() -> Dict[str, Any]:
+    from .. import devicefacts
+
+    return {"power_mode": devicefacts.power_mode(), "clocks_locked": devicefacts.clocks_locked()}
+
+
+def _temperatures() -> Dict[str, float]:
+    from .. import devicefacts
+
+    return devicefacts.temperatures()
+
+
+def daemon_facts(config: Any) -> Dict[str, Any]:
+    """Static facts for the retained status; raises EdgeError when an explicit choice is unusable."""
+    from .. import devicefacts
+    from ..power import MeterUnavailable, resolve_meter
+
+    runtime = resolve_backend(config.backend)
+    try:
+        meter, reason = resolve_meter(config.power)
+    except (MeterUnavailable, ValueError) as exc:
+        raise EdgeError(ErrorCode.BACKEND_UNAVAILABLE, f"power meter '{config.power}': {exc}") from None
+    facts = devicefacts.collect_facts()
+    facts.pop("temperatures", None)  # live values belong in telemetry, not in a retained status
+    facts.update(
+        backend=runtime.name,
+        backend_version=runtime.version(),
+        power_meter=meter.name,
+        power_rail=meter.rail,
+        power_reason=reason,
+        group=config.group or None,
+        prefix=config.prefix,
+        max_payload_bytes=config.max_payload_bytes,
+    )
+    return {"facts": facts, "meter": meter}
+
+
+def serve(
+    ctx: typer.Context,
+    broker: Optional[str] = typer.Option(None, "--broker", envvar="EDGE_EVOLVER_BROKER",
+                                         help="mqtt://[user@]host:port (default mqtt://localhost:1883)."),
+    device_id: Optional[str] = typer.Option(None, "--device-id", envvar="EDGE_EVOLVER_DEVICE_ID",
+                                            help="This board's id in topics (default: host name)."),
+    group: Optional[str] = typer.Option(None, "--group", envvar="EDGE_EVOLVER_GROUP",
+                                        help="Also take jobs from $share/<group>/<prefix>/jobs."),
+    backend: Optional[str] = typer.Option(None, "--backend", envvar="EDGE_EVOLVER_BACKEND",
+                                          help="auto, tensorrt or onnxruntime."),
+    power: Optional[str] = typer.Option(None, "--power", envvar="EDGE_EVOLVER_POWER",
+                                        help="auto, jtop, ina3221, nvml, rapl or none."),
+    config_file: Optional[str] = typer.Option(None, "--config", envvar="EDGE_EVOLVER_CONFIG",
+                                              help="TOML file with the same keys as these options."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="EDGE_EVOLVER_CACHE_DIR",
+                                            help="Engine cache (default <state-dir>/engines)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="EDGE_EVOLVER_STATE_DIR",
+                                            help="Job spool and results."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", envvar="EDGE_EVOLVER_PREFIX", help="Topic prefix."),
+    mqtt_version: Optional[str] = typer.Option(None, "--mqtt-version", envvar="EDGE_EVOLVER_MQTT_VERSION",
+                                               help="3.1.1 or 5."),
+    max_payload_mb: Optional[float] = typer.Option(None, "--max-payload-mb", envvar="EDGE_EVOLVER_MAX_PAYLOAD_MB"),
+    job_timeout_s: Optional[float] = typer.Option(None, "--job-timeout-s", envvar="EDGE_EVOLVER_JOB_TIMEOUT_S"),
+    telemetry_interval_s: Optional[float] = typer.Option(None, "--telemetry-interval-s",
+                                                         envvar="EDGE_EVOLVER_TELEMETRY_INTERVAL_S"),
+    idle_telemetry_interval_s: Optional[float] = typer.Option(None, "--idle-telemetry-interval-s",
+                                                              envvar="EDGE_EVOLVER_IDLE_TELEMETRY_INTERVAL_S"),
+    threads: Optional[int] = typer.Option(None, "--threads", envvar="EDGE_EVOLVER_THREADS",
+                                          help="ONNX Runtime intra-op threads."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", envvar="EDGE_EVOLVER_MAX_QUEUE",
+                                            help="Jobs waiting at most; more get QUEUE_FULL."),
+    username: Optional[str] = typer.Option(None, "--username", envvar="EDGE_EVOLVER_USERNAME", help="Broker user."),
+    password_file: Optional[str] = typer.Option(None, "--password-file", envvar="EDGE_EVOLVER_PASSWORD_FILE",
+                                                help="File holding the broker password."),
+) -> None:
+    """Serve measurement jobs from an MQTT broker until SIGTERM."""
+    from ..daemon.config import build_config
+    from ..daemon.service import EdgeDaemon
+
+    overrides = dict(broker=broker, device_id=device_id, group=group, backend=backend, power=power,
+                     cache_dir=cache_dir, state_dir=state_dir, prefix=prefix, mqtt_version=mqtt_version,
+                     max_payload_mb=max_payload_mb, job_timeout_s=job_timeout_s, threads=threads,
+                     max_queue=max_queue, username=username, password_file=password_file,
+                     telemetry_interval_s=telemetry_interval_s, idle_telemetry_interval_s=idle_telemetry_interval_s)
+    try:
+        config = build_config(config_file, overrides)
+        if config_file and not (ctx.obj or {}).get("log_level_given"):
+            configure_logging(config.log_level)
+        found = daemon_facts(config)
+        daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures)
+    except EdgeError as exc:
+        _fail(exc.code, exc.message)
+    except OSError as exc:
+        _fail(ErrorCode.BAD_INPUT, f"cannot prepare the state directory: {exc}")
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    raise typer.Exit(code=daemon.run())
+
+
+def _watch(state: MonitorState, changed: "queue.Queue[str]", duration: Optional[float], json_out: bool) -> None:
+    """On a terminal, redraw the table every second; elsewhere (unless --duration), one line per change."""
+    tty = sys.stdout.isatty() and not json_out
+
+    def tick() -> None:
+        if tty:
+            typer.echo("\x1b[2J\x1b[H" + render_table(state.snapshot()))
+            return
+        while not changed.empty():
+            row = state.row(changed.get())
+            if duration is None:
+                typer.echo(json.dumps(row_json(row), sort_keys=True) if json_out else row_line(row))
+
+    tick_until(duration, tick)
+
+
+def monitor(
+    broker: str = typer.Option("mqtt://localhost:1883", "--broker", envvar="EDGE_EVOLVER_BROKER",
+                               help="mqtt://[user[:password]@]host:port"),
+    prefix: str = typer.Option(DEFAULT_PREFIX, "--prefix", envvar="EDGE_EVOLVER_PREFIX", help="Topic prefix."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Watch this many seconds, print once, exit."),
+    json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON",
+                                  help="JSON instead of text: one object per change, or one list with --duration."),
+) -> None:
+    """Every device (state, job, fps, latency, power), from the MQTT topics.
+
+    A live table on a terminal; elsewhere one line (or JSON object) per change; with --duration, one table
+    (or JSON list) at the end."""
+    try:
+        url = parse_broker_url(broker)
+        topics = Topics(prefix)
+    except ValueError as exc:
+        _fail(ErrorCode.BAD_INPUT, str(exc))
+    state = MonitorState(topics)
+    changed: queue.Queue[str] = queue.Queue()
+    conn = MqttConnection(url, f"edge-evolver-monitor-{uuid.uuid4().hex[:8]}", persistent=False)
+
+    def on_message(topic: str, payload: bytes) -> None:
+        device = state.apply(topic, payload)
+        if device is not None:
+            changed.put(device)
+
+    conn.on_message = on_message
+
+    def subscribe_all(_session_present: bool) -> None:
+        for topic in subscriptions(topics):
+            conn.subscribe(topic, 0)
+
+    conn.on_connect = subscribe_all
+    try:
+        if not conn.start(first_delay=0.5, max_delay=5.0, give_up_after=duration):
+            _fail(ErrorCode.BROKER_UNREACHABLE, f"cannot reach the broker at {url.display()}")
+        _watch(state, changed, duration, json_out)
+    finally:
+        conn.stop()
+    if duration is not None:
+        rows = state.snapshot()
+        typer.echo(json.dumps(rows, sort_keys=True) if json_out else render_table(rows))
+
+
+def pack(
+    model: str = typer.Argument(..., metavar="MODEL.onnx", help="ONNX model to wrap."),
+    output: str = typer.Option(..., "--output", "-o", help="Where to write the framed job (for mosquitto_pub -f)."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", help="Default: a random id."),
+    batch: int = typer.Option(1, "--batch"),
+    min_iterations: int = typer.Option(200, "--min-iterations"),
+    min_seconds: float = typer.Option(1.0, "--min-seconds"),
+    warmup_s: float = typer.Option(0.2, "--warmup-s"),
+    reply_to: Optional[str] = typer.Option(None, "--reply-to", help="Result topic (under the prefix)."),
+) -> None:
+    """Write one framed job file, to publish with any MQTT client (see docs/protocol.md)."""
+    from ..job import encode_job
+
+    try:
+        with open(model, "rb") as handle:
+            data = handle.read()
+        payload = encode_job(job_id or f"job-{uuid.uuid4().hex[:12]}", data,
+                             {"batch": batch, "min_iterations": min_iterations, "min_seconds": min_seconds,
+                              "warmup_s": warmup_s}, reply_to=reply_to)
+        tmp = output + ".tmp"
+        with open(tmp, "wb") as out:
+            out.write(payload)
+        os.replace(tmp, output)
+    except OSError as exc:
+        _fail(ErrorCode.BAD_INPUT, f"{exc.filename or model}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _fail(ErrorCode.BAD_INPUT, str(exc))
+    typer.echo(output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(monitor)
+    app.command()(pack)

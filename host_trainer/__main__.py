@@ -1,0 +1,5 @@
+"""`python -m host_trainer …` = `host-trainer …`."""
+
+from host_trainer.cli import main
+
+main()

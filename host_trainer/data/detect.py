@@ -1,0 +1,71 @@
+"""Detection data sets: `shapes-det`, `coco:PATH` and `yolo:PATH` (types: data/types.py).
+
+A reader returns a `RawDetection` (images in [0, 1] at the fixed input size, boxes in input pixels);
+`build_det_dataset` cuts it into train/val/test and normalises it with the training split's
+mean/std, like the classification sets (data/classify.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from host_trainer.data.coco import read_coco
+from host_trainer.data.procedural.shapes_det import ShapesDetConfig, load_shapes_det, to_raw
+from host_trainer.data.types import DetDataset, DetSplit, RawDetection
+from host_trainer.data.yolo import read_yolo
+from host_trainer.errors import UserError
+from host_trainer.progress import NULL, Progress
+
+
+def load_det_dataset(ref: str, seed: int, image_size: int, progress: Progress = NULL) -> DetDataset:
+    """`shapes-det`, `coco:PATH` or `yolo:PATH`, at a fixed S×S input (S a multiple of 16)."""
+    if image_size < 16 or image_size % 16:
+        raise UserError(f"detection input size must be a positive multiple of 16, got {image_size}")
+    if ref == "shapes-det":
+        cfg = ShapesDetConfig(image_size=image_size)
+        arrays = load_shapes_det(cfg, progress)
+        raws = [to_raw(arrays, split, cfg) for split in ("train", "val", "test")]
+        return _from_splits("shapes-det", raws)
+    kind, _, path = ref.partition(":")
+    if kind in ("coco", "yolo") and path.strip():
+        raw = (read_coco if kind == "coco" else read_yolo)(path, image_size)
+        return build_det_dataset(f"{kind}:{path}", raw, seed)
+    if kind in ("coco", "yolo"):
+        raise UserError(f"{kind} needs a path: {kind}:PATH (see docs/detection.md)")
+    hint = " (a classification set: drop --task detect)" if ref in ("digits", "glyphs") or kind == "imagefolder" else ""
+    raise UserError(f"unknown detection dataset {ref!r}: choose shapes-det, coco:PATH or yolo:PATH{hint}")
+
+
+def random_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """70/15/15 of n images by a seeded permutation; val and test get at least one image when n >= 3."""
+    if n < 3:
+        raise UserError(f"a detection data set needs at least 3 images (train, val, test), found {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * 0.15))
+    n_test = max(1, round(n * 0.15))
+    return (np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test]))
+
+
+def _pick(raw: RawDetection, idx: np.ndarray) -> RawDetection:
+    return RawDetection(raw.images[idx], tuple(raw.boxes[i] for i in idx), tuple(raw.labels[i] for i in idx),
+                        raw.class_names, tuple(raw.source[i] for i in idx))
+
+
+def build_det_dataset(name: str, raw: RawDetection, seed: int) -> DetDataset:
+    """Cut one loaded set into seeded train/val/test splits."""
+    return _from_splits(name, [_pick(raw, idx) for idx in random_split(len(raw.images), seed)])
+
+
+def _from_splits(name: str, raws: list[RawDetection]) -> DetDataset:
+    """Normalise every split with the training split's mean/std (one scalar each, as for classification)."""
+    train = raws[0]
+    mean = float(train.images.mean())
+    std = float(train.images.std()) or 1.0
+
+    def cut(r: RawDetection) -> DetSplit:
+        x = np.ascontiguousarray(((r.images - mean) / std).astype(np.float32))
+        return DetSplit(x, tuple(np.asarray(b, np.float32).reshape(-1, 4) for b in r.boxes),
+                        tuple(np.asarray(lab, np.int64).reshape(-1) for lab in r.labels))
+    c, h, w = train.images.shape[1:]
+    return DetDataset(name, cut(raws[0]), cut(raws[1]), cut(raws[2]), len(train.class_names), (int(c), int(h), int(w)),
+                      tuple(train.class_names), mean, std)

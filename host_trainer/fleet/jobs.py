@@ -1,0 +1,241 @@
+"""The host's side of the MQTT loop: each offspring goes out as a job, device results come back.
+
+Protocol and fields: docs/protocol.md. Job ids are stable (`<run>.g<gen>.a<attempt>[.k<k>][.carry].<device or "any">`,
+`.r<n>` for a retry), and every result is also kept in the run directory (`results/<job_id>.json`), so
+after a host crash `--resume` reuses what was measured instead of measuring again. Faults:
+- no result within `job_timeout_s`: the job is sent again, up to `job_retries` times;
+- the device goes offline (its Last Will): the job goes to another connected device of the run;
+- no device connected: wait up to `device_timeout_s`, then stop with FleetError (the run
+  directory stays resumable, the current generation is simply not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from edge_evolver.job import encode_job
+from edge_evolver.mqtt import MqttConnection, parse_broker_url
+from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
+from host_trainer.errors import UserError
+from host_trainer.loop.runstore import atomic_write_json
+from host_trainer.progress import NULL, Progress, Step
+from host_trainer.record import GenerationRecord
+
+log = structlog.get_logger("host_trainer.fleet")
+ANY = "any"
+# Answers that say nothing about the model: the job is sent again under a new id.
+TRANSIENT_CODES = ("TIMEOUT", "INTERNAL", "QUEUE_FULL", "BACKEND_UNAVAILABLE")
+
+
+class FleetError(UserError):
+    """The fleet cannot measure (no device, no answer): a one-line error; the run resumes later."""
+
+
+@dataclass
+class FleetConfig:
+    broker: str
+    devices: list[str] = field(default_factory=list)  # measure on each of these
+    any_device: bool = False  # or on whichever board of a shared-subscription group takes it
+    prefix: str = "edge-evolver"
+    job_timeout_s: float = 600.0
+    job_retries: int = 2
+    device_timeout_s: float = 300.0
+    bench: dict = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self, cfg: FleetConfig, run_id: str, results_dir: Path | None = None,
+                 progress: Progress = NULL) -> None:
+        if not valid_job_id(f"{run_id}.g000.a0.k0.carry.{ANY}.r9"):
+            raise UserError(f"run id {run_id!r} cannot name MQTT jobs: use letters, digits and . _ : - "
+                            "(and keep it under about 100 characters)")
+        self.cfg, self.run_id, self.results_dir, self.progress = cfg, run_id, results_dir, progress
+        self._cancelled = False
+        self.topics = Topics(cfg.prefix)
+        try:
+            url = parse_broker_url(cfg.broker)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        # A persistent session per run: results published while the host is cut off wait at the broker.
+        self.conn = MqttConnection(url, f"host-trainer-{run_id}", persistent=True)
+        self.status: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self.conn.on_connect = self._on_connect
+        self.conn.on_message = self._on_message
+
+    # ---- connection --------------------------------------------------------------------------
+    def start(self) -> Fleet:
+        if not self.conn.start(first_delay=0.5, max_delay=5.0, give_up_after=self.cfg.device_timeout_s):
+            raise FleetError(f"cannot reach the broker at {self.conn.broker.display()} "
+                             f"within {self.cfg.device_timeout_s:g} s")
+        return self
+
+    def close(self) -> None:
+        self.conn.stop()
+
+    def _on_connect(self, _session_present: bool) -> None:
+        for kind in ("status", "results"):
+            self.conn.subscribe(self.topics.all_devices(kind), 1)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        try:
+            data = loads(payload)
+        except ValueError:
+            return
+        with self._cond:
+            if parsed and parsed[1] == "status":
+                self.status[parsed[0]] = data
+            elif parsed and parsed[1] == "results" and str(data.get("job_id")).startswith(self.run_id + "."):
+                self.results[data["job_id"]] = data  # other runs' results are not ours to keep
+            self._cond.notify_all()
+
+    def publish_progress(self, record: GenerationRecord) -> None:
+        """One generation's record (without bulky fields) on the run's retained progress topic."""
+        body = {k: v for k, v in record.to_json().items() if k not in ("devices",)}
+        body.update(protocol=1, run_id=self.run_id, published_at=time.time())
+        self.conn.publish(self.topics.run_generations(self.run_id), dumps(body), qos=RUN_PROGRESS_QOS, retain=True)
+
+    def online(self) -> list[str]:
+        with self._cond:
+            return sorted(d for d, s in self.status.items() if s.get("state") == "online")
+
+    # ---- measuring ---------------------------------------------------------------------------
+    def destinations(self) -> list[str]:
+        """Where every offspring goes: each --device, or ANY board of a shared-subscription group."""
+        return [ANY] if self.cfg.any_device or not self.cfg.devices else list(self.cfg.devices)
+
+    def measure(self, name: str, model: bytes, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
+                meta: dict, check: dict | None = None) -> dict[str, dict]:
+        """{destination: result} for every destination; results may carry a (final) status "error"."""
+        out = {}
+        digest = sha256_hex(model)
+        for destination in self.destinations():
+            base = f"{self.run_id}.{name}.{destination}"
+            payload = lambda job_id: encode_job(job_id, model, self.cfg.bench, inputs, reference,  # noqa: E731
+                                                meta=meta, timeout_s=self.cfg.job_timeout_s, check=check)
+            out[destination] = self._measure_one(destination, base, payload, digest)
+        return out
+
+    def _measure_one(self, destination: str, base: str, payload: Any, digest: str) -> dict:
+        """Try ids base, base.r1, base.r2 ...: a transient error (timeout, full queue, a crash) is stored
+        by the daemon as that id's final answer, so a retry needs a new id; resume walks the same ids."""
+        last = None
+        for attempt in range(self.cfg.job_retries + 1):
+            job_id = base if attempt == 0 else f"{base}.r{attempt}"
+            result = self._stored(job_id, digest)
+            if result is None:
+                device = self._pick(destination)
+                topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
+                self.conn.publish(topic, payload(job_id), qos=1)
+                log.info("job_sent", job_id=job_id, device=device, attempt=attempt)
+                with self.progress.step(f"{job_id}: waiting for device {device!r}") as bar:
+                    result = self._wait(job_id, device, digest, bar)
+            if result is not None and result.get("code") not in TRANSIENT_CODES:
+                return result
+            last = result or last
+            log.warning("job_retry", job_id=job_id, code=(result or {}).get("code", "no result"))
+        if last is not None:  # the device kept failing on this model (a crash, say): unfit, not a stop
+            return last
+        raise FleetError(f"no usable result for job {base} after {self.cfg.job_retries + 1} tries "
+                         f"(timeouts of {self.cfg.job_timeout_s:g} s, or transient device errors); "
+                         "resume the run with --resume once the devices answer")
+
+    def _stored(self, job_id: str, digest: str) -> dict | None:
+        """A result this run already received (before a host crash): never measured twice."""
+        path = self.results_dir / f"{job_id}.json" if self.results_dir else None
+        if path is None or not path.exists():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return result if result.get("model_sha256") in (digest, None) else None
+
+    def _keep(self, job_id: str, result: dict) -> None:
+        if self.results_dir is not None:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.results_dir / f"{job_id}.json", result)
+
+    def cancel(self) -> None:
+        """Make every waiting measurement give up at once (Ctrl-C, an error elsewhere)."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled:
+            raise FleetError("measurement cancelled")
+
+    def _pick(self, destination: str) -> str:
+        """The device to send to: the destination while online, else another online device of the run."""
+        device = self._online_choice(destination)
+        if device is not None:
+            return device
+        timeout = self.cfg.device_timeout_s
+        started, warned = time.monotonic(), False
+        with self.progress.step(f"waiting for device {destination!r} to come online") as bar:
+            while device is None:
+                waited = time.monotonic() - started
+                if waited > timeout:
+                    raise FleetError(f"no device online for {destination!r} within {timeout:g} s "
+                                     f"(seen: {self._seen()}); resume the run with --resume when one is back")
+                if waited > 5.0 and not warned:  # quiet at first: a daemon just started needs a moment
+                    log.warning("waiting_for_device", device=destination, timeout_s=timeout, seen=self._seen())
+                    warned = True
+                bar.update(waited, timeout, f"{waited:.0f} s of {timeout:g}; seen: {self._seen()}")
+                with self._cond:
+                    self._check_cancelled()
+                    self._cond.wait(1.0)
+                device = self._online_choice(destination)
+        return device
+
+    def _online_choice(self, destination: str) -> str | None:
+        online = self.online()
+        if destination == ANY and online:
+            return ANY
+        if destination in online:
+            return destination
+        # Another device of the run first, else any connected device (the result names who measured).
+        wanted = [d for d in self.cfg.devices if d in online] or online
+        if wanted:
+            log.warning("device_offline_failover", device=destination, instead=wanted[0])
+            return wanted[0]
+        return None
+
+    def _seen(self) -> str:
+        with self._cond:
+            return ", ".join(f"{d}={s.get('state')}" for d, s in sorted(self.status.items())) or "none"
+
+    def _wait(self, job_id: str, device: str, digest: str, bar: Step) -> dict | None:
+        """The result, or None on timeout or when the device went offline (then the caller resends)."""
+        started = time.monotonic()
+        deadline = started + self.cfg.job_timeout_s
+        with self._cond:
+            while True:
+                bar.update(time.monotonic() - started, self.cfg.job_timeout_s, f"{time.monotonic() - started:.0f} s")
+                self._check_cancelled()
+                result = self.results.pop(job_id, None)
+                if result is not None and result.get("model_sha256") not in (digest, None):
+                    log.warning("result_for_another_model", job_id=job_id)  # a stale id reused: ignore it
+                    result = None
+                if result is not None:
+                    self._keep(job_id, result)
+                    return result
+                if device != ANY and self.status.get(device, {}).get("state") != "online":
+                    log.warning("device_lost", job_id=job_id, device=device)
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("job_timeout", job_id=job_id, device=device, timeout_s=self.cfg.job_timeout_s)
+                    return None
+                self._cond.wait(min(remaining, 1.0))

@@ -1,0 +1,132 @@
+"""How an offspring's speed is measured: in-process (ONNX Runtime) or on devices over MQTT.
+
+Both return the generation record's measurement fields (host_trainer/record.py). fps and
+latency_ms_* keep their names (from the first device); device-side facts keep theirs, or get a
+`device_` prefix where the plain name means something else in a record; with several devices every
+device's result sits under `devices`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_evolver.measure.benchmark import RESULT_KEYS, BenchSettings
+from edge_evolver.measure.pipeline import measure_model
+from host_trainer.fleet.jobs import Fleet
+from host_trainer.progress import NULL, Progress
+from host_trainer.record import GenerationRecord
+from host_trainer.tasks.base import Task
+
+BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
+DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision", "engine_build_s", "engine_bytes",
+               "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
+               "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
+AGREEMENT_SAMPLES = 8
+# Device fields whose plain names mean something else in a record (precision = the host's macro
+# precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
+PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
+
+
+class DeviceError(Exception):
+    """A device answered with an error result: the offspring is unfit (recorded, not fatal)."""
+
+
+class Measurer(Protocol):
+    parallel: bool  # may several measurements be in flight at once?
+
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]: ...
+    def publish(self, record: GenerationRecord) -> None: ...
+    def cancel(self) -> None: ...
+
+
+def _row_key(key: str) -> str:
+    return "device_" + key if key in PREFIXED else key
+
+
+def _timing(result: dict) -> dict:
+    return {k: result.get(k) for k in RESULT_KEYS if k == "fps" or k.startswith("latency_ms_")}
+
+
+class LocalMeasurer:
+    """The in-process benchmark (`--no-mqtt`): no devices, no power."""
+
+    parallel = False  # timings in this process must not overlap
+
+    def __init__(self, cfg: Any, progress: Progress = NULL) -> None:
+        self.settings = BenchSettings(batch=1, min_iterations=cfg.bench_min_iterations,
+                                      min_seconds=cfg.bench_min_seconds)
+        self.threads, self.backend, self.progress = cfg.bench_threads, cfg.bench_backend, progress
+
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]:
+        with self.progress.step(f"{name}: benchmarking in this process ({self.backend})"):
+            result = measure_model(onnx_bytes, backend=self.backend, settings=self.settings,
+                                   options={"threads": self.threads}).to_dict()
+        out = _timing(result)
+        out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
+        return out
+
+    def publish(self, record: GenerationRecord) -> None:
+        """No broker, no progress topic."""
+
+    def cancel(self) -> None:
+        """Nothing waits."""
+
+
+class FleetMeasurer:
+    """Each offspring as an MQTT job with agreement samples; the first device's numbers lead.
+
+    The task says how the device checks its engine's outputs (top-1 for classifiers, decoded boxes
+    for detectors) and which answers make the offspring unfit.
+    """
+
+    parallel = True  # K offspring may be in flight at once (the devices, not this host, do the work)
+
+    def __init__(self, fleet: Fleet, task: Task) -> None:
+        self.fleet, self.task = fleet, task
+
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]:
+        inputs, reference = host_reference(onnx_bytes, samples)
+        check = self.task.job_check()
+        extra = {"check": check} if check else {}
+        results = self.fleet.measure(name, onnx_bytes, inputs, reference, meta, **extra)
+        self._raise_on_failure(results)
+        first = next(iter(results.values()))
+        out = _timing(first)
+        out.update({_row_key(k): first.get(k) for k in DEVICE_KEYS})
+        agreement = first.get("agreement") or {}
+        out["agreement_max_abs_error"] = agreement.get("max_abs_error")
+        out["agreement_top1"] = agreement.get("top1_agreement")
+        out["agreement_boxes"] = agreement.get("box_agreement")
+        if len(results) > 1:
+            out["devices"] = {d: {**_timing(r), **{k: r.get(k) for k in DEVICE_KEYS}} for d, r in results.items()}
+        return out
+
+    def _raise_on_failure(self, results: dict[str, dict]) -> None:
+        """An error result, or an engine that does not compute the exported model, makes the offspring unfit."""
+        for device, result in results.items():
+            if result.get("status") != "ok":
+                raise DeviceError(f"device {result.get('device_id') or device}: {result.get('code')}: "
+                                  f"{result.get('message')}")
+        for device, result in results.items():
+            problem = self.task.disagreement(result.get("agreement"))
+            if problem:
+                raise DeviceError(f"device {result.get('device_id') or device}: engine disagrees with the "
+                                  f"exported model ({problem})")
+
+    def publish(self, record: GenerationRecord) -> None:
+        self.fleet.publish_progress(record)
+
+    def cancel(self) -> None:
+        self.fleet.cancel()
+
+
+def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The sample feeds and what the exported model computes on them here (ONNX Runtime, CPU):
+    the device's engine must agree."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    inputs = {session.get_inputs()[0].name: np.ascontiguousarray(samples, dtype=np.float32)}
+    return inputs, list(session.run(None, inputs))

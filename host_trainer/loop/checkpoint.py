@@ -1,0 +1,72 @@
+"""Self-describing checkpoints: JSON metadata plus a numpy `.npz` of tensors, no pickled objects.
+
+`checkpoint.json` holds the architecture (the model reference, the data shape and the width of
+every Conv/Linear layer), the generation, the parent and the seed. `weights.npz` holds the state
+dict and the synapse masks (`mask:<layer>`). Loading rebuilds the dense model, cuts each coupling
+group to its stored width with the dependency graph, then loads the stored values exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from host_trainer.method.compaction import shrink_to_widths, widths
+from host_trainer.models.registry import build_model, fixed_layers
+
+FORMAT = "edge-evolver-checkpoint/1"
+MASK_PREFIX = "mask:"
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def architecture(model: nn.Module, model_ref: str, num_classes: int, input_shape: tuple[int, ...]) -> dict:
+    return {"model": model_ref, "num_classes": num_classes, "input_shape": list(input_shape),
+            "widths": widths(model)}
+
+
+def build_architecture(arch: dict) -> nn.Module:
+    """A model with the stored architecture (weights not loaded yet)."""
+    shape = tuple(arch["input_shape"])
+    model = build_model(arch["model"], int(arch["num_classes"]), shape)  # type: ignore[arg-type]
+    example = torch.zeros((1, *shape))
+    return shrink_to_widths(model, arch["widths"], example, fixed_layers(model))
+
+
+def to_bytes(model: nn.Module, masks: dict[str, torch.Tensor]) -> bytes:
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays.update({MASK_PREFIX + k: v.cpu().numpy().astype(bool) for k, v in masks.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_checkpoint(folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write into `folder`, which the caller makes visible atomically (see runstore)."""
+    (folder / "weights.npz").write_bytes(to_bytes(model, masks))
+    (folder / "checkpoint.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{folder}: not an edge-evolver checkpoint ({meta.get('format')!r})")
+    model = build_architecture(meta["architecture"])
+    with np.load(folder / "weights.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    masks = {k[len(MASK_PREFIX):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(MASK_PREFIX)}
+    state = {k: torch.from_numpy(v) for k, v in arrays.items() if not k.startswith(MASK_PREFIX)}
+    model.load_state_dict(state, strict=True)
+    return Checkpoint(model=model, masks=masks, meta=meta)

@@ -1,0 +1,318 @@
+"""The generation loop: synthesis → compaction → training → restriction → export → measurement.
+
+Each offspring is a pure function of (parent checkpoint, config, generation, attempt): its seed
+comes from numpy's SeedSequence([seed, generation, attempt]) (plus the offspring index k when
+`--offspring` K > 1), so `--resume` reproduces exactly
+what an uninterrupted run computes. Every offspring, accepted or rejected, becomes one
+GenerationRecord (host_trainer/record.py) in the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch import nn
+
+from host_trainer.config import EvolveConfig
+from host_trainer.errors import UserError
+from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, DeviceError, Measurer
+from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop.controller import Controller, Goals, speed_pressure
+from host_trainer.loop.runstore import RunDir, atomic_write_json
+from host_trainer.loop.selection import pareto_front, select
+from host_trainer.loop.training import TrainConfig, train
+from host_trainer.method.compaction import cluster_groups, compact
+from host_trainer.method.export import sha256, to_onnx_bytes
+from host_trainer.method.masks import apply_masks, dense_masks
+from host_trainer.method.restriction import restrict
+from host_trainer.method.size import size_metrics
+from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
+from host_trainer.models.registry import build_model, fixed_layers
+from host_trainer.progress import NULL, RunView, Step
+from host_trainer.record import GenerationRecord
+from host_trainer.tasks.base import Task
+
+PARITY_SAMPLES = 256
+SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
+                "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
+PARETO = "pareto.json"
+log = structlog.get_logger("host_trainer")
+
+
+def derive_seed(seed: int, generation: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, generation, attempt]).generate_state(1)[0])
+
+
+def offspring_seed(seed: int, generation: int, attempt: int, k: int, count: int) -> int:
+    """One offspring's seed; with K = 1 exactly the single-offspring seed (runs stay comparable)."""
+    if count == 1:
+        return derive_seed(seed, generation, attempt)
+    return int(np.random.SeedSequence([seed, generation, attempt, k]).generate_state(1)[0])
+
+
+@dataclass
+class Member:
+    """One network of the lineage, in memory."""
+
+    generation: int
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    val_accuracy: float
+
+
+@dataclass
+class Candidate:
+    """An offspring on its way through export and measurement."""
+
+    member: Member
+    record: GenerationRecord
+    seed: int
+    onnx: bytes = b""
+
+
+class Evolution:
+    def __init__(self, cfg: EvolveConfig, data: Any, run: RunDir, measurer: Measurer, task: Task,
+                 view: RunView = NULL):
+        self.cfg, self.data, self.run, self.measurer, self.task, self.view = cfg, data, run, measurer, task, view
+        self.example = torch.zeros((1, *data.input_shape))
+        self.goals = Goals(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
+        self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0, self.goals)
+        self.records: list[GenerationRecord] = []
+        self.train_split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
+
+    # ---- the run -------------------------------------------------------------------------
+    def run_all(self, parent: Member | None = None) -> list[GenerationRecord]:
+        if parent is None:
+            parent = self.generation_zero()
+        baseline = float(self.records[0].val_accuracy or 0.0)
+        for generation in range(parent.generation + 1, self.cfg.generations + 1):
+            if self._goals_held():
+                log.info("targets_met", generation=parent.generation, hold=self.cfg.hold)
+                self.view.note(f"targets met for {self.cfg.hold} generations in a row: stopping after generation "
+                               f"{parent.generation}")
+                break
+            parent = self.next_generation(parent, generation, baseline)
+        return self.records
+
+    def _goals_held(self) -> bool:
+        accepted = [r for r in self.records if r.accepted and r.generation > 0]
+        recent = accepted[-self.cfg.hold:]
+        return self.goals.any() and len(recent) == self.cfg.hold and all(self.goals.met(r) for r in recent)
+
+    def _accepted(self, generation: int) -> GenerationRecord:
+        return next(r for r in reversed(self.records) if r.accepted and r.generation == generation)
+
+    def generation_zero(self) -> Member:
+        seed = derive_seed(self.cfg.seed, 0, 0)
+        torch.manual_seed(seed)
+        model = build_model(self.cfg.model, self.data.num_classes, self.data.input_shape)
+        masks = dense_masks(model)
+        loss = self._train(model, masks, 0, self.cfg.gen0_epochs, seed)
+        candidate = self._finish(model, masks, generation=0, parent=None, seed=seed, alpha=None, loss=loss)
+        self._commit(candidate)
+        return candidate.member
+
+    def next_generation(self, parent: Member, generation: int, baseline: float) -> Member:
+        fitness = self._accepted(parent.generation)
+        for attempt in range(self.cfg.max_attempts):
+            alpha = self.controller.alpha(baseline, parent.val_accuracy, attempt, fitness)
+            survivors = []
+            for k in range(self.cfg.offspring):
+                seed = offspring_seed(self.cfg.seed, generation, attempt, k, self.cfg.offspring)
+                child, masks, loss = self._offspring(parent, generation, seed, alpha)
+                candidate = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
+                candidate.record.update({"offspring": k, "speed_pressure": speed_pressure(self.goals, fitness),
+                                         "target_gap": self.goals.gap(fitness)})
+                reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
+                if reason is None:
+                    survivors.append(candidate)
+                else:
+                    self._reject(candidate.record, reason)
+            best = self._select(self._measure_all(survivors))
+            if best is not None:
+                self._land(best)
+                return best.member
+        return self._carry_over(parent, generation)
+
+    def _measure_all(self, survivors: list[Candidate]) -> list[Candidate]:
+        """Export and measure every survivor; on devices in parallel (K jobs in flight at once)."""
+        for candidate in survivors:
+            candidate.onnx = self._export(candidate)
+        started = time.perf_counter()
+        if self.measurer.parallel and len(survivors) > 1:
+            outcomes = self._measure_in_parallel(survivors)
+        else:
+            outcomes = [self._measure(c) for c in survivors]
+        measured = []
+        for candidate, error in zip(survivors, outcomes):
+            candidate.record.measure_batch_seconds = time.perf_counter() - started  # bench/loop.py reads it
+            if error is None:
+                measured.append(candidate)
+            else:  # e.g. a build failure on the device: unfit there
+                self._reject(candidate.record, f"device error: {error}")
+        return measured
+
+    def _measure_in_parallel(self, survivors: list[Candidate]) -> list[str | None]:
+        pool = ThreadPoolExecutor(max_workers=len(survivors))
+        try:
+            outcomes = list(pool.map(self._measure, survivors))
+        except BaseException:  # Ctrl-C or a FleetError: stop the other waits now, not after their timeouts
+            self.measurer.cancel()
+            pool.shutdown(wait=False)
+            raise
+        pool.shutdown()
+        return outcomes
+
+    def _select(self, measured: list[Candidate]) -> Candidate | None:
+        if not measured:
+            return None
+        winner = select([c.record for c in measured], self.goals)
+        for i, candidate in enumerate(measured):
+            if i != winner:
+                self._reject(candidate.record, f"not the fittest of {self.cfg.offspring} offspring")
+        return measured[winner]
+
+    def _reject(self, record: GenerationRecord, reason: str) -> None:
+        record.accepted, record.reject_reason = False, reason
+        self.records.append(record)
+        self.view.rejected(record)
+        log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
+
+    # ---- one offspring ---------------------------------------------------------------------
+    def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float]):
+        cfg = self.cfg
+        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
+        groups = cluster_groups(parent.model, self.example, fixed_layers(parent.model))
+        plan = plan_offspring(parent.model, groups, parent.masks, scfg, np.random.default_rng(seed))
+        child, masks = compact(parent.model, plan.masks, groups, plan.keep, self.example)
+        if cfg.init == "reinit":
+            torch.manual_seed(seed)
+            child = ckpt.build_architecture(self._architecture(child))
+        apply_masks(child, masks)
+        teacher = parent.model if cfg.distill > 0 else None
+        loss = self._train(child, masks, generation, cfg.epochs, seed, teacher)
+        return child, masks, loss
+
+    def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
+               teacher: nn.Module | None = None) -> float:
+        tcfg = TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
+        with self.view.step(f"gen {generation}: training") as bar:
+            return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, epochs))
+
+    def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
+                seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0) -> Candidate:
+        """Restrict precision, evaluate before and after, and start the offspring's record."""
+        with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"):
+            before = self.task.evaluate(model, self.data.test)
+            restrict(model, self.cfg.precision_format)
+            apply_masks(model, masks)
+            test = self.task.evaluate(model, self.data.test)
+            val = self.task.evaluate(model, self.data.val)
+        record = GenerationRecord(
+            generation=generation, parent=parent, attempt=attempt, seed=seed, task=self.task.name,
+            alpha=list(alpha) if alpha else None, alpha_c=alpha[0] if alpha else None,
+            alpha_s=alpha[1] if alpha else None, precision_format=self.cfg.precision_format,
+            val_accuracy=val.accuracy, train_loss=loss, accuracy_before_restriction=before.accuracy)
+        record.update(size_metrics(model, self.data.input_shape).to_dict()).update(test.to_dict())
+        return Candidate(Member(generation, model, masks, val.accuracy), record, seed)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def _commit(self, candidate: Candidate) -> None:
+        """Export, measure and land one member (generation 0, a carried-over parent)."""
+        candidate.onnx = self._export(candidate)
+        error = self._measure(candidate)
+        if error is not None:
+            raise UserError(f"generation {candidate.member.generation} could not be measured: {error}")
+        self._land(candidate)
+
+    def _export(self, candidate: Candidate) -> bytes:
+        member, record = candidate.member, candidate.record
+        started = time.perf_counter()
+        with self.view.step(f"gen {member.generation}: exporting ONNX and checking it against torch"):
+            onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision_format,
+                                       self.task.output_name)
+            parity = self.task.parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
+        if not parity.ok:
+            raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch (max abs err "
+                               f"{parity.max_abs_err:.4g}, {parity.metric} agreement {parity.agreement:.4f})")
+        record.update({"onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes), **parity.to_dict(),
+                       "export_seconds": time.perf_counter() - started})
+        return onnx_bytes
+
+    def _measure(self, candidate: Candidate) -> str | None:
+        """Measure into the record; the device's error message when it could not (None when fine)."""
+        record = candidate.record
+        name = f"g{record.generation:03d}.a{record.attempt}"
+        name += f".k{record.offspring}" if record.offspring else ""
+        name += ".carry" if record.carried_over else ""
+        started = time.perf_counter()
+        try:
+            record.update(self.measurer.measure(name, candidate.onnx, self.data.test.x[:AGREEMENT_SAMPLES],
+                                                {"generation": record.generation, "attempt": record.attempt}))
+        except DeviceError as exc:
+            return str(exc)
+        finally:
+            record.measure_seconds = time.perf_counter() - started  # publish -> result, or the local benchmark
+        return None
+
+    def _land(self, candidate: Candidate) -> None:
+        """Write the generation folder, then its record (folder first), the Pareto front, the progress."""
+        member, record = candidate.member, candidate.record
+        record.onnx_path = f"gen-{member.generation:03d}/model.onnx"
+        meta = {"generation": member.generation, "parent": record.parent, "seed": candidate.seed,
+                "architecture": self._architecture(member.model), "config": self.cfg.to_dict(),
+                "metrics": {k: getattr(record, k) for k in ("synapses", "clusters", "params", "macs", "accuracy")}}
+
+        def fill(folder: Path) -> None:
+            ckpt.write_checkpoint(folder, member.model, member.masks, meta)
+            (folder / "model.onnx").write_bytes(candidate.onnx)
+
+        self.run.commit_generation(member.generation, fill)
+        self.records.append(record)
+        self.run.write_records(self.records)
+        atomic_write_json(self.run.path / PARETO, pareto_front([r for r in self.records if r.fps is not None]))
+        self.view.generation(record)
+        self.measurer.publish(record)
+        log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
+
+    def _carry_over(self, parent: Member, generation: int) -> Member:
+        """No offspring survived: the parent lives on as this generation, recorded as such."""
+        carried = Member(generation, copy.deepcopy(parent.model), dict(parent.masks), parent.val_accuracy)
+        last = self._accepted(parent.generation)
+        record = dataclasses.replace(last, generation=generation, parent=parent.generation,
+                                     attempt=self.cfg.max_attempts, carried_over=True, accepted=True,
+                                     reject_reason=None, extra=dict(last.extra))
+        self._commit(Candidate(carried, record, seed=int(last.seed or 0)))
+        return carried
+
+    def _architecture(self, model: nn.Module) -> dict:
+        return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)
+
+
+def _epoch_reporter(bar: Step, epochs: float):
+    """The training loop's on_step, shown as `epoch 0.42/0.75  loss 0.412  acc 87.5%` on the bar."""
+    def on_step(step: int, total: int, loss: float, score: float | None) -> None:
+        info = f"epoch {step * epochs / max(1, total):.2f}/{epochs:g}  loss {loss:.3f}"
+        bar.update(step, total, info + (f"  acc {score:.1%}" if score is not None else ""))
+    return on_step
+
+
+def resume_member(run: RunDir, records: list[GenerationRecord]) -> Member:
+    last = records[-1]
+    folder = run.gen_dir(last.generation)
+    try:
+        checkpoint = ckpt.read_checkpoint(folder)
+    except UserError:
+        raise
+    except Exception as exc:  # a damaged or hand-edited checkpoint: say which, in one line
+        raise UserError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from None
+    return Member(last.generation, checkpoint.model, checkpoint.masks, float(last.val_accuracy or 0.0))

@@ -1,0 +1,125 @@
+"""The run directory. Every write is atomic, so a run killed at any instant (SIGKILL included)
+leaves only complete files and complete generation folders behind.
+
+    <run>/config.json           the EvolveConfig, written once
+    <run>/gen-003/              checkpoint.json, weights.npz, model.onnx of generation 3
+    <run>/generations.jsonl     one GenerationRecord per offspring attempt (accepted or rejected)
+    <run>/events.jsonl          the structured event log (appended; see host_trainer/events.py)
+
+A generation folder is built under a temporary name and renamed into place; the jsonl is
+rewritten whole through a temporary file and os.replace. The folder lands before its rows, so
+on resume a folder without an accepted row is left over from a kill and is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_evolver.files import atomic_write
+from host_trainer.errors import UserError
+from host_trainer.record import SCHEMA_VERSION, GenerationRecord
+
+CONFIG, GENERATIONS, EVENTS = "config.json", "generations.jsonl", "events.jsonl"
+FILE_MODE = 0o644  # run files are meant to be shared and read
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(path), data, mode=FILE_MODE)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_records(path: Path) -> list[GenerationRecord]:
+    """Every record of a generations.jsonl; a line that is not one is a UserError naming it."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read: {exc}") from None
+    return [_parse(path, n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _parse(path: Path, number: int, line: str) -> GenerationRecord:
+    try:
+        record = GenerationRecord.from_json(json.loads(line))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} line {number} is not valid JSON: {exc.msg}") from None
+    except ValueError as exc:
+        raise UserError(f"{path} line {number} is not a generation record: {exc}") from None
+    if record.schema > SCHEMA_VERSION:
+        raise UserError(f"{path} line {number} has record schema {record.schema}; this host-trainer reads up to "
+                        f"{SCHEMA_VERSION}: update it")
+    return record
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def gen_dir(self, generation: int) -> Path:
+        return self.path / f"gen-{generation:03d}"
+
+    def read_config(self) -> dict:
+        path = self.path / CONFIG
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path} cannot be read as JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{path} is not a JSON object")
+        return config
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_json(self.path / CONFIG, config)
+
+    def records(self) -> list[GenerationRecord]:
+        return read_records(self.path / GENERATIONS)
+
+    def write_records(self, records: list[GenerationRecord]) -> None:
+        text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
+        atomic_write_bytes(self.path / GENERATIONS, text.encode())
+
+    def commit_generation(self, generation: int, fill: Callable[[Path], None]) -> Path:
+        """Let `fill` write a complete folder under a temporary name, then rename it into place."""
+        final = self.gen_dir(generation)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.path))
+        try:
+            fill(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def completed_records(self) -> list[GenerationRecord]:
+        """Records up to the last accepted generation whose folder exists; later ones are discarded."""
+        records = self.records()
+        last = -1
+        for i, record in enumerate(records):
+            if record.accepted and self.gen_dir(record.generation).is_dir():
+                last = i
+        return records[: last + 1]
+
+    def clean_partial(self, last_generation: int) -> None:
+        """Remove temporary folders and generation folders beyond the last completed one."""
+        for child in self.path.iterdir():
+            temporary = child.name.startswith((".gen-", ".tmp-"))
+            if temporary and child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            elif temporary:
+                child.unlink(missing_ok=True)
+            elif (child.name.startswith("gen-") and child.name[4:].isdigit() and child.is_dir()
+                  and int(child.name[4:]) > last_generation):
+                shutil.rmtree(child)

@@ -1,0 +1,110 @@
+"""Starting and resuming a run: checks every input before anything is written, then drives
+`Evolution`. Bad input raises UserError while the run directory does not exist yet."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from host_trainer import events
+from host_trainer.config import EvolveConfig
+from host_trainer.errors import UserError
+from host_trainer.fleet.jobs import Fleet, FleetConfig
+from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
+from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
+from host_trainer.loop.evolve import Evolution, resume_member
+from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
+from host_trainer.models.registry import build_model
+from host_trainer.progress import NULL, RunView
+from host_trainer.record import GenerationRecord
+from host_trainer.tasks.base import Task
+from host_trainer.tasks.registry import load_data, make_task
+
+log = structlog.get_logger("host_trainer")
+
+
+@dataclass
+class Finished:
+    """A run that ended normally: where it is, and every record it holds."""
+
+    path: Path
+    records: list[GenerationRecord]
+
+
+def _prepare(cfg: EvolveConfig, view: RunView) -> tuple[Any, Task]:
+    """Load the data, build the model and the task once, so that bad input fails before any write."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
+    model = build_model(cfg.model, data.num_classes, data.input_shape)
+    return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model)
+
+
+def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
+    data, task = _prepare(cfg, view)
+    path = Path(parent_dir) / run_id
+    suffix = 1
+    while path.exists():
+        path, suffix = Path(parent_dir) / f"{run_id}-{suffix}", suffix + 1
+    path.mkdir(parents=True)
+    events.attach_run_log(path / EVENTS)
+    run = RunDir(path)
+    run.write_config(cfg.to_dict())
+    log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
+             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid())
+    view.note(f"run directory: {path}")
+    with measuring(cfg, path, task, view) as measurer:
+        return Finished(path, Evolution(cfg, data, run, measurer, task, view).run_all())
+
+
+def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Finished:
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UserError(f"not a run directory (no {CONFIG}): {path}")
+    run = RunDir(path)
+    cfg = EvolveConfig.from_dict(run.read_config())
+    if generations is not None and generations != cfg.generations:
+        cfg.generations = generations
+        run.write_config(cfg.to_dict())
+    data, task = _prepare(cfg.validate(), view)
+    records = run.completed_records()
+    last = records[-1].generation if records else -1
+    run.clean_partial(last)
+    run.write_records(records)
+    events.attach_run_log(path / EVENTS)
+    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations)
+    view.note(f"run directory: {path} (resuming after generation {last})")
+    with measuring(cfg, path, task, view) as measurer:
+        evolution = Evolution(cfg, data, run, measurer, task, view)
+        evolution.records = records
+        return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
+
+
+@contextlib.contextmanager
+def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NULL) -> Iterator[Measurer]:
+    """The measurer of a run: in-process (--no-mqtt), a fleet behind --broker, or the local fleet."""
+    if cfg.no_mqtt:
+        yield LocalMeasurer(cfg, view)
+        return
+    local = None if cfg.broker else LocalFleet(run_path / "embedded", cfg.bench_threads, cfg.prefix, view).start()
+    fleet = None
+    try:
+        fleet_cfg = FleetConfig(
+            broker=cfg.broker or (local.url if local else ""),
+            devices=list(cfg.devices) or ([] if cfg.any_device else [LOCAL_DEVICE]),
+            any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
+            job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
+            bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
+        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results", progress=view).start()
+        yield FleetMeasurer(fleet, task)
+    finally:
+        if fleet is not None:
+            fleet.close()
+        if local is not None:
+            local.stop()

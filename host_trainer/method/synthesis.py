@@ -1,0 +1,160 @@
+"""Synthesis: sample an offspring from its parent's synaptic strengths and the environment α.
+
+This is step 1 of docs/method.md:
+- heredity q = exp((s / max s - 1) / τ) over what exists in the layer;
+- `calibrated`: P = min(1, k·q) with k solved so that mean(P) = α exactly;
+  `darwin`: P = α·q, the papers' literal form;
+- clusters first (per coupling group), then synapses inside surviving clusters;
+- optional stochastic rounding of each layer's cluster count to a multiple m.
+
+The numpy functions here know nothing about torch; `plan_offspring` reads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from host_trainer.method.compaction import ClusterGroup
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    alpha_c: float
+    alpha_s: float
+    tau: float = 0.1
+    probability_model: str = "calibrated"
+    channel_multiple: int = 1
+
+
+@dataclass
+class OffspringPlan:
+    """What survives: kept channel indices per group root, and the new synapse masks (parent shapes)."""
+
+    keep: dict[str, np.ndarray]
+    masks: dict[str, torch.Tensor]
+    clusters_before: int
+    clusters_after: int
+
+
+def heredity(strength: np.ndarray, tau: float) -> np.ndarray:
+    """q = exp((s/z - 1)/τ), z = max s. Strength 0 everywhere gives q = 0 (nothing to inherit)."""
+    z = float(strength.max()) if strength.size else 0.0
+    if z <= 0.0:
+        return np.zeros_like(strength, dtype=np.float64)
+    return np.exp((strength.astype(np.float64) / z - 1.0) / tau)
+
+
+def calibrate(q: np.ndarray, alpha: float, iters: int = 60) -> np.ndarray:
+    """P = min(1, k q) with mean(P) = α, k found by bisection (the mean is monotone in k)."""
+    if q.size == 0:
+        return q.astype(np.float64)
+    if alpha >= 1.0:
+        return np.where(q > 0, 1.0, 0.0)
+    positive = q[q > 0]
+    if positive.size == 0:
+        return np.zeros_like(q, dtype=np.float64)
+    # Only items with q > 0 can be kept; if α exceeds their share, keep them all.
+    if alpha * q.size >= positive.size:
+        return np.where(q > 0, 1.0, 0.0)
+    lo, hi = 0.0, 1.0 / float(positive.min())
+    for _ in range(iters):
+        k = 0.5 * (lo + hi)
+        if np.minimum(1.0, k * q).mean() < alpha:
+            lo = k
+        else:
+            hi = k
+    return np.minimum(1.0, hi * q)
+
+
+def keep_probability(strength: np.ndarray, alpha: float, tau: float, model: str) -> np.ndarray:
+    q = heredity(strength, tau)
+    if model == "calibrated":
+        return calibrate(q, alpha)
+    if model == "darwin":
+        return np.clip(alpha * q, 0.0, 1.0)
+    raise ValueError(f"unknown probability model {model!r}; choose calibrated or darwin")
+
+
+def round_kept(kept: np.ndarray, strength: np.ndarray, alive: np.ndarray, m: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Round the kept count to a multiple of m, up or down at random in proportion (unbiased).
+
+    Rounding up adds the strongest dropped clusters; rounding down drops the weakest kept ones.
+    Always rounding up would undo every cut in narrow layers (docs/findings.md), so it is never done.
+    """
+    kept = kept.copy()
+    n, n_alive = int(kept.sum()), int(alive.sum())
+    if m > 1 and n % m:
+        lower = (n // m) * m
+        n = lower + m if rng.random() < (n - lower) / m else lower
+    target = int(np.clip(n, min(max(m, 1), n_alive), n_alive))
+    if target > kept.sum():
+        dropped = np.flatnonzero(alive & ~kept)
+        order = dropped[np.argsort(-strength[dropped], kind="stable")]
+        kept[order[: target - int(kept.sum())]] = True
+    elif target < kept.sum():
+        kept_idx = np.flatnonzero(kept)
+        order = kept_idx[np.argsort(strength[kept_idx], kind="stable")]
+        kept[order[: int(kept.sum()) - target]] = False
+    return kept
+
+
+def sample_clusters(strength: np.ndarray, cfg: SynthesisConfig, rng: np.random.Generator) -> np.ndarray:
+    """Boolean keep-vector for one group. Dead clusters (all-zero weights) are dropped outright."""
+    alive = strength > 0
+    p = np.zeros(strength.shape, dtype=np.float64)
+    if alive.any():
+        p[alive] = keep_probability(strength[alive], cfg.alpha_c, cfg.tau, cfg.probability_model)
+    kept = (rng.random(strength.shape) < p) & alive
+    if not kept.any():  # every layer keeps at least one cluster: the strongest
+        kept[int(np.argmax(strength))] = True
+        alive = alive.copy()
+        alive[int(np.argmax(strength))] = True
+    return round_kept(kept, strength, alive, cfg.channel_multiple, rng)
+
+
+def sample_synapses(weight: np.ndarray, mask: np.ndarray, rows: np.ndarray, cfg: SynthesisConfig,
+                    rng: np.random.Generator) -> np.ndarray:
+    """New mask for one layer: existing synapses of the surviving rows, each kept with its own P."""
+    exists = mask.astype(bool) & rows.reshape((-1,) + (1,) * (mask.ndim - 1))
+    new = np.zeros(mask.shape, dtype=bool)
+    strength = np.abs(weight[exists])
+    if strength.size == 0:
+        return new
+    p = keep_probability(strength, cfg.alpha_s, cfg.tau, cfg.probability_model)
+    new[exists] = rng.random(strength.shape) < p
+    return new
+
+
+def cluster_strength(model: torch.nn.Module, group: ClusterGroup) -> np.ndarray:
+    """S_c = Σ|w| over every coupled filter of channel c (all out-channel members of the group)."""
+    modules = dict(model.named_modules())
+    total = np.zeros(group.size, dtype=np.float64)
+    for name in group.members:
+        w = modules[name].weight.detach().double().abs().reshape(group.size, -1)
+        total += w.sum(dim=1).numpy()
+    return total
+
+
+def plan_offspring(model: torch.nn.Module, groups: list[ClusterGroup], masks: dict[str, torch.Tensor],
+                   cfg: SynthesisConfig, rng: np.random.Generator) -> OffspringPlan:
+    """Draw clusters group by group, then synapses layer by layer, in a fixed order (reproducible)."""
+    keep: dict[str, np.ndarray] = {}
+    rows_kept: dict[str, np.ndarray] = {}
+    for group in groups:
+        kept = sample_clusters(cluster_strength(model, group), cfg, rng)
+        keep[group.root] = np.flatnonzero(kept)
+        for name in group.members:
+            rows_kept[name] = kept
+    modules = dict(model.named_modules())
+    new_masks: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        weight = modules[name].weight.detach().numpy()
+        rows = rows_kept.get(name, np.ones(weight.shape[0], dtype=bool))
+        new_masks[name] = torch.from_numpy(sample_synapses(weight, mask.numpy(), rows, cfg, rng))
+    before = sum(g.size for g in groups)
+    after = sum(int(k.size) for k in keep.values())
+    return OffspringPlan(keep=keep, masks=new_masks, clusters_before=before, clusters_after=after)
