@@ -7,11 +7,12 @@ credentials; the job store; the engine cache; output agreement; the monitor tabl
 import hashlib
 import json
 import os
+import queue
 
 import numpy as np
 import pytest
 
-from edge_evolver.cli.monitor import MonitorState, render_table
+from edge_evolver.cli.monitor import MonitorState, changed_rows, render_table, row_json, row_line
 from edge_evolver.daemon.config import broker_with_credentials, build_config
 from edge_evolver.daemon.jobstore import JobStore
 from edge_evolver.errors import EdgeError, ErrorCode
@@ -229,6 +230,28 @@ def test_monitor_folds_topics_into_rows():
     assert [r["device_id"] for r in rows] == ["nano-1", "tx1-1"] and rows[1]["bad_payloads"] == 1
     table = render_table(rows)
     assert "nano-1" in table and "412.5" in table and "benchmarking" in table and "tensorrt" in table
+
+
+def test_monitor_lines_only_for_what_a_line_shows():
+    """Off a terminal: one line per device whose state, activity, job or last result changed."""
+    state, changed, shown = MonitorState(Topics()), queue.Queue(), {}
+
+    def apply(topic, data):
+        device = state.apply("edge-evolver/devices/" + topic, dumps(data))
+        if device is not None:
+            changed.put(device)
+
+    apply("nano-1/status", {"state": "online"})
+    apply("nano-1/telemetry", {"activity": "idle"})
+    apply("tx1-1/status", 7)  # JSON, but not an object: nothing a line shows changed, and never a crash
+    first = changed_rows(state, changed, shown)
+    assert [r["device_id"] for r in first] == ["nano-1"]  # once, though it changed twice
+    apply("nano-1/telemetry", {"activity": "idle", "fps": 3.0})  # only the fps: no new line
+    assert changed_rows(state, changed, shown) == []
+    apply("nano-1/results", {"job_id": "j1", "status": "ok", "fps": 99.5})
+    (row,) = changed_rows(state, changed, shown)
+    assert 'last_result="j1: 99.5 fps"' in row_line(row) and row_json(row)["last_fps"] == 99.5
+    assert "state=? " in row_line(state.row("tx1-1"))
 
 
 # ---- the detect check (docs/detection.md): decoded boxes of the engine vs the reference -------------

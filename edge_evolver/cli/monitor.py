@@ -6,6 +6,7 @@ rows are a table redrawn every second; elsewhere each device gets one line (``ro
 object from ``row_json``) whenever its state, activity, job or last result changes.
 """
 
+import queue
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -119,6 +120,19 @@ def row_json(row: Dict[str, Any]) -> Dict[str, Any]:
             "latency_ms_p50": telemetry.get("latency_ms_p50"), "power_w": telemetry.get("power_w"),
             "last_job_id": result.get("job_id"), "last_status": result.get("status"), "last_code": result.get("code"),
             "last_fps": result.get("fps"), "backend": status.get("backend"), "seen": row.get("seen")}
+
+
+def changed_rows(state: MonitorState, changed: "queue.Queue[str]", shown: Dict[str, tuple]) -> List[Dict[str, Any]]:
+    """The rows of the devices in ``changed`` whose line differs from the one last shown (``shown`` keeps
+    those): several messages between two ticks, or one that changes nothing a line shows, print nothing."""
+    out = []
+    while not changed.empty():
+        row = state.row(changed.get())
+        summary = _summary(row)
+        if shown.get(row["device_id"]) != summary:
+            shown[row["device_id"]] = summary
+            out.append(row)
+    return out
 
 
 def tick_until(duration: Optional[float], on_tick: Callable[[], None]) -> None:

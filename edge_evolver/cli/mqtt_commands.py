@@ -20,7 +20,7 @@ from ..errors import EdgeError, ErrorCode
 from ..mqtt import MqttConnection, parse_broker_url
 from ..protocol import DEFAULT_PREFIX, Topics
 from .logs import configure_logging
-from .monitor import MonitorState, render_table, row_json, row_line, subscriptions, tick_until
+from .monitor import MonitorState, changed_rows, render_table, row_json, row_line, subscriptions, tick_until
 from .support import fail as _fail
 
 
@@ -123,13 +123,13 @@ def serve(
 def _watch(state: MonitorState, changed: "queue.Queue[str]", duration: Optional[float], json_out: bool) -> None:
     """On a terminal, redraw the table every second; elsewhere (unless --duration), one line per change."""
     tty = sys.stdout.isatty() and not json_out
+    shown: Dict[str, tuple] = {}
 
     def tick() -> None:
         if tty:
             typer.echo("\x1b[2J\x1b[H" + render_table(state.snapshot()))
             return
-        while not changed.empty():
-            row = state.row(changed.get())
+        for row in changed_rows(state, changed, shown):
             if duration is None:
                 typer.echo(json.dumps(row_json(row), sort_keys=True) if json_out else row_line(row))
 

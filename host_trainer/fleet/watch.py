@@ -21,6 +21,7 @@ from typing import Any
 from edge_evolver.cli.monitor import COLUMNS as DEVICE_HEADERS
 from edge_evolver.cli.monitor import (
     MonitorState,
+    changed_rows,
     render_table,
     row_cells,
     row_json,
@@ -42,7 +43,8 @@ class RunState:
         self.topics, self.run_filter = topics, run_filter
         self.runs: dict[str, dict] = {}
         self.devices = MonitorState(topics)
-        self.updates: queue.Queue[tuple[str, str]] = queue.Queue()  # ("run" | "device", id)
+        self.runs_changed: queue.Queue[str] = queue.Queue()
+        self.devices_changed: queue.Queue[str] = queue.Queue()
         self._lock = threading.Lock()
 
     def apply(self, topic: str, payload: bytes) -> None:
@@ -50,7 +52,7 @@ class RunState:
         if not (topic.startswith(head) and topic.endswith("/generations")):
             device = self.devices.apply(topic, payload)
             if device is not None:
-                self.updates.put(("device", device))
+                self.devices_changed.put(device)
             return
         run_id = topic[len(head):-len("/generations")]
         if self.run_filter and run_id != self.run_filter:
@@ -62,7 +64,7 @@ class RunState:
             return
         with self._lock:
             self.runs[run_id] = dict(row, _seen=time.time())
-        self.updates.put(("run", run_id))
+        self.runs_changed.put(run_id)
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -101,15 +103,15 @@ def _rich_tables(snapshot: dict) -> Any:
     return Group(runs, "", devices)
 
 
-def _line(state: RunState, kind: str, key: str, json_out: bool) -> str:
-    if kind == "run":
-        row = state.snapshot()["runs"].get(key, {})
-        if json_out:
-            return json.dumps({"kind": "run", "run_id": key, **{k: v for k, v in row.items() if k != "_seen"}},
-                              sort_keys=True, default=str)
-        return "run " + " ".join(f"{h.replace(' ', '_')}={c}" for h, c in zip(RUN_HEADERS,
-                                                                            run_cells(key, row, time.time())))
-    device = state.devices.row(key)
+def _run_line(run_id: str, row: dict, json_out: bool) -> str:
+    if json_out:
+        return json.dumps({"kind": "run", "run_id": run_id, **{k: v for k, v in row.items() if k != "_seen"}},
+                          sort_keys=True, default=str)
+    cells = run_cells(run_id, row, time.time())
+    return "run " + " ".join(f"{h.replace(' ', '_')}={c}" for h, c in zip(RUN_HEADERS, cells))
+
+
+def _device_line(device: dict, json_out: bool) -> str:
     if json_out:
         return json.dumps({"kind": "device", **row_json(device)}, sort_keys=True, default=str)
     return "device " + row_line(device)
@@ -124,9 +126,19 @@ def _follow(state: RunState, json_out: bool) -> None:
             tick_until(None, lambda: None)
         return
 
+    shown_runs: dict[str, Any] = {}
+    shown_devices: dict[str, tuple] = {}
+
     def tick() -> None:
-        while not state.updates.empty():
-            print(_line(state, *state.updates.get(), json_out), flush=True)
+        runs = state.snapshot()["runs"]
+        while not state.runs_changed.empty():
+            run_id = state.runs_changed.get()
+            row = runs.get(run_id, {})
+            if shown_runs.get(run_id) != row.get("generation"):  # a new generation, not the same one again
+                shown_runs[run_id] = row.get("generation")
+                print(_run_line(run_id, row, json_out), flush=True)
+        for device in changed_rows(state.devices, state.devices_changed, shown_devices):
+            print(_device_line(device, json_out), flush=True)
 
     tick_until(None, tick)
 
