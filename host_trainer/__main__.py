@@ -2,4 +2,5 @@
 
 from host_trainer.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

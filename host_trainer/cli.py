@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from edge_evolver.cli.support import run_app
-from host_trainer.config import default_text
+from host_trainer.config import WATCH_BROKER, default_of, default_text
 from host_trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -176,9 +176,9 @@ def report(run: Path = typer.Argument(..., help="A run directory made by `host-t
 
 @app.command()
 def watch(
-    broker: str = typer.Option("mqtt://localhost:1883", "--broker", envvar=_env("broker"),
+    broker: str = typer.Option(WATCH_BROKER, "--broker", envvar=_env("broker"),
                                help="mqtt://host:port (the embedded run prints its own)."),
-    prefix: str = typer.Option("edge-evolver", "--prefix", envvar=_env("prefix")),
+    prefix: str = typer.Option(default_of("prefix"), "--prefix", envvar=_env("prefix"), help="MQTT topic prefix."),
     run: Optional[str] = typer.Option(None, "--run", envvar=_env("run"), help="Only this run id (its directory name)."),
     duration: Optional[float] = typer.Option(None, "--duration", envvar=_env("duration"),
                                              help="Watch this long, print once, exit."),

@@ -21,6 +21,7 @@ INITS = ("inherit", "reinit")
 # Detection's budget was measured on shapes-det (docs/detection.md, bench/detect.py): 12 epochs bring the dense
 # det-small to 66% mAP@0.5 at an operating point (score >= 0.3) its offspring keep; 24 epochs reach 74% but move
 # that point (precision 72%, recall 70%), which short offspring training then does not hold.
+WATCH_BROKER = "mqtt://localhost:1883"  # `host-trainer watch` without --broker (a run's own broker is printed)
 DETECT_DEFAULTS: dict[str, Any] = {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
                                    "gen0_epochs": 12.0, "batch_size": 64}
 
@@ -118,16 +119,30 @@ class EvolveConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvolveConfig:
-        """A config.json as written by any version: older ones said `precision` for `precision_format`."""
+        """A config.json as written by any version (0.1 said `precision` for `precision_format`); a value of
+        the wrong type is a one-line UserError naming it, unknown keys are ignored."""
         data = dict(data)
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {k: v for k, v in data.items() if k in _FIELD_DEFAULTS}
+        for key, value in known.items():
+            if not _same_kind(value, _FIELD_DEFAULTS[key]):
+                raise UserError(f"config.json: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
+        return cls(**known)
 
 
 _FIELD_DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
                    for f in fields(EvolveConfig)}
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, type(default))
 
 
 def default_of(name: str, task: str = "classify") -> Any:

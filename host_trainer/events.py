@@ -69,15 +69,16 @@ _current: EventLog | None = None
 def configure(level: str, show: Show | None, shown_from: str) -> EventLog:
     """Route every host event through one EventLog; `level` filters what is logged at all."""
     global _current
-    if str(level).lower() not in LEVELS:
-        raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
-    if _current is not None:
-        _current.close()
+    level, shown_from = str(level).lower(), str(shown_from).lower()
+    for name in (level, shown_from):
+        if name not in LEVELS:
+            raise ValueError(f"unknown log level {name!r}; use one of {', '.join(LEVELS)}")
+    close()
     _current = EventLog(show, shown_from)
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso"),
                     structlog.processors.format_exc_info, _current],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[str(level).lower()]),
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(),  # never reached: the EventLog drops every event
         cache_logger_on_first_use=False,
     )
@@ -91,5 +92,9 @@ def attach_run_log(path: Path) -> None:
 
 
 def close() -> None:
+    """End the run's log: the file is closed and structlog goes back to its defaults (nothing is held)."""
+    global _current
     if _current is not None:
         _current.close()
+        _current = None
+        structlog.reset_defaults()

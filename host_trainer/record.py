@@ -125,30 +125,55 @@ class GenerationRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> GenerationRecord:
-        """Read one row; a wrong type in a known field is a ValueError naming the field."""
+        """Read one row; a wrong type in a known field is a ValueError naming the field.
+
+        Absent or null: `schema` reads as 1 (rows from before this type carry none), `attempt` as 0,
+        `accepted` and `carried_over` as false (a row that does not say it was accepted was not)."""
         if not isinstance(data, Mapping):
             raise ValueError("not a JSON object")
         if not _accepts("int", data.get("generation")) or data.get("generation") is None:
             raise ValueError("no integer 'generation'")
-        known, extra = {}, {}
+        known: dict[str, Any] = dict(READ_DEFAULTS)
+        extra: dict[str, Any] = {}
         for key, value in data.items():
-            if key in KINDS:
-                if value is not None and not _accepts(KINDS[key], value):
-                    raise ValueError(f"{key!r} must be {_ARTICLE[KINDS[key]]}, got {value!r}")
-                known[key] = value
-            else:
+            if key not in KINDS:
                 extra[key] = value
-        known.setdefault("schema", 1)  # rows from before the typed record carry no version
+            elif value is not None or key not in READ_DEFAULTS:
+                check(key, value)
+                known[key] = value
         return cls(**known, extra=extra)
 
     def update(self, values: Mapping[str, Any]) -> GenerationRecord:
-        """Set fields by name (a measurer's or metric's dict); an unknown name is a programming error."""
+        """Set fields by name (a measurer's or metric's dict). An unknown name is a KeyError, a value of the
+        wrong type a ValueError: what a record holds, it can always read back (`sanitized` cleans input)."""
         unknown = sorted(set(values) - set(KINDS))
         if unknown:
             raise KeyError(f"not generation record fields: {', '.join(unknown)}")
         for key, value in values.items():
+            check(key, value)
             setattr(self, key, value)
         return self
+
+
+def check(key: str, value: Any) -> None:
+    """A ValueError naming the field when `value` (None allowed) is not of the field's kind."""
+    if value is not None and not _accepts(KINDS[key], value):
+        raise ValueError(f"{key!r} must be {_ARTICLE[KINDS[key]]}, got {value!r}")
+
+
+def sanitized(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values fit for the record, values refused) for input from outside (a device's result): an integral
+    float in an int field becomes an int; any other value of the wrong type is refused (and None kept)."""
+    fit, refused = {}, {}
+    for key, value in values.items():
+        if KINDS.get(key) == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        try:
+            check(key, value)
+            fit[key] = value
+        except ValueError:
+            fit[key], refused[key] = None, value
+    return fit, refused
 
 
 def _accepts(kind: str, value: Any) -> bool:
@@ -171,6 +196,7 @@ _ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "
             "list": "a list", "dict": "an object", "any": "anything"}
 FIELDS = tuple(f for f in fields(GenerationRecord) if f.name != "extra")
 KINDS = {f.name: f.metadata["kind"] for f in FIELDS}
+READ_DEFAULTS = {"schema": 1, "attempt": 0, "accepted": False, "carried_over": False}
 
 
 def lineage(records: Iterable[GenerationRecord]) -> list[GenerationRecord]:
@@ -217,7 +243,10 @@ class Column:
         if isinstance(value, bool):
             return str(value).lower()
         if isinstance(value, _NUMBER):
-            return format(value * self.scale if self.scale != 1.0 else value, self.spec)
+            try:
+                return format(value * self.scale if self.scale != 1.0 else value, self.spec)
+            except (OverflowError, ValueError):  # an integer too large for a float, from a hand-edited file
+                return missing
         return str(value)
 
 
@@ -227,7 +256,7 @@ COLUMNS = {c.key: c for c in (
     Column("synapses", "synapses", ","),
     Column("clusters", "clusters", ","),
     Column("params", "params", ","),
-    Column("macs", "MMACs", ".2f", 1e-6),
+    Column("macs", "MMACs", ".3f", 1e-6),
     Column("accuracy", "acc %", ".2f", 100.0, detect_header="mAP@0.5 %"),
     Column("precision", "prec %", ".2f", 100.0),
     Column("recall", "rec %", ".2f", 100.0),

@@ -25,7 +25,7 @@ CARRIED = "(carried over: no offspring survived)"
 # Left out, in this order, when the terminal is too narrow for every column.
 OPTIONAL = ("clusters", "latency_ms_p99", "recall", "precision")
 # Plain-text widths, so that rows printed one at a time line up under the header.
-WIDTHS = {"generation": 3, "alpha_c": 5, "synapses": 9, "clusters": 8, "params": 9, "macs": 7, "accuracy": 6,
+WIDTHS = {"generation": 3, "alpha_c": 5, "synapses": 9, "clusters": 8, "params": 9, "macs": 8, "accuracy": 6,
           "precision": 6, "recall": 6, "fps": 8, "latency_ms_p50": 7, "latency_ms_p99": 7}
 
 
@@ -79,8 +79,10 @@ class Terminal:
 
             self._console = Console(file=self.stream, force_terminal=True if self.forced else None,
                                     width=160 if self.forced and not self.stream.isatty() else None)
-            self._bars = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), _count_column(),
-                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self._console)
+            # markup=False: labels and info carry job ids and device states, which are no rich markup
+            self._bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(bar_width=24),
+                                  _count_column(), TextColumn("{task.fields[info]}", markup=False),
+                                  TimeElapsedColumn(), console=self._console)
             self._region = Live(console=self._console, get_renderable=self._render, refresh_per_second=4,
                                 transient=True, redirect_stdout=False, redirect_stderr=False)
             self._region.start()
@@ -162,6 +164,7 @@ class Terminal:
 
     def _table(self, records: list[GenerationRecord], hidden: int = 0) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         task = records[-1].task
         keys = self._fitting_columns(task)
@@ -172,7 +175,7 @@ class Terminal:
         for r in records:
             cells = [COLUMNS[k].text(r) for k in keys]
             cells[0] += "*" if r.carried_over else ""
-            table.add_row(*cells)
+            table.add_row(*(Text(cell) for cell in cells))
         if any(r.carried_over for r in records):
             table.caption = (table.caption + "; " if table.caption else "") + f"* {CARRIED}"
         return table

@@ -40,7 +40,7 @@ def _imports(path: Path, modules: set[str], root: Path) -> set[str]:
         for name in names:
             while name and name not in modules:
                 name = name.rpartition(".")[0]
-            if name and name != me and not name.startswith(me + "."):
+            if name and name != me:  # a package __init__ importing its submodules counts too
                 found.add(name)
     return found
 

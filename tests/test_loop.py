@@ -325,3 +325,33 @@ def test_an_engine_that_disagrees_makes_the_offspring_unfit():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
     with pytest.raises(DeviceError, match="engine disagrees"):
         FleetMeasurer(FakeFleet(), task).measure("g001.a0", model, np.zeros((8, 4), np.float32), {})
+
+
+def test_watch_survives_odd_progress_and_device_payloads():
+    import io
+
+    from rich.console import Console
+
+    from edge_evolver.protocol import Topics
+    from host_trainer.fleet.watch import RunState, _rich_tables, render, run_cells
+
+    state = RunState(Topics())
+    row = {"generation": 4, "synapses": 10, "published_at": "yesterday"}
+    state.apply("edge-evolver/runs/r1/generations", json.dumps(row).encode())
+    state.apply("edge-evolver/runs/r2/generations", json.dumps({"generation": "four"}).encode())  # not a record
+    state.apply("edge-evolver/devices/tx1/status", json.dumps({"state": "[/x]", "backend": "[bold]"}).encode())
+    snapshot = state.snapshot()
+    assert list(snapshot["runs"]) == ["r1"]
+    assert run_cells("r1", snapshot["runs"]["r1"], time.time())[-1] == "0"  # aged by arrival, not by "yesterday"
+    assert "[/x]" in render(snapshot)
+    console = Console(file=io.StringIO(), width=200)
+    console.print(_rich_tables(snapshot))
+    assert "[/x]" in console.file.getvalue() and "[bold]" in console.file.getvalue()
+
+
+def test_a_damaged_kept_result_is_measured_again(tmp_path):
+    from host_trainer.fleet.jobs import Fleet, FleetConfig
+
+    fleet = Fleet(FleetConfig(broker="mqtt://127.0.0.1:1"), "run-1", results_dir=tmp_path)
+    (tmp_path / "run-1.g000.a0.local.json").write_text("[1, 2]")
+    assert fleet._stored("run-1.g000.a0.local", "abc") is None

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from host_trainer.cli import app
 from host_trainer.errors import UserError
 from host_trainer.loop.runstore import RunDir, read_records
-from host_trainer.record import COLUMNS, FIELDS, SCHEMA_VERSION, GenerationRecord, lineage
+from host_trainer.record import COLUMNS, FIELDS, SCHEMA_VERSION, GenerationRecord, lineage, sanitized
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 
@@ -80,7 +80,7 @@ def test_update_refuses_a_name_that_is_no_field() -> None:
 def test_columns_format_once_for_every_view() -> None:
     record = GenerationRecord(generation=2, macs=4_000_000, accuracy=0.9277, fps=12345.6, synapses=16961)
     assert [COLUMNS[k].text(record) for k in ("generation", "macs", "accuracy", "fps", "synapses", "recall")] == \
-        ["2", "4.00", "92.77", "12,346", "16,961", "-"]
+        ["2", "4.000", "92.77", "12,346", "16,961", "-"]
     assert COLUMNS["accuracy"].title("detect") == "mAP@0.5 %" and COLUMNS["accuracy"].title("classify") == "acc %"
     assert COLUMNS["fps"].text({"fps": float("nan")}) == "-"  # a mapping (a watched row) works too
 
@@ -113,3 +113,32 @@ def test_resume_continues_a_run_of_version_0_1(tmp_path: Path) -> None:
     assert after[2].parent == 1 and after[2].fps and after[2].device_id == "local"
     config = json.loads((run / "config.json").read_text())  # rewritten for the new --generations, in today's keys
     assert config["precision_format"] == "fp16" and config["generations"] == 2 and "precision" not in config
+
+
+def test_a_device_value_of_the_wrong_type_is_recorded_as_null() -> None:
+    fit, refused = sanitized({"engine_bytes": 12.0, "clocks_locked": "unknown", "fps": 99.5, "device_id": None})
+    assert fit == {"engine_bytes": 12, "clocks_locked": None, "fps": 99.5, "device_id": None}
+    assert refused == {"clocks_locked": "unknown"}
+    record = GenerationRecord(generation=1).update(fit)
+    assert GenerationRecord.from_json(record.to_json()) == record  # what it holds, it reads back
+    with pytest.raises(ValueError, match="'engine_bytes' must be an integer"):
+        GenerationRecord(generation=1).update({"engine_bytes": 12.5})
+
+
+def test_absent_or_null_bookkeeping_fields_read_safely() -> None:
+    record = GenerationRecord.from_json({"generation": 2, "schema": None, "attempt": None, "carried_over": None})
+    assert (record.schema, record.attempt, record.accepted, record.carried_over) == (1, 0, False, False)
+    assert GenerationRecord.from_json({"generation": 2, "accepted": True}).accepted
+
+
+def test_an_integer_too_large_for_a_float_shows_as_missing() -> None:
+    record = GenerationRecord(generation=1, macs=10 ** 400)
+    assert COLUMNS["macs"].text(record) == "-"
+
+
+def test_a_config_json_of_the_wrong_types_is_one_line(tmp_path: Path) -> None:
+    from host_trainer.config import EvolveConfig
+
+    for bad in ({"generations": "ten"}, {"alpha_c": None}, {"devices": "tx1"}, {"no_mqtt": 1}):
+        with pytest.raises(UserError, match=repr(next(iter(bad)))):
+            EvolveConfig.from_dict(bad)

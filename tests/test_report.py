@@ -109,7 +109,7 @@ def test_table_has_one_row_per_accepted_generation(report: str) -> None:
     rows = [line for line in report.splitlines() if re.match(r"^\| \d+\*? \| [\d.–]+ \| [\d,]+ \|", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "1", "2", "3"]
     gen3 = [c.strip() for c in rows[3].split("|")[1:-1]]
-    assert gen3 == ["3", "0.850", "10,000", "170", "30,000", "1.00", "93.50", "92.50", "94.00", "2,500",
+    assert gen3 == ["3", "0.850", "10,000", "170", "30,000", "1.000", "93.50", "92.50", "94.00", "2,500",
                     "0.900", "1.500", "20.0", "333333333333"]
     assert [c.strip() for c in rows[2].split("|")[1:-1]][9] == "–"  # the missing fps
 

@@ -86,3 +86,19 @@ def test_events_go_to_the_run_log_and_to_the_terminal_by_level(tmp_path: Path,
 def test_an_event_off_a_tty_is_its_json_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     Terminal(io.StringIO(), live=False).event({"event": "job_retry", "level": "warning"}, '{"event": "job_retry"}')
     assert capsys.readouterr().err == '{"event": "job_retry"}\n'
+
+
+def test_text_from_devices_is_never_read_as_markup() -> None:
+    """A device state or job id like `[/x]` would be a rich markup error in a bar, a table or a warning."""
+    out = io.StringIO()
+    with Terminal(out, live=True) as terminal:
+        with terminal.step("g001.a0.[/x]: waiting", total=10) as bar:
+            bar.update(3, 10, "seen: d1=[/x]")
+            terminal.event({"event": "waiting_for_device", "level": "warning", "seen": "d1=[/x]"}, "{}")
+        terminal.generation(GenerationRecord(generation=0, task="[/x]", synapses=1))
+    assert "seen: d1=[/x]" in ANSI.sub("", out.getvalue())
+
+
+def test_log_levels_are_read_in_any_case(tmp_path: Path) -> None:
+    events.configure("INFO", None, shown_from="WARNING")
+    events.close()

@@ -126,10 +126,11 @@ def _watch(state: MonitorState, changed: "queue.Queue[str]", duration: Optional[
     shown: Dict[str, tuple] = {}
 
     def tick() -> None:
+        rows = changed_rows(state, changed, shown)  # drained on a terminal too, so that the queue never grows
         if tty:
             typer.echo("\x1b[2J\x1b[H" + render_table(state.snapshot()))
             return
-        for row in changed_rows(state, changed, shown):
+        for row in rows:
             if duration is None:
                 typer.echo(json.dumps(row_json(row), sort_keys=True) if json_out else row_line(row))
 

@@ -157,7 +157,9 @@ class Fleet:
             return None
         try:
             result = json.loads(path.read_text())
-        except ValueError:
+        except (OSError, ValueError):
+            return None
+        if not isinstance(result, dict):  # damaged by hand: measure again
             return None
         return result if result.get("model_sha256") in (digest, None) else None
 

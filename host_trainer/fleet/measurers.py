@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+import structlog
 
 from edge_evolver.measure.benchmark import RESULT_KEYS, BenchSettings
 from edge_evolver.measure.pipeline import measure_model
 from host_trainer.fleet.jobs import Fleet
 from host_trainer.progress import NULL, Progress
-from host_trainer.record import GenerationRecord
+from host_trainer.record import GenerationRecord, sanitized
 from host_trainer.tasks.base import Task
 
 BENCH_PREFIXED = ("iterations", "seconds", "status", "code", "message", "backend", "backend_version", "threads")
@@ -24,6 +25,7 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
+log = structlog.get_logger("host_trainer.fleet")
 # Device fields whose plain names mean something else in a record (precision = the host's macro
 # precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
 PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
@@ -95,13 +97,16 @@ class FleetMeasurer:
         first = next(iter(results.values()))
         out = _timing(first)
         out.update({_row_key(k): first.get(k) for k in DEVICE_KEYS})
-        agreement = first.get("agreement") or {}
+        agreement = _agreement(first)
         out["agreement_max_abs_error"] = agreement.get("max_abs_error")
         out["agreement_top1"] = agreement.get("top1_agreement")
         out["agreement_boxes"] = agreement.get("box_agreement")
         if len(results) > 1:
             out["devices"] = {d: {**_timing(r), **{k: r.get(k) for k in DEVICE_KEYS}} for d, r in results.items()}
-        return out
+        fit, refused = sanitized(out)
+        if refused:  # a board of another version, or a broken one: the run goes on, the record stays readable
+            log.warning("device_field_refused", device=first.get("device_id"), fields=refused)
+        return fit
 
     def _raise_on_failure(self, results: dict[str, dict]) -> None:
         """An error result, or an engine that does not compute the exported model, makes the offspring unfit."""
@@ -110,7 +115,7 @@ class FleetMeasurer:
                 raise DeviceError(f"device {result.get('device_id') or device}: {result.get('code')}: "
                                   f"{result.get('message')}")
         for device, result in results.items():
-            problem = self.task.disagreement(result.get("agreement"))
+            problem = self.task.disagreement(_agreement(result))
             if problem:
                 raise DeviceError(f"device {result.get('device_id') or device}: engine disagrees with the "
                                   f"exported model ({problem})")
@@ -120,6 +125,11 @@ class FleetMeasurer:
 
     def cancel(self) -> None:
         self.fleet.cancel()
+
+
+def _agreement(result: dict) -> dict:
+    agreement = result.get("agreement")
+    return agreement if isinstance(agreement, dict) else {}  # a result without a usable check says nothing
 
 
 def host_reference(onnx_bytes: bytes, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:

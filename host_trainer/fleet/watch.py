@@ -11,6 +11,7 @@ watcher sees it at once); devices from their status, telemetry and results, via 
 from __future__ import annotations
 
 import json
+import math
 import queue
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 import uuid
 from typing import Any
 
+from edge_evolver.cli.logs import configure_logging
 from edge_evolver.cli.monitor import COLUMNS as DEVICE_HEADERS
 from edge_evolver.cli.monitor import (
     MonitorState,
@@ -73,8 +75,11 @@ class RunState:
 
 
 def run_cells(run_id: str, row: dict, now: float) -> list[str]:
-    # A retained row may be old: age it by when it was published, not when it arrived.
-    age = now - float(row.get("published_at") or row["_seen"])
+    # A retained row may be old: age it by when it was published, not when it arrived (when it says).
+    published: Any = row.get("published_at")
+    if not (isinstance(published, (int, float)) and not isinstance(published, bool) and math.isfinite(published)):
+        published = row["_seen"]
+    age = now - float(published)
     return [run_id, *(COLUMNS[k].text(row) for k in WATCH_COLUMNS), f"{age:.0f}"]
 
 
@@ -92,14 +97,15 @@ def render(snapshot: dict) -> str:
 def _rich_tables(snapshot: dict) -> Any:
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     now = time.time()
     runs = Table(*RUN_HEADERS, title="runs", box=None, header_style="bold", title_justify="left")
     for run_id, row in snapshot["runs"].items():
-        runs.add_row(*run_cells(run_id, row, now))
+        runs.add_row(*(Text(cell) for cell in run_cells(run_id, row, now)))  # Text: what devices send is no markup
     devices = Table(*DEVICE_HEADERS, title="devices", box=None, header_style="bold", title_justify="left")
     for row in snapshot["devices"]:
-        devices.add_row(*row_cells(row, now))
+        devices.add_row(*(Text(cell) for cell in row_cells(row, now)))
     return Group(runs, "", devices)
 
 
@@ -119,31 +125,42 @@ def _device_line(device: dict, json_out: bool) -> str:
 
 def _follow(state: RunState, json_out: bool) -> None:
     """Until Ctrl-C: a live table on a terminal, else one line per update."""
-    if sys.stdout.isatty() and not json_out:
-        from rich.live import Live
-
-        with Live(get_renderable=lambda: _rich_tables(state.snapshot()), refresh_per_second=1):
-            tick_until(None, lambda: None)
-        return
-
     shown_runs: dict[str, Any] = {}
     shown_devices: dict[str, tuple] = {}
 
-    def tick() -> None:
-        runs = state.snapshot()["runs"]
+    def lines() -> list[str]:
+        """Drained every tick, on a terminal too, so that the queues never grow."""
+        changed = set()
         while not state.runs_changed.empty():
-            run_id = state.runs_changed.get()
+            changed.add(state.runs_changed.get())
+        runs = state.snapshot()["runs"]  # after draining: every change taken is in it
+        out = []
+        for run_id in sorted(changed):
             row = runs.get(run_id, {})
             if shown_runs.get(run_id) != row.get("generation"):  # a new generation, not the same one again
                 shown_runs[run_id] = row.get("generation")
-                print(_run_line(run_id, row, json_out), flush=True)
-        for device in changed_rows(state.devices, state.devices_changed, shown_devices):
-            print(_device_line(device, json_out), flush=True)
+                out.append(_run_line(run_id, row, json_out))
+        devices = changed_rows(state.devices, state.devices_changed, shown_devices)
+        return out + [_device_line(device, json_out) for device in devices]
 
-    tick_until(None, tick)
+    def show() -> None:
+        for line in lines():
+            print(line, flush=True)
+
+    if sys.stdout.isatty() and not json_out:
+        from rich.live import Live
+
+        def drain() -> None:
+            lines()  # the table shows it all: the lines are only drained
+
+        with Live(get_renderable=lambda: _rich_tables(state.snapshot()), refresh_per_second=1):
+            tick_until(None, drain)
+        return
+    tick_until(None, show)
 
 
 def watch(broker: str, prefix: str, run_id: str | None, duration: float | None, json_out: bool) -> int:
+    configure_logging("warning")  # the MQTT layer's warnings go to stderr, never between the lines of stdout
     topics = Topics(prefix)
     state = RunState(topics, run_id)
     conn = MqttConnection(parse_broker_url(broker), f"host-trainer-watch-{uuid.uuid4().hex[:8]}", persistent=False)

@@ -26,6 +26,9 @@ from host_trainer.errors import UserError
 from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
 CONFIG, GENERATIONS, EVENTS = "config.json", "generations.jsonl", "events.jsonl"
+# Temporary names a killed run leaves: generation folders and atomic writes (`.tmp-`), and the atomic
+# writes of 0.1 (`.<file name>.<random>`).
+TEMPORARY = (".gen-", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", ".pareto.json.")
 FILE_MODE = 0o644  # run files are meant to be shared and read
 
 
@@ -115,7 +118,7 @@ class RunDir:
     def clean_partial(self, last_generation: int) -> None:
         """Remove temporary folders and generation folders beyond the last completed one."""
         for child in self.path.iterdir():
-            temporary = child.name.startswith((".gen-", ".tmp-"))
+            temporary = child.name.startswith(TEMPORARY)
             if temporary and child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             elif temporary:

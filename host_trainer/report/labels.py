@@ -16,7 +16,10 @@ def num(record: GenerationRecord, key: str, scale: float = 1.0) -> float:
     """The value as a float, NaN when missing, so that matplotlib leaves a gap instead of failing."""
     value = getattr(record, key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) * scale
+        try:
+            return float(value) * scale
+        except OverflowError:  # an integer too large for a float, from a hand-edited file
+            return math.nan
     return math.nan
 
 

@@ -55,7 +55,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarra
 def agreement_problem(agreement: dict | None, key: str, name: str, floor: float) -> str | None:
     """Why a device's answer to the output check rejects the offspring: any NaN/inf output, or the task's
     agreement figure `key` below `floor` (a missing figure, e.g. no confident boxes, rejects nothing)."""
-    agreement = agreement or {}
+    agreement = agreement if isinstance(agreement, dict) else {}
     if agreement.get("nonfinite"):
         return f"{agreement['nonfinite']} non-finite output values"
     value = agreement.get(key)

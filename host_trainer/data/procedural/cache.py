@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -73,19 +75,23 @@ def load_cached(path: Path | None, valid: Callable[[Arrays], bool], generate: Ca
 
 
 class Remembered:
-    """The arrays of the `maxsize` most recently loaded configs, in this process. `clear()` frees them
-    (the default shapes-det training split alone is 786 MB as float32)."""
+    """The arrays of the `maxsize` most recently used configs, in this process (thread-safe; one load per
+    key at a time). `clear()` frees them (the default shapes-det training split alone is 786 MB as float32)."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._store: dict[Hashable, Arrays] = {}
+        self._store: OrderedDict[Hashable, Arrays] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], Arrays]) -> Arrays:
-        if key not in self._store:
-            while len(self._store) >= self.maxsize:
-                self._store.pop(next(iter(self._store)))
-            self._store[key] = load()
-        return self._store[key]
+        with self._lock:
+            if key not in self._store:
+                while len(self._store) >= self.maxsize:
+                    self._store.popitem(last=False)  # the least recently used
+                self._store[key] = load()
+            self._store.move_to_end(key)
+            return self._store[key]
 
     def clear(self) -> None:
-        self._store.clear()
+        with self._lock:
+            self._store.clear()
