@@ -29,10 +29,6 @@ INPUT_NAME = "input"
 FP16_TINY, FP16_MAX = 2.0 ** -24, 65504.0  # smallest subnormal and largest finite fp16
 
 
-class ExportError(RuntimeError):
-    """The exported model failed the checker or disagreed with torch beyond the tolerance."""
-
-
 @dataclass(frozen=True)
 class Parity:
     """How closely the exported ONNX computes what torch computes, on real held-out inputs."""
