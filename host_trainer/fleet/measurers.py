@@ -1,6 +1,8 @@
 """How an offspring's speed is measured: in-process (ONNX Runtime) or on devices over MQTT.
 
-Both return the generation record's measurement fields (host_trainer/record.py). fps and
+Both return the generation record's measurement fields (host_trainer/record.py), plus `PROFILE`: the
+leading device's per-layer breakdown (a list of profile entries, docs/protocol.md), which the loop takes
+out for the latency model before the rest goes into the record. fps and
 latency_ms_* keep their names (from the first device); device-side facts keep theirs, or get a
 `device_` prefix where the plain name means something else in a record; with several devices every
 device's result sits under `devices`.
@@ -25,6 +27,8 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
+PROFILE = "profile"  # key of the leading device's per-layer profile in measure()'s answer (not a record field)
+PROBE_SETTINGS = BenchSettings(batch=1, min_iterations=50, min_seconds=0.2)  # a probe is one small layer
 log = structlog.get_logger("host_trainer.fleet")
 # Device fields whose plain names mean something else in a record (precision = the host's macro
 # precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
@@ -39,6 +43,7 @@ class Measurer(Protocol):
     parallel: bool  # may several measurements be in flight at once?
 
     def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]: ...
+    def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float: ...
     def publish(self, record: GenerationRecord) -> None: ...
     def cancel(self) -> None: ...
 
@@ -67,7 +72,15 @@ class LocalMeasurer:
                                    options={"threads": self.threads}).to_dict()
         out = _timing(result)
         out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
+        out[PROFILE] = _profile(result)
         return out
+
+    def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float:
+        """A probe layer's median latency in ms here (short settings: the layer is small)."""
+        with self.progress.step(f"{name}: probing in this process ({self.backend})"):
+            result = measure_model(onnx_bytes, backend=self.backend, settings=PROBE_SETTINGS,
+                                   options={"threads": self.threads, "profile": False}).to_dict()
+        return _probe_ms(name, result)
 
     def publish(self, record: GenerationRecord) -> None:
         """No broker, no progress topic."""
@@ -106,7 +119,14 @@ class FleetMeasurer:
         fit, refused = sanitized(out)
         if refused:  # a board of another version, or a broken one: the run goes on, the record stays readable
             log.warning("device_field_refused", device=first.get("device_id"), fields=refused)
-        return fit
+        return {**fit, PROFILE: _profile(first)}
+
+    def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float:
+        """A probe layer as a job to the leading device (random inputs; the engine must still agree)."""
+        samples = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+        inputs, reference = host_reference(onnx_bytes, samples)
+        results = self.fleet.measure(name, onnx_bytes, inputs, reference, {"probe": True})
+        return _probe_ms(name, next(iter(results.values())))
 
     def _raise_on_failure(self, results: dict[str, dict]) -> None:
         """An error result, or an engine that does not compute the exported model, makes the offspring unfit."""
@@ -125,6 +145,19 @@ class FleetMeasurer:
 
     def cancel(self) -> None:
         self.fleet.cancel()
+
+
+def _profile(result: dict) -> list[dict]:
+    """The result's per-layer profile entries (an older board sends none: an empty list)."""
+    profile = result.get("profile")
+    return [e for e in profile if isinstance(e, dict)] if isinstance(profile, list) else []
+
+
+def _probe_ms(name: str, result: dict) -> float:
+    latency = result.get("latency_ms_p50")
+    if result.get("status") != "ok" or not isinstance(latency, (int, float)) or not latency > 0:
+        raise DeviceError(f"probe {name}: {result.get('code')}: {result.get('message') or 'no latency'}")
+    return float(latency)
 
 
 def _agreement(result: dict) -> dict:

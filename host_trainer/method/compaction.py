@@ -28,6 +28,7 @@ class ClusterGroup:
     root: str                 # module whose out-channel pruning starts the group
     members: tuple[str, ...]  # every Conv/Linear whose output channels belong to the group
     size: int                 # number of channels (clusters)
+    consumers: tuple[str, ...] = ()  # Conv/Linear layers whose *input* channels are these clusters
 
 
 def _out_handler(module: nn.Module):
@@ -56,17 +57,20 @@ def cluster_groups(model: nn.Module, example: torch.Tensor, fixed: list[nn.Modul
     for group in graph.get_all_groups(ignored_layers=list(fixed), root_module_types=list(PRUNABLE)):
         root = group[0].dep.target.module
         size = _out_channels(root)
-        members, consistent = [], True
+        members, consumers, consistent = [], [], True
         for item in group:
-            module, handler = item.dep.target.module, item.dep.handler
-            if isinstance(module, PRUNABLE) and getattr(handler, "__name__", "") == "prune_out_channels":
+            module, handler = item.dep.target.module, getattr(item.dep.handler, "__name__", "")
+            if isinstance(module, PRUNABLE) and handler == "prune_out_channels":
                 members.append(names[module])
                 consistent &= _out_channels(module) == size and list(item.idxs) == list(range(size))
+            elif isinstance(module, PRUNABLE) and handler == "prune_in_channels":
+                consumers.append(names[module])
         if not consistent:
             log.warning("layers left dense: inconsistent channel coupling", layers=sorted(set(members)))
             continue
         members = sorted(set(members), key=order.__getitem__)
-        groups.append(ClusterGroup(root=names[root], members=tuple(members), size=size))
+        consumers = sorted(set(consumers) - set(members), key=order.__getitem__)
+        groups.append(ClusterGroup(root=names[root], members=tuple(members), size=size, consumers=tuple(consumers)))
     return sorted(groups, key=lambda g: order[g.members[0]])
 
 

@@ -5,7 +5,9 @@ This is step 1 of docs/method.md:
 - `calibrated`: P = min(1, k·q) with k solved so that mean(P) = α exactly;
   `darwin`: P = α·q, the papers' literal form;
 - clusters first (per coupling group), then synapses inside surviving clusters;
-- optional stochastic rounding of each layer's cluster count to a multiple m.
+- optional stochastic rounding of each layer's cluster count to a multiple m;
+- or, with device-aware allocation (host_trainer/method/allocation.py), an exact count per group: heredity
+  still decides *which* clusters survive, the board's latency model decides *how many*.
 
 The numpy functions here know nothing about torch; `plan_offspring` reads a model.
 """
@@ -85,21 +87,11 @@ def round_kept(kept: np.ndarray, strength: np.ndarray, alive: np.ndarray, m: int
     Rounding up adds the strongest dropped clusters; rounding down drops the weakest kept ones.
     Always rounding up would undo every cut in narrow layers (docs/findings.md), so it is never done.
     """
-    kept = kept.copy()
     n, n_alive = int(kept.sum()), int(alive.sum())
     if m > 1 and n % m:
         lower = (n // m) * m
         n = lower + m if rng.random() < (n - lower) / m else lower
-    target = int(np.clip(n, min(max(m, 1), n_alive), n_alive))
-    if target > kept.sum():
-        dropped = np.flatnonzero(alive & ~kept)
-        order = dropped[np.argsort(-strength[dropped], kind="stable")]
-        kept[order[: target - int(kept.sum())]] = True
-    elif target < kept.sum():
-        kept_idx = np.flatnonzero(kept)
-        order = kept_idx[np.argsort(strength[kept_idx], kind="stable")]
-        kept[order[: int(kept.sum()) - target]] = False
-    return kept
+    return _to_count(kept, strength, alive, int(np.clip(n, min(max(m, 1), n_alive), n_alive)))
 
 
 def sample_clusters(strength: np.ndarray, cfg: SynthesisConfig, rng: np.random.Generator) -> np.ndarray:
@@ -114,6 +106,36 @@ def sample_clusters(strength: np.ndarray, cfg: SynthesisConfig, rng: np.random.G
         alive = alive.copy()
         alive[int(np.argmax(strength))] = True
     return round_kept(kept, strength, alive, cfg.channel_multiple, rng)
+
+
+def sample_exact(strength: np.ndarray, count: int, cfg: SynthesisConfig, rng: np.random.Generator) -> np.ndarray:
+    """Keep exactly `count` live clusters: drawn with P calibrated to count/N, then rounded to the count.
+
+    The draw decides which clusters survive (stronger ones more likely); `round_kept` then adds the
+    strongest dropped or drops the weakest kept ones until the count is exact.
+    """
+    alive = strength > 0
+    n_alive = int(alive.sum())
+    count = int(np.clip(count, 1, max(1, n_alive)))
+    if n_alive == 0:
+        kept = np.zeros(strength.shape, dtype=bool)
+        kept[int(np.argmax(strength))] = True
+        return kept
+    p = np.zeros(strength.shape, dtype=np.float64)
+    p[alive] = keep_probability(strength[alive], count / n_alive, cfg.tau, cfg.probability_model)
+    kept = (rng.random(strength.shape) < p) & alive
+    return _to_count(kept, strength, alive, count)
+
+
+def _to_count(kept: np.ndarray, strength: np.ndarray, alive: np.ndarray, count: int) -> np.ndarray:
+    kept = kept.copy()
+    if count > kept.sum():
+        dropped = np.flatnonzero(alive & ~kept)
+        kept[dropped[np.argsort(-strength[dropped], kind="stable")][: count - int(kept.sum())]] = True
+    elif count < kept.sum():
+        kept_idx = np.flatnonzero(kept)
+        kept[kept_idx[np.argsort(strength[kept_idx], kind="stable")][: int(kept.sum()) - count]] = False
+    return kept
 
 
 def sample_synapses(weight: np.ndarray, mask: np.ndarray, rows: np.ndarray, cfg: SynthesisConfig,
@@ -140,12 +162,21 @@ def cluster_strength(model: torch.nn.Module, group: ClusterGroup) -> np.ndarray:
 
 
 def plan_offspring(model: torch.nn.Module, groups: list[ClusterGroup], masks: dict[str, torch.Tensor],
-                   cfg: SynthesisConfig, rng: np.random.Generator) -> OffspringPlan:
-    """Draw clusters group by group, then synapses layer by layer, in a fixed order (reproducible)."""
+                   cfg: SynthesisConfig, rng: np.random.Generator,
+                   counts: dict[str, int] | None = None) -> OffspringPlan:
+    """Draw clusters group by group, then synapses layer by layer, in a fixed order (reproducible).
+
+    `counts` (group root → clusters to keep) comes from the device-aware allocation; without it each group
+    keeps about α_c of its clusters, rounded to `cfg.channel_multiple`.
+    """
     keep: dict[str, np.ndarray] = {}
     rows_kept: dict[str, np.ndarray] = {}
     for group in groups:
-        kept = sample_clusters(cluster_strength(model, group), cfg, rng)
+        strength = cluster_strength(model, group)
+        if counts is not None and group.root in counts:
+            kept = sample_exact(strength, counts[group.root], cfg, rng)
+        else:
+            kept = sample_clusters(strength, cfg, rng)
         keep[group.root] = np.flatnonzero(kept)
         for name in group.members:
             rows_kept[name] = kept

@@ -1,0 +1,97 @@
+"""Probe jobs: one layer alone, benchmarked on the board at many output-channel counts.
+
+The counts straddle every candidate alignment (8, 9, 15, 16, 17, ...), so the curve's steps show which
+alignment the board's kernels use. The probed layer is the convolution that took the most time in the
+parent's profile, at its real input size and input channels; only its output channels vary. Each probe
+is an ordinary fp16 ONNX job, measured like an offspring (so a TensorRT board builds an engine for each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from host_trainer.latency.model import Probe
+from host_trainer.method.export import to_onnx_bytes
+from host_trainer.method.masks import prunable_layers
+
+PROBE_COUNTS = (1, 2, 4, 6, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32, 33, 40, 47, 48, 49, 56, 63, 64)
+OUTPUT = "output"
+
+# (job name, fp16 ONNX bytes, input shape without batch) -> the layer's time in ms on the board
+ProbeRunner = Callable[[str, bytes, tuple[int, ...]], float]
+
+
+@dataclass(frozen=True)
+class ProbeLayer:
+    name: str
+    inputs: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    spatial: tuple[int, int]  # input height, width
+
+    def network(self, outputs: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(self.inputs, outputs, self.kernel, self.stride, self.padding),
+                             nn.ReLU())
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.inputs, *self.spatial)
+
+
+def input_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Each Conv/Linear layer's input shape (without batch), from one forward pass."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple, _output: object) -> None:  # None: the output stays as is
+            seen.setdefault(name, tuple(args[0].shape[1:]))
+        return hook
+
+    hooks = [layer.register_forward_hook(record(name)) for name, layer in prunable_layers(model).items()]
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(example)
+            model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def probe_layer(model: nn.Module, example: torch.Tensor, layer_ms: dict[str, float]) -> ProbeLayer | None:
+    """The slowest plain (not grouped) convolution of the profile, or None when there is none."""
+    layers = prunable_layers(model)
+    sizes = input_sizes(model, example)
+    convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d) and m.groups == 1 and n in sizes
+             and isinstance(m.padding, tuple)]
+    if not convs:
+        return None
+    name = max(convs, key=lambda n: (layer_ms.get(n, 0.0), -list(layers).index(n)))
+    conv = layers[name]
+    if not isinstance(conv, nn.Conv2d):  # never: convs holds Conv2d only (narrows the type)
+        return None
+    return ProbeLayer(name=name, inputs=conv.in_channels, kernel=_pair(conv.kernel_size),
+                      stride=_pair(conv.stride), padding=_pair(conv.padding), spatial=_pair(sizes[name][1:]))
+
+
+def run_probes(layer: ProbeLayer, runner: ProbeRunner, counts: tuple[int, ...] = PROBE_COUNTS,
+               prefix: str = "probe") -> Probe:
+    """Benchmark the layer at each count (fixed weights: only the time matters)."""
+    times = []
+    for count in counts:
+        torch.manual_seed(count)
+        onnx_bytes = to_onnx_bytes(layer.network(count), layer.input_shape, "fp16", OUTPUT)
+        times.append(float(runner(f"{prefix}.{layer.name}.c{count}", onnx_bytes, layer.input_shape)))
+    return Probe(layer=layer.name, inputs=layer.inputs, counts=list(counts), ms=times)
+
+
+def _pair(value) -> tuple[int, int]:
+    values = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value), int(value))
+    return (values[0], values[-1])
