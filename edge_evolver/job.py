@@ -182,6 +182,8 @@ def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, setting
     _require(isinstance(options, dict), "'options' must be an object", job_id)
     unknown = sorted(set(options) - set(OPTION_FIELDS))
     _require(not unknown, f"unknown option(s) {unknown}; known: {list(OPTION_FIELDS)}", job_id, ErrorCode.BAD_INPUT)
+    _require(options.get("profile") is None or isinstance(options.get("profile"), bool),
+             f"option 'profile' must be true or false (got {options.get('profile')!r})", job_id, ErrorCode.BAD_INPUT)
     timeout = header.get("timeout_s")
     _require(timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "timeout_s must be > 0", job_id)
     reply_to = header.get("reply_to")

@@ -15,8 +15,10 @@ Job framing (works over MQTT 3.1.1 and 5, which carry opaque binary payloads)::
 
 import hashlib
 import json
+import math
 import re
 import struct
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 PROTOCOL_VERSION = 1
@@ -54,7 +56,8 @@ JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
     "bench": (False, "batch, min_iterations, min_seconds, warmup_s, max_seconds (defaults: 1, 200, 1.0, 0.2, 30)"),
     "tensors": (False, '[{"role": "input"|"reference", "name", "dtype", "shape", "size"}] in body order'),
     "reply_to": (False, "topic for the result, under the prefix; default <prefix>/devices/<id>/results"),
-    "options": (False, "backend options: fp16 (null=auto), threads, workspace_mb, shape_overrides"),
+    "options": (False, "backend options: fp16 (null=auto), threads, workspace_mb, shape_overrides, "
+                       "profile (false: no per-layer profiling pass)"),
     "timeout_s": (False, "job time limit, capped by the daemon's job_timeout_s"),
     "include_samples": (False, "true: the result carries raw latency and power samples"),
     "seed": (False, "seed of the synthetic inputs (default 0)"),
@@ -64,7 +67,7 @@ JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
 }
 CHECK_KINDS = ("detect",)
 BENCH_FIELDS = ("batch", "min_iterations", "min_seconds", "warmup_s", "max_seconds")
-OPTION_FIELDS = ("fp16", "threads", "workspace_mb", "shape_overrides")
+OPTION_FIELDS = ("fp16", "threads", "workspace_mb", "shape_overrides", "profile")
 
 # Result payload fields (JSON), beyond MeasureResult.to_dict()'s keys, which are all included.
 RESULT_FIELDS = (
@@ -72,6 +75,53 @@ RESULT_FIELDS = (
     "received_at", "started_at", "finished_at", "queue_s", "power_mode", "clocks_locked",
     "edge_evolver_version", "meta",
 )
+# Optional result fields of the per-layer profile (docs/protocol.md "Per-layer profile"): "profile" (a
+# list of LayerTime.to_dict()) with "profile_runs", or "profile_error" when the pass failed. Older
+# boards send none of them.
+PROFILE_FIELDS = ("profile", "profile_runs", "profile_error")
+
+
+@dataclass
+class LayerTime:
+    """One entry of a result's ``profile``: a layer (TensorRT) or kernel (ONNX Runtime) and its time.
+
+    ``ms`` is its mean time per run of the engine (one run = one batch) over the profiling pass,
+    ``share`` its fraction of the sum of all entries' ``ms``, and ``nodes`` the names of the
+    nodes of the ONNX model as sent that this entry computes (empty when none is known, e.g. a
+    layout conversion the runtime inserted).
+    """
+
+    name: str
+    op: str = ""
+    ms: float = 0.0
+    share: float = 0.0
+    nodes: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "op": self.op, "ms": self.ms, "share": self.share, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "LayerTime":
+        """Read one entry of a received result; ValueError when it is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError(f"a profile entry needs a string 'name': {data!r:.200}")
+        nodes = data.get("nodes") or []
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise ValueError(f"profile entry {data['name']!r}: 'nodes' must be a list of strings")
+        op = data.get("op") or ""
+        if not isinstance(op, str):
+            raise ValueError(f"profile entry {data['name']!r}: 'op' must be a string")
+        return cls(data["name"], op, _number(data, "ms"), _number(data, "share"), list(nodes))
+
+
+def _number(data: Dict[str, Any], key: str) -> float:
+    """A finite float; null (how dumps() sends NaN) reads as NaN, anything else is refused."""
+    value = data.get(key)
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"profile entry {data.get('name')!r}: '{key}' must be a number, not {value!r:.50}")
+    return float(value)
 
 
 class FrameError(Exception):

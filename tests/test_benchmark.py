@@ -360,8 +360,11 @@ def test_measure_model_ok(weights):
         "message",
         "load_seconds",
         "agreement",
+        "profile",  # the per-layer pass is on by default
+        "profile_runs",
     } | set(POWER_KEYS) | set(ENGINE_KEYS) == set(flat)
     assert flat["power_w_mean"] is None and flat["power_reason"]  # no meter given: null with a reason
+    assert flat["profile_runs"] >= 20 and abs(sum(e["share"] for e in flat["profile"]) - 1) < 1e-9
     json.loads(json.dumps(flat))
 
 

@@ -108,10 +108,13 @@ def test_round_trip_repeat_and_cache_hit(served):
     assert first["power_w_mean"] is None and first["energy_mj_per_inference"] is None and first["power_reason"]
     assert first["agreement"]["max_abs_error"] < 1e-4 and first["agreement"]["top1_agreement"] == 1.0
     assert first["meta"] == {"generation": 2} and first["queue_s"] >= 0
+    # The per-layer pass ran after the window; the unnamed Conv is listed by its output "c".
+    assert first["profile_runs"] >= 20 and first["profile"][0]["nodes"] == ["c"] and "profile_error" not in first
     again = submit(watcher, "rt-1", b"different bytes entirely")  # a repeated id returns the stored result
     assert again["repeated"] is True and again["fps"] == first["fps"]
-    cached = submit(watcher, "rt-2", model)
+    cached = submit(watcher, "rt-2", model, options={"profile": False})
     assert cached["status"] == "ok" and cached["cache_hit"] is True
+    assert not {"profile", "profile_runs", "profile_error"} & set(cached)  # switched off by the job
     assert '"event": "job"' in daemon.log() or '"event":"job"' in daemon.log()
 
 

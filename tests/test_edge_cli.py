@@ -71,6 +71,23 @@ def test_bench_table_and_env_vars(tiny_model):
     assert "throughput" in table.stdout and "p99" in table.stdout
 
 
+def test_bench_profile_table_and_json(tiny_model):
+    table = _runner().invoke(cli.app, ["bench", str(tiny_model), "--profile", *QUICK])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    start = [i for i, line in enumerate(lines) if line.startswith("profile ")]
+    assert start and "mean of" in lines[start[0]] and "separate pass after the timed window" in lines[start[0]]
+    assert lines[start[0] + 1].split() == ["ms", "share", "op", "name", "first", "ONNX", "node"]
+    row = lines[start[0] + 2].split()  # ONNX Runtime calls the unnamed MatMul "MatMul_0"; it is listed by its output
+    assert row[1:] == ["100.0%", "MatMul", "MatMul_0", "y"] and float(row[0]) > 0
+    data = json.loads(_runner().invoke(cli.app, ["bench", str(tiny_model), "--profile", "--json", *QUICK]).stdout)
+    assert data["profile_runs"] >= 20 and [(e["op"], e["nodes"], e["share"]) for e in data["profile"]] == [
+        ("MatMul", ["y"], 1.0)]
+    plain = json.loads(_runner().invoke(cli.app, ["bench", str(tiny_model), "--json", *QUICK]).stdout)
+    assert not {"profile", "profile_runs", "profile_error"} & set(plain)  # bench profiles when asked to
+    assert "first ONNX node" not in _runner().invoke(cli.app, ["bench", str(tiny_model), *QUICK]).stdout
+
+
 def test_bench_missing_file_is_one_line_exit_2(tmp_path):
     result = _runner().invoke(cli.app, ["bench", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 2
@@ -128,6 +145,11 @@ def test_subprocess_bench_json(tiny_model, tmp_path):
     # Not a TTY, so the job's summary log line on stderr is JSON.
     logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert [entry["event"] for entry in logs] == ["bench"] and logs[0]["status"] == "ok"
+    profiled = _run(base + [str(tiny_model), "--json", "--profile", *QUICK])
+    assert profiled.returncode == 0 and len(profiled.stdout.strip().splitlines()) == 1, profiled.stderr
+    assert json.loads(profiled.stdout)["profile"][0]["nodes"] == ["y"]
+    table = _run(base + [str(tiny_model), "--profile", *QUICK])
+    assert table.returncode == 0 and "first ONNX node" in table.stdout and "MatMul_0" in table.stdout
     missing = _run(base + [str(tmp_path / "nope.onnx")])
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().startswith("error: BAD_INPUT: ")

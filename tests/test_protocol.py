@@ -29,9 +29,11 @@ def test_job_round_trip_with_tensors():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     ref = [np.ones((3, 10), np.float16), np.array([1, 2, 3], np.int64)]
     payload = encode_job("gen-3:child-1", b"model-bytes", {"batch": 3, "min_iterations": 7}, {"x": x}, ref,
-                         reply_to="edge-evolver/host/results", meta={"generation": 3}, timeout_s=60, seed=9)
+                         reply_to="edge-evolver/host/results", meta={"generation": 3}, timeout_s=60, seed=9,
+                         options={"profile": False})
     assert payload[:4] == MAGIC
     job = decode_job(payload, max_bytes=MB)
+    assert job.options == {"profile": False}
     assert (job.job_id, job.model, job.reply_to, job.meta, job.timeout_s, job.seed) == (
         "gen-3:child-1", b"model-bytes", "edge-evolver/host/results", {"generation": 3}, 60, 9)
     assert job.model_sha256 == hashlib.sha256(b"model-bytes").hexdigest()
@@ -71,6 +73,7 @@ def _good_header(model=b"m", **extra):
     (_header_frame(_good_header(bench={"batch": 0}), b"m"), ErrorCode.BAD_INPUT, "j1"),
     (_header_frame(_good_header(bench={"batchsize": 2}), b"m"), ErrorCode.BAD_INPUT, "j1"),
     (_header_frame(_good_header(options={"turbo": True}), b"m"), ErrorCode.BAD_INPUT, "j1"),
+    (_header_frame(_good_header(options={"profile": "off"}), b"m"), ErrorCode.BAD_INPUT, "j1"),
     (_header_frame(_good_header(tensors=[{"role": "input", "name": "x", "dtype": "object", "shape": [1], "size": 8}]),
                    b"m" + b"\0" * 8), ErrorCode.INVALID_FRAME, "j1"),
     (_header_frame(_good_header(tensors=[{"role": "input", "name": "x", "dtype": "float32", "shape": [4], "size": 8}]),
@@ -87,8 +90,8 @@ def _good_header(model=b"m", **extra):
     (MAGIC + (200001).to_bytes(4, "big") + b"[" * 100000 + b"]" * 100000 + b"!", ErrorCode.INVALID_FRAME, None),
 ], ids=["empty", "no-magic", "header-length", "header-not-json", "header-not-object", "bad-job-id", "protocol",
         "sha-mismatch", "short-body", "trailing-bytes", "bad-bench", "unknown-bench", "unknown-option",
-        "tensor-dtype", "tensor-size", "tensor-past-end", "float-batch", "nan-seconds", "inf-seconds",
-        "overflowing-shape", "meta-not-object", "deeply-nested-header"])
+        "profile-not-bool", "tensor-dtype", "tensor-size", "tensor-past-end", "float-batch", "nan-seconds",
+        "inf-seconds", "overflowing-shape", "meta-not-object", "deeply-nested-header"])
 def test_bad_frames_are_refused_with_a_code(payload, code, job_id):
     with pytest.raises(FrameError) as info:
         decode_job(payload, max_bytes=MB)

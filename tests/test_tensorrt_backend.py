@@ -12,13 +12,16 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
-from edge_evolver.backends import _cuda, known_backends, resolve_backend
+from edge_evolver.backends import _cuda, _trt_profile, known_backends, resolve_backend
 from edge_evolver.backends import tensorrt_backend as tb
 from edge_evolver.backends.tensorrt_backend import TensorRTBackend, TensorRTEngine
 from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.measure.inputs import TensorSpec
+from edge_evolver.measure.profile import ProfileSettings, RawLayer, RawProfile, entries
+from edge_evolver.onnxgraph import OnnxNode
 
 from .trt_fakes import (
+    FAKE_LAYERS,
     FakeConfig,
     FakeConfig82,
     FakeCuda,
@@ -261,6 +264,88 @@ def test_dynamic_dims_resolve_by_onnx_name_or_fail_clearly():
     with pytest.raises(EdgeError) as info:
         tb.add_profile(builder, FakeConfig(), specs, tb.parse_options({"batch": 2}))
     assert info.value.code == ErrorCode.BAD_SHAPE and "'seq'" in info.value.message
+
+
+# ---------------------------------------------------------------- per-layer profiling (fakes; not run on real TensorRT)
+
+PASS = ProfileSettings(warmup_runs=2, min_runs=5, min_seconds=0.0)
+# The ONNX graph FAKE_LAYERS came from.
+FAKE_GRAPH = [OnnxNode("/fc/MatMul", "MatMul", ("x", "W"), ("/fc/MatMul_output_0",)),
+              OnnxNode("/relu/Relu", "Relu", ("/fc/MatMul_output_0",), ("/relu/Relu_output_0",)),
+              OnnxNode("/scale/Mul", "Mul", ("/relu/Relu_output_0", "s"), ("y",))]
+
+
+@pytest.mark.parametrize("api, profiling", [("10", True), ("8.5", True), ("8.2", False)])
+def test_build_asks_for_detailed_layer_information_where_the_binding_has_it(api, profiling):
+    trt = fake_trt(api, profiling=profiling)
+    tb.build_plan(trt, b"onnx:x", tb.parse_options({}), device())
+    verbosity = trt.built[-1].config.profiling_verbosity
+    assert verbosity == (trt.ProfilingVerbosity.DETAILED if profiling else None)  # else silently skipped
+
+
+@pytest.mark.parametrize("api", ["10", "8.5", "8.2"])
+def test_profile_averages_synchronous_runs_after_the_warm_up(api):
+    engine, memory, cuda_engine = make_engine(api)
+    context = engine._context
+    raw = engine.profile({"x": np.ones((2, 3), np.float32)}, PASS)
+    assert raw.runs == 5 and context.profiler is None  # detached after the pass
+    assert isinstance(engine._profiler, cuda_engine.trt.IProfiler) and engine._profiler.initialised
+    executed = [call for call in context.calls if call[0] == "execute_v2"]
+    assert len(executed) == 2 + 5 and {call[1] for call in executed} == {(engine._in[0].device,
+                                                                          engine._out[0].device)}
+    assert [layer.name for layer in raw.layers] == [name for name, _, _, _ in FAKE_LAYERS]
+    for layer, (_, kind, _, ms) in zip(raw.layers, FAKE_LAYERS):
+        assert layer.op == kind and layer.total_ms / raw.runs == pytest.approx(ms)  # warm-up not counted
+    assert [layer.origin for layer in raw.layers] == [None, ("/fc/MatMul", "/relu/Relu"), ("/scale/Mul",)]
+    assert [e.nodes for e in entries(raw, FAKE_GRAPH)] == [[], ["/fc/MatMul", "/relu/Relu"], ["/scale/Mul"]]
+    np.testing.assert_array_equal(engine.infer({"x": np.ones((2, 3), np.float32)})[0], np.full((2, 3), 3.0))
+    engine.close()
+    assert engine._profiler is None and memory.closed == 1
+
+
+def test_profile_of_an_engine_with_names_only_matches_names_to_the_graph():
+    engine, _, cuda_engine = make_engine("10")
+    cuda_engine.detailed = False  # built before DETAILED, or cached from an older build
+    raw = engine.profile({"x": np.ones((2, 3), np.float32)}, PASS)
+    assert [(layer.op, layer.origin) for layer in raw.layers] == [("", None)] * 3
+    assert [e.nodes for e in entries(raw, FAKE_GRAPH)] == [[], ["/fc/MatMul", "/relu/Relu"], ["/scale/Mul"]]
+    trt = fake_trt("10", profiling=False)  # no inspector at all
+    assert _trt_profile.layer_details(trt, FakeEngine(trt, "10", None)) == {}
+
+
+def test_profile_without_execute_v2_enqueues_and_synchronises(monkeypatch):
+    engine, _, _ = make_engine("10")
+    monkeypatch.setattr(type(engine._context), "execute_v2", None)
+    raw = engine.profile({"x": np.ones((2, 3), np.float32)}, PASS)
+    assert raw.runs == 5 and [c[0] for c in engine._context.calls].count("v3") == 1 + 2 + 5
+
+
+def test_profile_failures_are_edge_errors_and_detach_the_profiler():
+    engine, _, _ = make_engine("10")
+    engine._context.execute_v2 = lambda bindings: False  # the ordinary run works, the profiled one fails
+    assert _code(engine.profile, {"x": np.ones((2, 3), np.float32)}, PASS) == ErrorCode.INFERENCE_FAILED
+    assert engine._context.profiler is None
+    silent = types.SimpleNamespace(execute_v2=lambda bindings: True, profiler=None)
+    profiler = _trt_profile.make_profiler(fake_trt())
+    with pytest.raises(EdgeError) as info:  # a run that reports no layers
+        _trt_profile.profile_context(fake_trt(), object(), silent, lambda: None, profiler, PASS)
+    assert info.value.code == ErrorCode.INTERNAL and silent.profiler is None
+    engine.close()
+    assert _code(engine.profile, {"x": np.ones((2, 3), np.float32)}, PASS) == ErrorCode.INFERENCE_FAILED
+
+
+def test_layer_information_and_metadata_parsing():
+    parse = _trt_profile.parse_layer_info
+    assert parse('"conv1 + relu1"') == ("conv1 + relu1", ("", None))
+    assert parse('{"Name": "a", "LayerType": "Reformat", "Metadata": ""}') == ("a", ("Reformat", None))
+    assert parse('{"Name": "b", "LayerType": "CaskConvolution"}') == ("b", ("CaskConvolution", None))
+    for bad in ("not json", "[1]", '{"LayerType": "x"}', '{"Name": 3}'):
+        assert parse(bad) is None
+    text = ("[ONNX Layer: /a/Conv]\x1f[ONNX Layer: /b/Relu | /blk (Block) | /m (Model)]\x1f junk "
+            "\x1f[ONNX Layer: /a/Conv]")
+    assert _trt_profile.metadata_nodes(text) == ("/a/Conv", "/b/Relu")
+    reformat = RawProfile([RawLayer("x", "Reformat", 1.0, ("/fc/MatMul",))], 1)
+    assert entries(reformat, FAKE_GRAPH)[0].nodes == []  # a conversion computes no node, whatever it names
 
 
 # ---------------------------------------------------------------- the backend end to end (fakes)

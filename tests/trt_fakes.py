@@ -4,11 +4,14 @@ They stand in for the *libraries*, never for this package's code: a fake TensorR
 generations (``fake_trt``: "10" tensor API only, "8.5" both, "8.2" bindings and
 ``max_workspace_size``), a fake engine computing y = 2x + 1 with per-generation execution
 contexts, device memory as bytearrays (``FakeCuda``), and just enough cuda-python runtime and
-pycuda driver to exercise both flavours of ``_cuda``.
+pycuda driver to exercise both flavours of ``_cuda``. For per-layer profiling: ``IProfiler``,
+``ProfilingVerbosity`` (absent with ``profiling=False``), ``execute_v2`` reporting ``FAKE_LAYERS``
+to an attached profiler, and an engine inspector answering in TensorRT's JSON layer format.
 """
 
 import ctypes
 import enum
+import json
 import sys
 import types
 from typing import Any, Dict, List, Optional, Tuple
@@ -71,6 +74,8 @@ class FakeProfile:
 class FakeConfig82:
     """A TensorRT 8.2/8.3 builder config: no set_memory_pool_limit (max_workspace_size is set)."""
 
+    profiling_verbosity = None  # the builder's default is LAYER_NAMES_ONLY
+
     def __init__(self):
         self.flags: List[Any] = []
         self.pools: List[Tuple[Any, int]] = []
@@ -91,8 +96,9 @@ class FakeConfig(FakeConfig82):
         self.pools.append((pool, size))
 
 
-def fake_trt(api: str = "10", fp16_flag: bool = True, fast_fp16: Optional[bool] = True) -> Any:
-    """A tensorrt module: api "10" (tensor API only), "8.5" (both), "8.2" (bindings, max_workspace_size)."""
+def fake_trt(api: str = "10", fp16_flag: bool = True, fast_fp16: Optional[bool] = True, profiling: bool = True) -> Any:
+    """A tensorrt module: api "10" (tensor API only), "8.5" (both), "8.2" (bindings, max_workspace_size);
+    ``profiling=False``: a binding without ProfilingVerbosity and the engine inspector."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = {"10": "10.3.0", "8.5": "8.5.2", "8.2": "8.2.1"}[api]
     trt.built = []  # Builders made, for assertions
@@ -109,6 +115,10 @@ def fake_trt(api: str = "10", fp16_flag: bool = True, fast_fp16: Optional[bool] 
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.TensorIOMode = fake_enum("TensorIOMode", NONE=0, INPUT=1, OUTPUT=2)
     trt.DataType = fake_enum("DataType", FLOAT=0, HALF=1, INT8=2, INT32=3, BOOL=4, BF16=7)
+    trt.IProfiler = FakeIProfiler
+    if profiling:
+        trt.ProfilingVerbosity = fake_enum("ProfilingVerbosity", LAYER_NAMES_ONLY=0, NONE=1, DETAILED=2)
+        trt.LayerInformationFormat = fake_enum("LayerInformationFormat", ONELINE=0, JSON=1)
 
     def nptype(trt_type):
         raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
@@ -193,6 +203,32 @@ def _runtime_class(trt: Any, api: str) -> Any:
     return Runtime
 
 
+class FakeIProfiler:
+    """Like the binding's IProfiler: subclasses must call ``IProfiler.__init__`` explicitly."""
+
+    def __init__(self):
+        self.initialised = True
+
+
+# (name, LayerType, Metadata, ms per run) of the fake engine's layers, as TensorRT 10 names them.
+FAKE_LAYERS = [
+    ("Reformatting CopyNode for Input Tensor 0 to /fc/MatMul + /relu/Relu", "Reformat", "", 0.01),
+    ("/fc/MatMul + /relu/Relu", "CaskGemmConvolution", "[ONNX Layer: /fc/MatMul]\x1f[ONNX Layer: /relu/Relu]", 0.05),
+    ("PWN(/scale/Mul)", "PointWiseV2", "[ONNX Layer: /scale/Mul | /block (Block)]", 0.04),
+]
+
+
+class FakeInspector:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def get_layer_information(self, index, form):
+        name, kind, metadata, _ = FAKE_LAYERS[index]
+        if not self.engine.detailed:
+            return json.dumps(name)  # LAYER_NAMES_ONLY: the name alone
+        return json.dumps({"Name": name, "LayerType": kind, "Metadata": metadata, "Inputs": [], "Outputs": []})
+
+
 # ---------------------------------------------------------------- fake engine and CUDA memory
 
 
@@ -244,6 +280,13 @@ class FakeEngine:
             self.num_io_tensors = 2
         if api in ("8.2", "8.5"):
             self.num_bindings = 2
+        self.num_layers = len(FAKE_LAYERS)
+        self.detailed = hasattr(trt, "ProfilingVerbosity")  # built DETAILED where the binding could
+
+    def create_engine_inspector(self):
+        if not hasattr(self.trt, "LayerInformationFormat"):
+            raise AttributeError("no engine inspector in this binding")
+        return FakeInspector(self)
 
     def create_execution_context(self):
         return CONTEXTS[self.api](self)
@@ -285,6 +328,7 @@ class ContextBase:
     def __init__(self, engine: FakeEngine):
         self.engine, self.shape, self.addresses, self.calls = engine, None, {}, []
         self.fail = False
+        self.profiler = None
 
     def _result_shape(self):
         return self.engine.output_shape or self.shape
@@ -293,7 +337,15 @@ class ContextBase:
         memory = self.engine.memory
         x = memory.read(x_address, self.shape)
         memory.device[y_address][:] = (2 * x + 1).astype(np.float32).tobytes()
+        if self.profiler is not None:  # TensorRT reports each layer once the run completed
+            for name, _, _, ms in FAKE_LAYERS:
+                self.profiler.report_layer_time(name, ms)
         return not self.fail
+
+    def execute_v2(self, bindings):
+        """Synchronous execution, in every generation (8.2 to 10)."""
+        self.calls.append(("execute_v2", tuple(bindings)))
+        return self._run(bindings[0], bindings[1])
 
 
 class TensorApi:

@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec
+from ..measure.profile import ProfileSettings, RawProfile
 
 
 class Engine(abc.ABC):
@@ -26,6 +28,13 @@ class Engine(abc.ABC):
     def infer(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """One forward pass; raise EdgeError(INFERENCE_FAILED) on failure."""
         raise NotImplementedError
+
+    def profile(self, feeds: Dict[str, np.ndarray], settings: ProfileSettings) -> RawProfile:
+        """The per-layer profiling pass on ``feeds`` (measure/profile.py), after the timed window.
+
+        Runtimes without a per-layer profiler keep this default; the measurement still succeeds.
+        """
+        raise EdgeError(ErrorCode.BACKEND_UNAVAILABLE, f"{type(self).__name__} has no per-layer profiler")
 
     def close(self) -> None:  # noqa: B027 - optional hook: most runtimes free on GC
         """Release runtime resources; safe to call twice."""

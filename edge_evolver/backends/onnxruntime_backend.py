@@ -13,12 +13,13 @@ import os
 import platform
 import re
 import tempfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec
+from ..measure.profile import ProfileSettings, RawProfile
 from .base import Backend, Engine
 
 DEFAULT_THREADS = 1
@@ -180,13 +181,38 @@ def _read_and_remove(path: str) -> Optional[bytes]:
             os.remove(path)
 
 
+class _Source(NamedTuple):
+    """What the profiling pass needs to make a second session like the measured one."""
+
+    model: bytes  # the model, or the optimised plan from the engine cache
+    threads: int
+    providers: List[str]
+    optimize: bool
+
+
 class OnnxRuntimeEngine(Engine):
-    def __init__(self, session: Any, info: Dict[str, Any]) -> None:
+    def __init__(self, session: Any, info: Dict[str, Any], source: Optional[_Source] = None) -> None:
         self._session = session
+        self._source = source
         self.inputs = [_spec(arg) for arg in session.get_inputs()]
         self.outputs = [_spec(arg) for arg in session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
         self.info = info
+
+    def profile(self, feeds: Dict[str, np.ndarray], settings: ProfileSettings) -> RawProfile:
+        """Per-kernel times from a second, profiling session (``_ort_profile``)."""
+        if self._session is None or self._source is None:
+            raise EdgeError(ErrorCode.INFERENCE_FAILED, "engine is closed")
+        from ._ort_profile import profile_session
+
+        ort, source = _import_ort(), self._source
+        try:
+            return profile_session(ort, source.model, lambda: _session_options(ort, source.threads, source.optimize),
+                                   source.providers, feeds, settings)
+        except EdgeError:
+            raise
+        except Exception as exc:
+            raise EdgeError(ErrorCode.INFERENCE_FAILED, "onnxruntime profiling failed: " + clean_message(exc)) from None
 
     def infer(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
         if self._session is None:
@@ -200,7 +226,7 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         # ORT frees the session when the last reference goes; dropping ours is the close.
-        self._session = None
+        self._session = self._source = None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -251,7 +277,8 @@ class OnnxRuntimeBackend(Backend):
             raise classify_load_error(exc) from None
         finally:
             plan = _read_and_remove(plan_path)
-        engine = OnnxRuntimeEngine(session, self._info(session, threads, "ORT_ENABLE_ALL"))
+        source = _Source(bytes(model_bytes), threads, providers, True)
+        engine = OnnxRuntimeEngine(session, self._info(session, threads, "ORT_ENABLE_ALL"), source)
         return engine, plan or None
 
     def load_plan(self, plan: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
@@ -263,7 +290,8 @@ class OnnxRuntimeBackend(Backend):
             )
         except Exception as exc:
             raise EdgeError(ErrorCode.BUILD_FAILED, "cached plan is stale or damaged: " + clean_message(exc)) from None
-        return OnnxRuntimeEngine(session, self._info(session, threads, "cached (optimised at build)"))
+        source = _Source(bytes(plan), threads, providers, False)
+        return OnnxRuntimeEngine(session, self._info(session, threads, "cached (optimised at build)"), source)
 
     @staticmethod
     def _info(session: Any, threads: int, optimization: str) -> Dict[str, Any]:

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
-from . import _cuda
+from ..measure.profile import ProfileSettings, RawProfile
+from . import _cuda, _trt_profile
 from ._trt_io import BindingsIo as BindingsIo
 from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage
 from ._trt_io import IoTensor as IoTensor
@@ -272,6 +273,7 @@ def build_plan(trt: Any, model_bytes: bytes, opts: BuildOptions, device: _cuda.D
     parse_onnx(parser, model_bytes)
     config = builder.create_builder_config()
     set_workspace(trt, config, opts.workspace_mb)
+    _trt_profile.set_detailed_verbosity(trt, config)  # layer types and ONNX nodes for the profile
     use_fp16 = choose_fp16(trt, opts.fp16, platform_fast_fp16(builder, device))
     if use_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -307,7 +309,7 @@ class TensorRTEngine(Engine):
 
     def __init__(self, trt: Any, runtime: Any, cuda_engine: Any, cuda: _cuda.CudaMemory, info: Dict[str, Any]) -> None:
         self._cuda: Optional[_cuda.CudaMemory] = cuda
-        self._logger = get_logger(trt)
+        self._trt, self._logger, self._profiler = trt, get_logger(trt), None
         self._runtime, self._engine, self._context, self._io = runtime, cuda_engine, None, None
         self._in: List[Buffer] = []
         self._out: List[Buffer] = []
@@ -357,13 +359,20 @@ class TensorRTEngine(Engine):
             raise EdgeError(ErrorCode.INFERENCE_FAILED, _clip(f"TensorRT inference failed: {exc}")) from None
         return [buffer.host.copy() for buffer in self._out]
 
+    def profile(self, feeds: Dict[str, np.ndarray], settings: ProfileSettings) -> RawProfile:
+        """Per-layer times from an IProfiler over synchronous runs (``_trt_profile``)."""
+        self.infer(feeds)  # stages the inputs in device memory (and fails if closed); the pass only executes
+        run = _trt_profile.executor(self._context, self._in + self._out, self._io, self._cuda)
+        self._profiler = _trt_profile.make_profiler(self._trt)  # alive as long as the context may call it
+        return _trt_profile.profile_context(self._trt, self._engine, self._context, run, self._profiler, settings)
+
     def close(self) -> None:
         cuda, self._cuda = self._cuda, None
         if cuda is None:
             return
         # TensorRT objects go first (context, engine, runtime) while the CUDA context is current.
         self._in, self._out, self._io = [], [], None
-        self._context = self._engine = self._runtime = None
+        self._context = self._engine = self._runtime = self._profiler = None
         cuda.close()
 
 

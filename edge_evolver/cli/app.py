@@ -93,6 +93,25 @@ def _print_table(model: str, result: MeasureResult) -> None:
         typer.echo(f"{key:<11} {value}")
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _print_profile(result: MeasureResult) -> None:
+    """The per-layer table: one row per layer/kernel in execution order."""
+    if result.profile is None:
+        typer.echo(f"{'profile':<11} not measured: {result.profile_error or 'switched off'}")
+        return
+    typer.echo(f"{'profile':<11} {len(result.profile)} layers, mean of {result.profile_runs} runs "
+               "(a separate pass after the timed window)")
+    typer.echo(f"  {'ms':>9}  {'share':>6}  {'op':<18} {'name':<50} first ONNX node")
+    for entry in result.profile:
+        first = entry.nodes[0] if entry.nodes else "-"
+        more = f" (+{len(entry.nodes) - 1})" if len(entry.nodes) > 1 else ""
+        typer.echo(f"  {entry.ms:9.4f}  {entry.share * 100:5.1f}%  {_cut(entry.op, 18):<18} "
+                   f"{_cut(entry.name, 50):<50} {first}{more}")
+
+
 def _power_text(result: MeasureResult) -> str:
     fields = result.power_fields()
     if fields["power_w_mean"] is None:
@@ -152,9 +171,17 @@ def bench(
     cache_dir: Optional[str] = typer.Option(
         None, "--cache-dir", envvar="EDGE_EVOLVER_CACHE_DIR", help="Reuse/keep built engines here."
     ),
+    profile: bool = typer.Option(
+        False, "--profile", envvar="EDGE_EVOLVER_PROFILE",
+        help="Also time every layer, in a separate pass after the timed window, and show the breakdown.",
+    ),
     json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON", help="Print one JSON object."),
 ) -> None:
-    """Measure one model locally, as the daemon would a job (warm-up, then a timed window)."""
+    """Measure one model locally, as the daemon would a job (warm-up, then a timed window).
+
+    With --profile, a per-layer profiling pass follows (the daemon runs it for every job); its
+    table is printed, or with --json the result's "profile" list.
+    """
     settings = BenchSettings(
         batch=batch,
         warmup_s=warmup_s,
@@ -168,14 +195,16 @@ def bench(
         # Nothing was measured, so no job log line: stderr carries only the error line.
         result = MeasureResult(status="error", code=exc.code, message=exc.message)
     else:
-        request = MeasureRequest(backend=backend, settings=settings, options={"threads": threads}, seed=seed,
-                                 meter=_meter(power), cache=EngineCache(cache_dir) if cache_dir else None)
+        request = MeasureRequest(backend=backend, settings=settings, options={"threads": threads, "profile": profile},
+                                 seed=seed, meter=_meter(power), cache=EngineCache(cache_dir) if cache_dir else None)
         result = measure_model(model_bytes, request=request)
         _log_summary(model, result)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), sort_keys=True))
     elif result.ok:
         _print_table(model, result)
+        if profile:
+            _print_profile(result)
     if not result.ok:
         _fail(result.code or ErrorCode.INTERNAL, result.message)
 

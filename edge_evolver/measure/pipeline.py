@@ -2,7 +2,9 @@
 
 Steps: check the ONNX (when the onnx package is there), get an engine (from the cache or by
 building it), make the feeds, run once (smoke test, agreement with reference outputs), then
-benchmark with the power sampler running exactly over the timed window.
+benchmark with the power sampler running exactly over the timed window, then (unless the
+``profile`` option is false) a separate per-layer profiling pass (measure/profile.py), whose
+failure is reported in ``profile_error`` and never fails the measurement.
 
 It never raises: every failure becomes a MeasureResult with status "error" and an ErrorCode,
 because the caller is usually evaluating a whole population and one broken genome must not
@@ -20,11 +22,13 @@ import structlog
 from ..backends import resolve_backend
 from ..backends.base import Backend, Engine
 from ..errors import EdgeError, ErrorCode
+from ..protocol import LayerTime
 from .agreement import compare_outputs
 from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
 from .engine_cache import EngineCache
 from .inputs import check_feeds, synthesize_inputs
 from .onnx_check import check_onnx
+from .profile import ProfileSettings, error_line, finish_profile, profile_option
 
 log = structlog.get_logger("edge_evolver.measure")
 
@@ -52,6 +56,10 @@ class MeasureResult:
     agreement: Optional[Dict[str, Any]] = None
     # Outputs of the first (untimed) inference, for cross-device agreement checks.
     outputs: Optional[List[np.ndarray]] = None
+    # The per-layer profiling pass after the timed window: entries and runs, or why it failed.
+    profile: Optional[List[LayerTime]] = None
+    profile_runs: Optional[int] = None
+    profile_error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +105,11 @@ class MeasureResult:
         out["agreement"] = self.agreement
         if include_samples and self.power is not None:
             out["power_samples_w"] = self.power.get("samples_w")
+        if self.profile is not None:
+            out["profile"] = [entry.to_dict() for entry in self.profile]
+            out["profile_runs"] = self.profile_runs
+        elif self.profile_error is not None:
+            out["profile_error"] = self.profile_error
         return out
 
 
@@ -187,6 +200,19 @@ class MeasureRequest:
     cache: Optional[EngineCache] = None
     meter: Any = None  # a power.PowerMeter, or None for "not measured"
     observer: Optional[WindowMonitor] = None
+    # The per-layer pass; options["profile"] = False switches it off as well.
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+
+
+def _profile(result: MeasureResult, engine: Engine, feeds: Mapping[str, np.ndarray], model_bytes: bytes,
+             settings: ProfileSettings) -> None:
+    """The per-layer pass; any failure becomes ``profile_error``, never a failed measurement."""
+    try:
+        raw = engine.profile(dict(feeds), settings)
+        result.profile, result.profile_runs = finish_profile(raw, model_bytes), raw.runs
+    except Exception as exc:  # a profiler problem must never cost the measurement (MemoryError included)
+        result.profile, result.profile_runs, result.profile_error = None, None, error_line(exc)
+        log.warning("profile_failed", model_sha256=result.model_sha256[:12], error=result.profile_error)
 
 
 def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window: _PowerWindow) -> None:
@@ -196,6 +222,7 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
     runtime = resolve_backend(req.backend)
     result.backend, result.backend_version = runtime.name, runtime.version()
     options = dict(req.options)
+    profiling = profile_option(options.pop("profile", None)) and req.profile.enabled
     options.setdefault("batch", req.settings.batch)
     start = time.perf_counter()
     engine = _engine(runtime, model_bytes, result, options, req.cache)
@@ -219,6 +246,8 @@ def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window:
                                                check=req.check)
         result.bench = run_benchmark(lambda: engine.infer(feeds), req.settings, monitor=window)
         result.power = window.summary
+        if profiling:  # after the window (and its power sampler) closed: it never touches the headline numbers
+            _profile(result, engine, feeds, model_bytes, req.profile)
     finally:
         window.window_finished()  # idempotent; after a failure mid-window it ends sampler and observer
         engine.close()
@@ -239,7 +268,8 @@ def measure_model(
     the short keyword form. ``inputs`` replace the synthetic feeds (names must match the
     model's true inputs, batch should equal ``settings.batch``, which scales throughput);
     ``options`` go to the backend (``threads``, ``providers``, ``fp16``, ``workspace_mb``,
-    ``shape_overrides``). Errors come back as status "error" with a code.
+    ``shape_overrides``), except ``profile``: false skips the per-layer profiling pass, which
+    otherwise runs after the timed window. Errors come back as status "error" with a code.
     """
     if request is None:
         request = MeasureRequest(backend=backend, settings=settings or BenchSettings(),
