@@ -21,7 +21,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
 VENV36 := .venv-py36
 
 .PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
-        bench-detect clean
+        bench-detect bench-pareto bench-pareto-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,14 @@ bench-loop: $(STAMP) broker
 
 bench-detect: $(STAMP) broker
 	$(BIN)/python bench/detect.py $(ARGS)
+
+# Ours against Torch-Pruning at three budget points, both tasks, two seeds (long); ours runs with --no-mqtt.
+bench-pareto: $(STAMP)
+	$(BIN)/python bench/pareto.py $(ARGS)
+
+# The same as a smoke run: one seed, small budgets, minutes; writes bench/out/pareto_quick.*
+bench-pareto-quick: $(STAMP)
+	$(BIN)/python bench/pareto.py --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) $(VENV36) runs .pytest_cache
