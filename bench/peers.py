@@ -123,20 +123,20 @@ def compare_seed(run: Path) -> list[dict]:
 
 
 def aggregate(results: list[dict]) -> list[dict]:
-    dense = {r.seed: r.p50_us for r in results if r.method == "dense (gen 0)"}
+    dense = {r["seed"]: r["p50_us"] for r in results if r["method"] == "dense (gen 0)"}
     rows = []
     for method in METHODS:
-        mine = [r for r in results if r.method == method]
-        accs = [r.accuracy * 100 for r in mine]
+        mine = [r for r in results if r["method"] == method]
+        accs = [r["accuracy"] * 100 for r in mine]
         rows.append({
             "method": method, "acc": statistics.mean(accs), "acc_sd": statistics.pstdev(accs),
             "accs": " / ".join(f"{a:.2f}" for a in accs),
-            "params": statistics.mean(r.params for r in mine),
-            "synapses": statistics.mean(r.synapses for r in mine),
-            "mmacs": statistics.mean(r.macs for r in mine) / 1e6,
-            "onnx_kb": statistics.mean(r.onnx_kb for r in mine),
-            "p50_us": statistics.mean(r.p50_us for r in mine),
-            "speedup": statistics.mean(dense[r.seed] / r.p50_us for r in mine),
+            "params": statistics.mean(r["params"] for r in mine),
+            "synapses": statistics.mean(r["synapses"] for r in mine),
+            "mmacs": statistics.mean(r["macs"] for r in mine) / 1e6,
+            "onnx_kb": statistics.mean(r["onnx_kb"] for r in mine),
+            "p50_us": statistics.mean(r["p50_us"] for r in mine),
+            "speedup": statistics.mean(dense[r["seed"]] / r["p50_us"] for r in mine),
         })
     return rows
 
