@@ -53,7 +53,12 @@ def evolve(
     generations: Optional[int] = _opt("generations", "--generations",
                                       "Offspring generations after the dense generation 0."),
     epochs: Optional[float] = _opt("epochs", "--epochs", "Training epochs per offspring (fractions allowed)."),
-    gen0_epochs: Optional[float] = _opt("gen0_epochs", "--gen0-epochs", "Training epochs of generation 0."),
+    gen0_epochs: Optional[str] = _opt("gen0_epochs", "--gen0-epochs", "Training epochs of generation 0, or auto "
+                                      "(until validation accuracy stops improving; the best epoch is kept)."),
+    weights: Optional[Path] = _opt("weights", "--weights", "Start generation 0 from these trained weights: a "
+                                   "state_dict saved with torch.save, or a safetensors file."),
+    final_epochs: Optional[float] = _opt("final_epochs", "--final-epochs", "A final fine-tune of the last accepted "
+                                         "generation, in epochs (0 = none)."),
     precision: Optional[str] = _opt("precision", "--precision", "Number format the weights are restricted to: "
                                     "fp16, bf16 or fp32 (no restriction).", default_from="precision_format"),
     env_factor: Optional[str] = _opt("env_factor", "--env-factor", "Environmental factor α, or α_c,α_s "
@@ -101,6 +106,10 @@ def evolve(
     offspring: Optional[int] = _opt("offspring", "--offspring",
                                     "K offspring per generation, measured in parallel; the fittest is kept."),
     hold: Optional[int] = _opt("hold", "--hold", "Stop once the goals are met for this many generations in a row."),
+    allocation: Optional[str] = _opt("allocation", "--allocation", "how the cut is spread over layers: device = by "
+                                     "the board's measured per-layer latency, magnitude = by weight magnitude alone"),
+    latency_model: Optional[Path] = _opt("latency_model", "--latency-model", "a board latency model (JSON) to start "
+                                         "from; by default the run directory's own"),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar=_env("quiet"),
                                help="Show only warnings, errors and the final line (the run directory still "
                                     "gets everything)."),
@@ -116,14 +125,15 @@ def evolve(
                  devices=list(device) if device else None, any_device=any_device or None, prefix=prefix,
                  no_mqtt=no_mqtt or None, job_timeout_s=job_timeout_s, job_retries=job_retries,
                  device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
-                 max_power_w=max_power_w, hold=hold, offspring=offspring)
+                 max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
+                 final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model))
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level)
 
 
 def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
                 quiet: bool, log_level: str) -> None:
     from host_trainer import events
-    from host_trainer.config import EvolveConfig, parse_env_factor
+    from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
     from host_trainer.terminal import Terminal
 
     with Terminal(quiet=quiet) as terminal:
@@ -138,6 +148,8 @@ def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: 
 
                 if env_factor is not None:
                     given["alpha_c"], given["alpha_s"] = parse_env_factor(env_factor)
+                if given["gen0_epochs"] is not None:
+                    given["gen0_epochs"] = parse_epochs(given["gen0_epochs"])
                 cfg = EvolveConfig.for_task(task or "classify", **given).validate()
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
         except UserError as exc:
@@ -193,6 +205,10 @@ def watch(
         raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out))
     except (ValueError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _run_id(cfg) -> str:  # noqa: ANN001

@@ -18,12 +18,17 @@ TASKS = ("classify", "detect")
 PRECISION_FORMATS = ("fp16", "bf16", "fp32")  # what the weights are restricted to (fp32: no restriction)
 PROBABILITY_MODELS = ("calibrated", "darwin")
 INITS = ("inherit", "reinit")
+ALLOCATIONS = ("device", "magnitude")  # how the cut is spread over layers (--allocation)
+AUTO = "auto"  # --gen0-epochs auto: train until validation accuracy stops improving (docs/method.md, "Training")
 # Detection's budget was measured on shapes-det (docs/detection.md, bench/detect.py): 12 epochs bring the dense
 # det-small to 66% mAP@0.5 at an operating point (score >= 0.3) its offspring keep; 24 epochs reach 74% but move
-# that point (precision 72%, recall 70%), which short offspring training then does not hold.
+# that point (precision 72%, recall 70%), which short offspring training then does not hold; `auto` took 32 epochs
+# there and moved it the same way (docs/method.md, "Generation 0, auto, measured"), so detection keeps 12.
 WATCH_BROKER = "mqtt://localhost:1883"  # `host-trainer watch` without --broker (a run's own broker is printed)
 DETECT_DEFAULTS: dict[str, Any] = {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
                                    "gen0_epochs": 12.0, "batch_size": 64}
+# With --weights, generation 0 is the user's trained model as given (restricted, evaluated, measured).
+WEIGHTS_DEFAULTS: dict[str, Any] = {"gen0_epochs": 0.0}
 
 
 @dataclass
@@ -34,7 +39,10 @@ class EvolveConfig:
     image_size: int = 32          # input side in pixels (0 in configs written before 0.2: the task's default)
     generations: int = 13
     epochs: float = 0.75          # per offspring generation (fractions of an epoch allowed)
-    gen0_epochs: float = 4.0      # the dense ancestor
+    gen0_epochs: float | str = AUTO  # the dense ancestor: epochs, or "auto" (until validation stops improving)
+    weights: str = ""             # generation 0 starts from these trained weights (a state_dict file)
+    weights_sha256: str = ""      # the sha256 of that file when the run started (a resumed run checks it)
+    final_epochs: float = 3.0     # a final fine-tune of the last accepted generation (0 = none)
     precision_format: str = "fp16"  # `--precision`: the number format weights are restricted to
     alpha_c: float = 0.8
     alpha_s: float = 0.95
@@ -67,12 +75,15 @@ class EvolveConfig:
     max_power_w: float = 0.0
     hold: int = 2  # stop early once the targets are met for this many generations in a row
     offspring: int = 1  # K offspring per generation, measured in parallel; the fittest becomes the parent
+    allocation: str = "device"  # how the cut is spread over layers: by the board's per-layer latency, or magnitude
+    latency_model: str = ""     # a board latency model (JSON) to start from; "" = the run directory's own
 
     @classmethod
     def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:
         """A config with the task's defaults for every option not given (None counts as not given)."""
         chosen = {k: v for k, v in given.items() if v is not None}
-        defaults = DETECT_DEFAULTS if task == "detect" else {}
+        defaults = {**(DETECT_DEFAULTS if task == "detect" else {}),
+                    **(WEIGHTS_DEFAULTS if chosen.get("weights") else {})}
         return cls(task=task, **{**defaults, **chosen})
 
     def validate(self) -> EvolveConfig:
@@ -87,7 +98,13 @@ class EvolveConfig:
             (self.image_size >= 0, "--image-size must be >= 0"),
             (not (self.task == "detect" and self.distill), "--distill is implemented for classification only"),
             (self.generations >= 0, "--generations must be >= 0"),
-            (self.epochs > 0 and self.gen0_epochs > 0, "--epochs and --gen0-epochs must be > 0"),
+            (self.epochs > 0, "--epochs must be > 0"),
+            (self.gen0_epochs == AUTO or _number(self.gen0_epochs) and self.gen0_epochs >= 0,  # type: ignore[operator]
+             "--gen0-epochs must be a number >= 0 or auto"),
+            (self.gen0_epochs != 0 or bool(self.weights), "--gen0-epochs 0 needs --weights (else generation 0 "
+                                                          "would be untrained)"),
+            (_number(self.final_epochs) and self.final_epochs >= 0, "--final-epochs must be >= 0"),
+            (self.allocation in ALLOCATIONS, f"--allocation must be one of {', '.join(ALLOCATIONS)}"),
             (self.precision_format in PRECISION_FORMATS, f"--precision must be one of {', '.join(PRECISION_FORMATS)}"),
             (0 < self.alpha_c <= 1 and 0 < self.alpha_s <= 1, "--env-factor values must lie in (0, 1]"),
             (self.probability_model in PROBABILITY_MODELS,
@@ -119,20 +136,29 @@ class EvolveConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EvolveConfig:
-        """A config.json as written by any version (0.1 said `precision` for `precision_format`); a value of
-        the wrong type is a one-line UserError naming it, unknown keys are ignored."""
+        """A config.json as written by any version (0.1 said `precision` for `precision_format`; older ones have
+        no `final_epochs`); a value of the wrong type is a one-line UserError naming it, unknown keys are
+        ignored."""
         data = dict(data)
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
+        data.setdefault("final_epochs", 0.0)  # a run from before --final-epochs had none: resumed, it still has none
         known = {k: v for k, v in data.items() if k in _FIELD_DEFAULTS}
         for key, value in known.items():
-            if not _same_kind(value, _FIELD_DEFAULTS[key]):
+            if key == "gen0_epochs":  # a number (every version), or "auto"
+                if value != AUTO and not _number(value):
+                    raise UserError(f"config.json: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
+            elif not _same_kind(value, _FIELD_DEFAULTS[key]):
                 raise UserError(f"config.json: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
         return cls(**known)
 
 
 _FIELD_DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc,operator]
                    for f in fields(EvolveConfig)}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -159,6 +185,8 @@ def default_text(name: str) -> str:
     text = _show(_FIELD_DEFAULTS[name])
     if name in DETECT_DEFAULTS:
         text += f"; detect: {_show(DETECT_DEFAULTS[name])}"
+    if name in WEIGHTS_DEFAULTS:
+        text += f"; with --weights: {_show(WEIGHTS_DEFAULTS[name])}"
     return text
 
 
@@ -168,6 +196,19 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value) if value != "" else "none"
+
+
+def parse_epochs(text: str, option: str = "--gen0-epochs") -> float | str:
+    """`auto` or a number of epochs (>= 0); anything else is a one-line UserError."""
+    if str(text).strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{option} takes a number of epochs or {AUTO!r}, got {text!r}") from None
+    if not value >= 0:
+        raise UserError(f"{option} must be >= 0 or {AUTO!r}, got {text!r}")
+    return value
 
 
 def parse_env_factor(text: str) -> tuple[float, float]:

@@ -39,6 +39,11 @@ class GenerationRecord:
     accepted: bool = _f("bool", "", "true when this offspring became its generation's member", True)
     reject_reason: str | None = _f("str", "", "why it was not accepted (accuracy brake, device error, not the fittest)")
     carried_over: bool = _f("bool", "", "no offspring survived: the parent lives on as this generation", False)
+    final_tune: bool = _f("bool", "", "the final fine-tune of the last accepted generation (--final-epochs)", False)
+    epochs_trained: float | None = _f("float", "epochs", "what generation 0 (with --gen0-epochs auto: until "
+                                                         "validation stopped improving) or the final fine-tune "
+                                                         "trained; offspring: null (--epochs)")
+    weights_sha256: str | None = _f("str", "hex", "generation 0: sha256 of the --weights file it started from")
     # ---- synthesis -----------------------------------------------------------------------------------
     alpha: list | None = _f("list", "", "[α_c, α_s] as used")
     alpha_c: float | None = _f("float", "fraction", "environmental factor for clusters (fraction inherited)")
@@ -196,7 +201,7 @@ _ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "
             "list": "a list", "dict": "an object", "any": "anything"}
 FIELDS = tuple(f for f in fields(GenerationRecord) if f.name != "extra")
 KINDS = {f.name: f.metadata["kind"] for f in FIELDS}
-READ_DEFAULTS = {"schema": 1, "attempt": 0, "accepted": False, "carried_over": False}
+READ_DEFAULTS = {"schema": 1, "attempt": 0, "accepted": False, "carried_over": False, "final_tune": False}
 
 
 def lineage(records: Iterable[GenerationRecord]) -> list[GenerationRecord]:

@@ -22,6 +22,7 @@ from host_trainer.progress import Step
 from host_trainer.record import COLUMNS, TERMINAL_COLUMNS, Column, GenerationRecord
 
 CARRIED = "(carried over: no offspring survived)"
+FINAL = "(final fine-tune)"
 # Left out, in this order, when the terminal is too narrow for every column.
 OPTIONAL = ("clusters", "latency_ms_p99", "recall", "precision")
 # Plain-text widths, so that rows printed one at a time line up under the header.
@@ -35,7 +36,8 @@ def plain_header(task: str | None, keys: tuple[str, ...] = TERMINAL_COLUMNS) -> 
 
 def plain_row(record: GenerationRecord, keys: tuple[str, ...] = TERMINAL_COLUMNS) -> str:
     cells = [COLUMNS[k].text(record).rjust(_width(COLUMNS[k], record.task)) for k in keys]
-    return "  ".join(cells) + (f"  {CARRIED}" if record.carried_over else "")
+    note = f"  {CARRIED}" if record.carried_over else f"  {FINAL}" if record.final_tune else ""
+    return "  ".join(cells) + note
 
 
 def _width(column: Column, task: str | None) -> int:

@@ -113,7 +113,9 @@ OPTION_FIELDS = {"--task": "task", "--model": "model", "--dataset": "dataset", "
                  "--distill": "distill", "--train-subset": "train_subset", "--job-timeout-s": "job_timeout_s",
                  "--job-retries": "job_retries", "--device-timeout": "device_timeout_s",
                  "--bench-threads": "bench_threads", "--bench-min-seconds": "bench_min_seconds",
-                 "--bench-min-iterations": "bench_min_iterations", "--prefix": "prefix", "--broker": "broker"}
+                 "--bench-min-iterations": "bench_min_iterations", "--prefix": "prefix", "--broker": "broker",
+                 "--weights": "weights", "--final-epochs": "final_epochs", "--allocation": "allocation",
+                 "--latency-model": "latency_model"}
 
 
 def test_readme_option_table_shows_the_config_defaults() -> None:

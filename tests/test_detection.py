@@ -158,7 +158,9 @@ def test_two_generation_detection_run_through_the_cli_and_report(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     accepted = [r for r in rows if r["accepted"]]
-    assert [r["generation"] for r in accepted] == [0, 1, 2]
+    assert [r["generation"] for r in accepted if not r["final_tune"]] == [0, 1, 2]
+    final = rows[-1]  # the final fine-tune (--final-epochs, default 3): generation 3, landed or rejected
+    assert final["final_tune"] and final["generation"] == 3 and final["parent"] == 2
     for r in accepted:
         assert r["task"] == "detect" and r["accuracy"] == r["map50"] and 0 <= r["map50"] <= 1
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fps"] > 0 and r["device_id"] == "local"
@@ -223,7 +225,8 @@ def test_a_user_detector_on_yolo_data_through_the_cli(tmp_path):
     (tmp_path / "det.py").write_text(USER_DETECTOR)
     _yolo_set(tmp_path / "yolo")
     args = ["--task", "detect", "--model", f"{tmp_path / 'det.py'}:build", "--dataset", f"yolo:{tmp_path / 'yolo'}",
-            "--image-size", "32", "--generations", "1", "--gen0-epochs", "2", "--epochs", "1", "--no-mqtt",
+            "--image-size", "32", "--generations", "1", "--gen0-epochs", "2", "--epochs", "1", "--final-epochs", "0",
+            "--no-mqtt",
             "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "10",
             "--run-dir", str(tmp_path / "runs")]
     proc = _evolve(args, tmp_path)

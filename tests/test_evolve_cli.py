@@ -19,8 +19,9 @@ from host_trainer.cli import app
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.method.restriction import is_representable
 
-TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
-        "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "20"]
+TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--final-epochs", "0",
+        "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1",
+        "--bench-min-iterations", "20"]
 # What must be identical between an uninterrupted and a resumed run (timings are not).
 DETERMINISTIC = ("generation", "parent", "attempt", "seed", "alpha", "synapses", "clusters", "params", "macs",
                  "accuracy", "precision", "recall", "val_accuracy", "model_sha256", "accepted", "reject_reason")

@@ -19,8 +19,9 @@ from host_trainer.record import GenerationRecord
 
 from .mqtt_support import Broker, Collector, Daemon
 
-TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
-        "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "20"]
+TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--final-epochs", "0",
+        "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1",
+        "--bench-min-iterations", "20"]
 
 
 def _evolve(args, cwd, timeout=600):
@@ -262,8 +263,8 @@ def test_a_device_error_makes_the_offspring_unfit(tmp_path):
     from host_trainer.models.registry import build_model
     from host_trainer.tasks.registry import load_data, make_task
 
-    cfg = EvolveConfig(model="mlp", dataset="digits", generations=1, epochs=1, gen0_epochs=2, alpha_c=0.7,
-                       alpha_s=0.7, max_accuracy_drop=100, no_mqtt=True).validate()
+    cfg = EvolveConfig(model="mlp", dataset="digits", generations=1, epochs=1, gen0_epochs=2, final_epochs=0,
+                       alpha_c=0.7, alpha_s=0.7, max_accuracy_drop=100, no_mqtt=True).validate()
     data = load_data("classify", "digits", seed=0, image_size=32)
     task = make_task("classify", data, build_model("mlp", data.num_classes, data.input_shape))
     records = Evolution(cfg, data, RunDir(tmp_path), _FailingOnce(), task).run_all()

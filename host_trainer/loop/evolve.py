@@ -22,14 +22,22 @@ import structlog
 import torch
 from torch import nn
 
-from host_trainer.config import EvolveConfig
+from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.errors import UserError
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
 from host_trainer.loop.runstore import RunDir, atomic_write_json
 from host_trainer.loop.selection import pareto_front, select
-from host_trainer.loop.training import TrainConfig, train
+from host_trainer.loop.training import (
+    CAP_EPOCHS,
+    TrainConfig,
+    cut_fraction,
+    fine_tune,
+    recovery,
+    train,
+    train_until_plateau,
+)
 from host_trainer.method.compaction import cluster_groups, compact
 from host_trainer.method.export import sha256, to_onnx_bytes
 from host_trainer.method.masks import apply_masks, dense_masks
@@ -37,6 +45,7 @@ from host_trainer.method.restriction import restrict
 from host_trainer.method.size import size_metrics
 from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.models.registry import build_model, fixed_layers
+from host_trainer.models.weights import check_unchanged, load_weights
 from host_trainer.progress import NULL, RunView, Step
 from host_trainer.record import GenerationRecord
 from host_trainer.tasks.base import Task
@@ -101,7 +110,26 @@ class Evolution:
                                f"{parent.generation}")
                 break
             parent = self.next_generation(parent, generation, baseline)
+        if self.cfg.final_epochs > 0 and parent.generation > 0 and not self._accepted(parent.generation).final_tune:
+            self._final_tune(parent, baseline)
         return self.records
+
+    def _final_tune(self, parent: Member, baseline: float) -> None:
+        """--final-epochs: train the last accepted generation once more (training.fine_tune); it lands as the
+        next generation (`final_tune`) when its validation accuracy is at least its parent's."""
+        generation, seed = parent.generation + 1, derive_seed(self.cfg.seed, parent.generation + 1, 0)
+        model, masks = copy.deepcopy(parent.model), dict(parent.masks)
+        loss = self._train(model, masks, generation, self.cfg.final_epochs, seed, final=True)
+        candidate = self._finish(model, masks, generation, parent.generation, seed, None, loss)
+        candidate.record.update({"final_tune": True, "epochs_trained": self.cfg.final_epochs})
+        reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
+        if reason is None and candidate.member.val_accuracy < parent.val_accuracy:
+            reason = f"the final fine-tune lowered validation accuracy ({parent.val_accuracy:.4f} -> " \
+                     f"{candidate.member.val_accuracy:.4f})"
+        if reason is not None:
+            self._reject(candidate.record, reason)
+            return
+        self._commit(candidate)
 
     def _goals_held(self) -> bool:
         accepted = [r for r in self.records if r.accepted and r.generation > 0]
@@ -112,12 +140,29 @@ class Evolution:
         return next(r for r in reversed(self.records) if r.accepted and r.generation == generation)
 
     def generation_zero(self) -> Member:
-        seed = derive_seed(self.cfg.seed, 0, 0)
+        """The dense ancestor: built (or the user's --weights), trained for --gen0-epochs (a number, 0, or auto:
+        until validation accuracy stops improving, the best epoch kept), restricted, measured."""
+        cfg, seed = self.cfg, derive_seed(self.cfg.seed, 0, 0)
         torch.manual_seed(seed)
-        model = build_model(self.cfg.model, self.data.num_classes, self.data.input_shape)
-        masks = dense_masks(model)
-        loss = self._train(model, masks, 0, self.cfg.gen0_epochs, seed)
+        model = build_model(cfg.model, self.data.num_classes, self.data.input_shape)
+        if cfg.weights:
+            check_unchanged(cfg.weights, cfg.weights_sha256)
+            load_weights(model, cfg.weights, cfg.model)
+        masks, loss, trained = dense_masks(model), float("nan"), 0.0
+        if cfg.gen0_epochs == AUTO:
+            with self.view.step("gen 0: training until validation accuracy stops improving") as bar:
+                plateau = train_until_plateau(model, masks, self.train_split, self._train_config(seed), self.task,
+                                              lambda m: self.task.evaluate(m, self.data.val).accuracy,
+                                              _epoch_reporter(bar, CAP_EPOCHS))
+            log.info("generation 0 trained", epochs=plateau.epochs, best_epoch=plateau.best_epoch,
+                     val_accuracy=plateau.best_score, val_history=[round(v, 4) for v in plateau.history])
+            loss, trained = plateau.loss, float(plateau.epochs)
+        elif float(cfg.gen0_epochs) > 0:
+            trained = float(cfg.gen0_epochs)
+            loss = self._train(model, masks, 0, trained, seed)
         candidate = self._finish(model, masks, generation=0, parent=None, seed=seed, alpha=None, loss=loss)
+        candidate.record.update({"epochs_trained": trained, "weights_sha256": cfg.weights_sha256 or None,
+                                 "train_loss": loss if trained > 0 else None})
         self._commit(candidate)
         return candidate.member
 
@@ -199,14 +244,23 @@ class Evolution:
             child = ckpt.build_architecture(self._architecture(child))
         apply_masks(child, masks)
         teacher = parent.model if cfg.distill > 0 else None
-        loss = self._train(child, masks, generation, cfg.epochs, seed, teacher)
+        loss = self._train(child, masks, generation, cfg.epochs, seed, teacher, cut_fraction(parent.model, child))
         return child, masks, loss
 
     def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
-               teacher: nn.Module | None = None) -> float:
-        tcfg = TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
+               teacher: nn.Module | None = None, cut: float | None = None, final: bool = False) -> float:
+        """Train for `epochs` on the full schedule; an offspring, given its `cut` (the fraction of its parent's
+        synapses it lost), on the recovery schedule; the final fine-tune on its own (loop/training.py)."""
+        tcfg = self._train_config(seed, epochs)
+        if cut is not None:
+            tcfg = recovery(tcfg, cut)
+        elif final:
+            tcfg = fine_tune(tcfg)
         with self.view.step(f"gen {generation}: training") as bar:
             return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, epochs))
+
+    def _train_config(self, seed: int, epochs: float = 0.0) -> TrainConfig:
+        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
 
     def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
                 seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0) -> Candidate:

@@ -22,6 +22,7 @@ from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.loop.evolve import Evolution, resume_member
 from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
 from host_trainer.models.registry import build_model
+from host_trainer.models.weights import check_unchanged, file_sha256, load_weights
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 from host_trainer.tasks.base import Task
@@ -38,16 +39,23 @@ class Finished:
     records: list[GenerationRecord]
 
 
-def _prepare(cfg: EvolveConfig, view: RunView) -> tuple[Any, Task]:
-    """Load the data, build the model and the task once, so that bad input fails before any write."""
+def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tuple[Any, Task]:
+    """Load the data, build the model (with --weights, loaded into it) and the task once, so that bad input
+    fails before any write."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
     model = build_model(cfg.model, data.num_classes, data.input_shape)
+    if cfg.weights and check_weights:
+        check_unchanged(cfg.weights, cfg.weights_sha256)
+        load_weights(model, cfg.weights, cfg.model)
     return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model)
 
 
 def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
+    if cfg.weights:  # an absolute path and the file's sha256 in config.json: a resumed run reads the same bytes
+        cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     data, task = _prepare(cfg, view)
+    cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     path = Path(parent_dir) / run_id
     suffix = 1
     while path.exists():
@@ -72,8 +80,8 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
     if generations is not None and generations != cfg.generations:
         cfg.generations = generations
         run.write_config(cfg.to_dict())
-    data, task = _prepare(cfg.validate(), view)
     records = run.completed_records()
+    data, task = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)

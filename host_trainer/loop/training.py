@@ -1,15 +1,29 @@
 """Training at fp32 with synapse masks. Reads top to bottom like nanoGPT's train.py.
 
-A generation's training depends only on (model, masks, data, config): the batch order comes
-from a generator seeded by `config.seed` and no state carries over between generations, so a
-resumed run repeats exactly what an uninterrupted one would have done. The task (host_trainer/tasks/)
-supplies the labels and the loss; the loop is the same for every task.
+Three schedules share one optimiser step (`_Steps`):
+
+- `train`: a fixed budget of `epochs`, linear warm-up then cosine decay to zero (generation 0 with a number
+  of epochs);
+- `train_until_plateau`: generation 0 with `--gen0-epochs auto`: warm up, hold the peak learning rate while
+  validation accuracy improves, then decay to zero over a quarter of the epochs held ("warm-up, stable,
+  decay"), keeping the best weights seen;
+- an offspring's recovery is `train` with the `recovery` config: no warm-up and a peak scaled to the cut; the
+  final fine-tune (`--final-epochs`) is `train` with the `fine_tune` config: no warm-up, a lower peak.
+
+After training, BatchNorm's running statistics are estimated again on training images (`recalibrate_batchnorm`):
+a cut changes every later layer's statistics, and a short recovery leaves the running averages behind.
+
+A training depends only on (model, masks, data, config): the batch order comes from a generator seeded by
+`config.seed` and no state carries over between generations, so a resumed run repeats exactly what an
+uninterrupted one would have done. The task (host_trainer/tasks/) supplies the labels and the loss.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from host_trainer.method.masks import apply_masks
+from host_trainer.method.masks import apply_masks, prunable_layers
 from host_trainer.tasks.base import Task
+
+# --gen0-epochs auto (docs/method.md, "Training"): evaluate once an epoch; decay after PATIENCE epochs without a
+# better validation score, over DECAY_FRACTION of the epochs trained so far (at least one); never past CAP.
+PATIENCE = 3
+CAP_EPOCHS = 60
+DECAY_FRACTION = 0.25
+AUTO_WARMUP_EPOCHS = 0.25  # the linear warm-up of generation 0 with auto
+# The offspring's recovery (docs/method.md, "Recovery"): peak learning rate = lr · clip(cut · RECOVERY_GAIN,
+# RECOVERY_FLOOR, 1), where cut is the fraction of the parent's synapses the offspring lost.
+RECOVERY_GAIN = 1.0
+RECOVERY_FLOOR = 0.1
+FINAL_LR_SCALE = 0.3  # the final fine-tune (--final-epochs): no warm-up, peak lr · FINAL_LR_SCALE
+BN_BATCHES = 20  # training batches that re-estimate BatchNorm's running statistics
 
 
 @dataclass(frozen=True)
@@ -26,10 +53,10 @@ class TrainConfig:
     epochs: float  # may be fractional: the budget is round(epochs * batches per epoch) steps
     seed: int
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.05               # the peak learning rate
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero
+    warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero; 0: start at the peak
     augment_shift: int = 2         # random translation in pixels (0 = off); cheap and helps glyphs
 
 
@@ -38,8 +65,26 @@ class TrainConfig:
 OnStep = Callable[[int, int, float, "float | None"], None]
 
 
+def recovery(cfg: TrainConfig, cut: float) -> TrainConfig:
+    """An offspring's schedule: no warm-up, and a peak learning rate in proportion to how much it lost."""
+    scale = min(1.0, max(RECOVERY_FLOOR, cut * RECOVERY_GAIN))
+    return dataclasses.replace(cfg, lr=cfg.lr * scale, warmup_fraction=0.0)
+
+
+def fine_tune(cfg: TrainConfig) -> TrainConfig:
+    """The final fine-tune's schedule: no warm-up, a third of the peak learning rate (docs/method.md)."""
+    return dataclasses.replace(cfg, lr=cfg.lr * FINAL_LR_SCALE, warmup_fraction=0.0)
+
+
+def cut_fraction(parent: nn.Module, child: nn.Module) -> float:
+    """The fraction of the parent's synapses (non-zero Conv/Linear weights) the child does not have."""
+    def synapses(model: nn.Module) -> int:
+        return sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
+    return 1.0 - synapses(child) / max(1, synapses(parent))
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    warm = max(1, int(total * cfg.warmup_fraction))
+    warm = int(total * cfg.warmup_fraction)
     if step < warm:
         return cfg.lr * (step + 1) / warm
     frac = (step - warm) / max(1, total - warm)
@@ -70,45 +115,143 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                            lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 
+class _Steps:
+    """What every schedule shares: the seeded batch order and one masked optimiser step."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
+                 teacher: nn.Module | None = None):
+        torch.manual_seed(cfg.seed)
+        self.model, self.masks, self.cfg, self.task, self.teacher = model, masks, cfg, task, teacher
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.x, self.labels = torch.from_numpy(data.x), task.labels(data)
+        self.shift = cfg.augment_shift if task.augment else 0
+        self.per_epoch = math.ceil(len(self.x) / cfg.batch_size)
+        self.opt = _optimizer(model, cfg)
+        if teacher is not None:
+            teacher.eval()
+        apply_masks(model, masks)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Endless: a fresh permutation of the data for every pass."""
+        while True:
+            order = torch.randperm(len(self.x), generator=self.gen)
+            for start in range(0, len(order), self.cfg.batch_size):
+                idx = order[start: start + self.cfg.batch_size]
+                yield _shift(self.x[idx], self.shift, self.gen), [t[idx] for t in self.labels]
+
+    def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
+        """One optimiser step at `lr`; masked synapses back to zero. (loss, the batch's score)."""
+        self.model.train()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        teacher_outputs = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_outputs = self.teacher(x)
+        outputs = self.model(x)
+        loss = self.task.loss(outputs, labels, teacher_outputs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        apply_masks(self.model, self.masks)
+        return loss.item(), self.task.batch_score(outputs, labels)
+
+
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
           teacher: nn.Module | None = None, on_step: OnStep | None = None) -> float:
-    """Train in place at fp32; masked synapses are held at zero after every step. Returns the last loss.
+    """Train in place at fp32 for `cfg.epochs`; masked synapses are held at zero after every step. Returns the
+    last loss (NaN: training stopped there, and the caller rejects the offspring).
 
     `teacher` (the parent, for distillation) is run on every batch when given; the task weighs its outputs.
     """
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_all, labels = torch.from_numpy(data.x), task.labels(data)
-    shift = cfg.augment_shift if task.augment else 0
-    total = total_steps(len(x_all), cfg)
-    opt = _optimizer(model, cfg)
-    if teacher is not None:
-        teacher.eval()
-    apply_masks(model, masks)
-    model.train()
-    step, last = 0, float("nan")
-    while step < total:
-        order = torch.randperm(len(x_all), generator=gen)  # a fresh pass over the data
-        for start in range(0, len(order), cfg.batch_size):
-            if step >= total:
-                break
-            idx = order[start: start + cfg.batch_size]
-            x, batch_labels = _shift(x_all[idx], shift, gen), [t[idx] for t in labels]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
-            teacher_outputs = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_outputs = teacher(x)
-            outputs = model(x)
-            loss = task.loss(outputs, batch_labels, teacher_outputs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            apply_masks(model, masks)
-            step, last = step + 1, loss.item()
-            if on_step is not None:
-                on_step(step, total, last, task.batch_score(outputs, batch_labels))
-            if not math.isfinite(last):
-                return last  # a NaN loss: the caller rejects this offspring
+    steps = _Steps(model, masks, data, cfg, task, teacher)
+    total = total_steps(len(data.x), cfg)
+    last = float("nan")
+    for step, (x, labels) in zip(range(total), steps.batches()):
+        last, score = steps.step(x, labels, lr_at(step, total, cfg))
+        if on_step is not None:
+            on_step(step + 1, total, last, score)
+        if not math.isfinite(last):
+            return last
+    recalibrate_batchnorm(model, data, cfg)
     return last
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """What `train_until_plateau` did: the last loss, the epochs trained, the best epoch with its score, and
+    the score after every epoch (the first: before training)."""
+
+    loss: float
+    epochs: int
+    best_epoch: int
+    best_score: float
+    history: tuple[float, ...] = ()
+
+
+def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
+                        score: Callable[[nn.Module], float], on_step: OnStep | None = None,
+                        patience: int = PATIENCE, cap: int = CAP_EPOCHS) -> Plateau:
+    """Warm up, hold the peak learning rate until `score(model)` (validation accuracy, once an epoch) has not
+    improved for `patience` epochs, then decay to zero over DECAY_FRACTION of the epochs so far, all within
+    `cap` epochs. The model ends with the best weights seen, the starting ones included (weights the user
+    gave are never made worse)."""
+    steps = _Steps(model, masks, data, cfg, task)
+    batches, per_epoch = steps.batches(), steps.per_epoch
+    warm = max(1, round(per_epoch * AUTO_WARMUP_EPOCHS))
+    history = [score(model)]
+    best_score, best_epoch, best_state = history[0], 0, copy.deepcopy(model.state_dict())
+    stall, decay, last, step = 0, None, float("nan"), 0  # decay: (its first epoch, its length) once decaying
+    for epoch in range(1, cap + 1):
+        for _ in range(per_epoch):
+            last, batch_score = steps.step(*next(batches), _plateau_lr(cfg.lr, step, per_epoch, warm, decay))
+            step += 1
+            if on_step is not None:
+                on_step(step, cap * per_epoch, last, batch_score)
+            if not math.isfinite(last):
+                return Plateau(last, epoch, best_epoch, best_score, tuple(history))
+        now = score(model)
+        history.append(now)
+        if now > best_score:
+            best_score, best_epoch, best_state, stall = now, epoch, copy.deepcopy(model.state_dict()), 0
+        else:
+            stall += 1
+        length = max(1, round(epoch * DECAY_FRACTION))
+        if decay is None and (stall >= patience or epoch + length >= cap):
+            decay = (epoch, length)
+        elif decay is not None and epoch >= sum(decay):
+            break
+    model.load_state_dict(best_state)
+    recalibrate_batchnorm(model, data, cfg)
+    return Plateau(last, epoch, best_epoch, best_score, tuple(history))
+
+
+def _plateau_lr(peak: float, step: int, per_epoch: int, warm: int, decay: tuple[int, int] | None) -> float:
+    """Linear warm-up to the peak, the peak, then (once decaying) cosine to zero over the decay epochs."""
+    if decay is None:
+        return peak * min(1.0, (step + 1) / warm)
+    frac = (step - decay[0] * per_epoch) / (decay[1] * per_epoch)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches: int = BN_BATCHES) -> None:
+    """Estimate every BatchNorm's running mean and variance again, as an equal average over up to `batches`
+    training batches (in a seeded order, unshifted), with the weights as they are. No BatchNorm: nothing to do."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()
+    x = torch.from_numpy(data.x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + 1))
+    for i in range(min(batches, math.ceil(len(x) / cfg.batch_size))):
+        model(x[order[i * cfg.batch_size: (i + 1) * cfg.batch_size]])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
