@@ -110,6 +110,9 @@ def evolve(
                                      "the board's measured per-layer latency, magnitude = by weight magnitude alone"),
     latency_model: Optional[Path] = _opt("latency_model", "--latency-model", "a board latency model (JSON) to start "
                                          "from; by default the run directory's own"),
+    no_probes: bool = typer.Option(False, "--no-probes", envvar=_env("no_probes"),
+                                   help="No probe jobs: learn the board's channel steps from profiles alone "
+                                        "(docs/latency.md)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar=_env("quiet"),
                                help="Show only warnings, errors and the final line (the run directory still "
                                     "gets everything)."),
@@ -126,7 +129,8 @@ def evolve(
                  no_mqtt=no_mqtt or None, job_timeout_s=job_timeout_s, job_retries=job_retries,
                  device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
                  max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
-                 final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model))
+                 final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
+                 probes=False if no_probes else None)
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level)
 
 

@@ -77,6 +77,7 @@ class EvolveConfig:
     offspring: int = 1  # K offspring per generation, measured in parallel; the fittest becomes the parent
     allocation: str = "device"  # how the cut is spread over layers: by the board's per-layer latency, or magnitude
     latency_model: str = ""     # a board latency model (JSON) to start from; "" = the run directory's own
+    probes: bool = True         # probe jobs once per board: one layer at many channel counts (docs/latency.md)
 
     @classmethod
     def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:

@@ -50,6 +50,9 @@ class GenerationRecord:
     alpha_s: float | None = _f("float", "fraction", "environmental factor for synapses")
     speed_pressure: float | None = _f("float", "", "the controller's speed factor s (1 without targets)")
     target_gap: float | None = _f("float", "ratio", "how far the parent was from the goals (> 1: short by it)")
+    allocation: str | None = _f("str", "", "how the cut was spread over layers: device (the board's latency model) "
+                                         "or magnitude")
+    alignment: int | None = _f("int", "channels", "device allocation: the board's channel step it snapped counts to")
     # ---- size ----------------------------------------------------------------------------------------
     synapses: int | None = _f("int", "count", "non-zero weights of Conv/Linear layers")
     clusters: int | None = _f("int", "count", "filters plus neurons that exist")
@@ -84,6 +87,8 @@ class GenerationRecord:
     latency_ms_min: float | None = _f("float", "ms", "fastest inference")
     latency_ms_max: float | None = _f("float", "ms", "slowest inference")
     measure_seconds: float | None = _f("float", "s", "publish to result (or the local benchmark), wall time")
+    slowest_layer: str | None = _f("str", "", "the module that took the most time in the board's per-layer profile")
+    slowest_layer_share: float | None = _f("float", "fraction", "its share of the profiled time")
     measure_batch_seconds: float | None = _f("float", "s", "measuring all K offspring of the attempt, wall time")
     # ---- the in-process benchmark (--no-mqtt) --------------------------------------------------------
     bench_backend: str | None = _f("str", "", "runtime of the in-process benchmark")

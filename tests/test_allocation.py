@@ -20,9 +20,9 @@ def _groups(rng: np.random.Generator, slow: float = 10.0, fast: float = 1.0, siz
 
 
 def test_allowed_counts_follow_the_alignment_down_to_one_cluster():
-    assert allowed_counts(40, 16) == [40, 32, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+    assert allowed_counts(40, 16) == [40, 32, 16]  # never below the board's smallest efficient step
     assert allowed_counts(5, 1) == [5, 4, 3, 2, 1]
-    assert allowed_counts(3, 8) == [3, 2, 1]
+    assert allowed_counts(3, 8) == [3, 2, 1]  # a layer smaller than the step: down to one cluster
 
 
 def test_a_group_that_costs_more_time_per_importance_loses_more_clusters():
@@ -60,6 +60,12 @@ def test_counts_snap_to_the_boards_steps():
     stepped = [GroupCost(f"g{i}", rng.uniform(0.5, 1.5, 64), lambda n: float(step(n, 16))) for i in range(4)]
     keep = allocate(stepped, 0.75, alignment=16)
     assert all(n % 16 == 0 for n in keep.values())
+
+
+def test_groups_at_the_boards_floor_stop_the_cut_short_of_alpha():
+    rng = np.random.default_rng(5)
+    groups = [GroupCost(f"g{i}", rng.uniform(0.5, 1.5, 16), lambda n: float(step(n, 16))) for i in range(3)]
+    assert allocate(groups, 0.5, alignment=16) == {"g0": 16, "g1": 16, "g2": 16}
 
 
 def test_no_group_is_wiped_out_in_one_generation():

@@ -53,7 +53,8 @@ def attribute(profile: Iterable[Any], modules: Iterable[str]) -> LayerProfile:
         if not isinstance(entry, dict):
             continue
         ms = _number(entry.get("ms"))
-        nodes = entry.get("nodes") if isinstance(entry.get("nodes"), list) else []
+        listed = entry.get("nodes")
+        nodes: list[Any] = listed if isinstance(listed, list) else []
         owners = sorted({m for m in (module_of(n) for n in nodes) if m is not None})
         mapped = [m for m in owners if m in known]
         if owners and not mapped:

@@ -16,7 +16,7 @@ from torch import nn
 from host_trainer.errors import UserError
 from host_trainer.latency import model as latency_model
 from host_trainer.latency.groups import observe
-from host_trainer.latency.model import LatencyModel
+from host_trainer.latency.model import LatencyModel, Observation
 
 FOLDER = "latency"
 
@@ -53,10 +53,15 @@ class LatencyBook:
             return LatencyModel.from_dict({**self.start.to_dict(), "device": device, "observations": []})
         return LatencyModel(device=device)
 
-    def observe(self, device: str, model: nn.Module, profile: list[Any], sha: str, generation: int) -> None:
+    def observe(self, device: str, model: nn.Module, profile: list[Any], sha: str, generation: int) -> Observation:
+        """File one measured network (once per model file) and save the device's model; the observation."""
         latency = self.for_device(device)
-        latency.observe(observe(model, profile, sha, generation))
-        self.save(device)
+        observed = latency.observation(sha)
+        if observed is None:
+            observed = observe(model, profile, sha, generation)
+            latency.observe(observed)
+            self.save(device)
+        return observed
 
     def save(self, device: str) -> None:
         self.for_device(device).save(self.folder / file_name(device))

@@ -24,8 +24,9 @@ from torch import nn
 
 from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.errors import UserError
-from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, DeviceError, Measurer
+from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop.allocator import Allocation, DeviceAllocator
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
 from host_trainer.loop.runstore import RunDir, atomic_write_json
 from host_trainer.loop.selection import pareto_front, select
@@ -97,6 +98,7 @@ class Evolution:
         self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0, self.goals)
         self.records: list[GenerationRecord] = []
         self.train_split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
+        self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
 
     # ---- the run -------------------------------------------------------------------------
     def run_all(self, parent: Member | None = None) -> list[GenerationRecord]:
@@ -173,10 +175,11 @@ class Evolution:
             survivors = []
             for k in range(self.cfg.offspring):
                 seed = offspring_seed(self.cfg.seed, generation, attempt, k, self.cfg.offspring)
-                child, masks, loss = self._offspring(parent, generation, seed, alpha)
+                child, masks, loss, allocation = self._offspring(parent, generation, seed, alpha, k)
                 candidate = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
                 candidate.record.update({"offspring": k, "speed_pressure": speed_pressure(self.goals, fitness),
-                                         "target_gap": self.goals.gap(fitness)})
+                                         "target_gap": self.goals.gap(fitness), "allocation": allocation.how,
+                                         "alignment": allocation.alignment})
                 reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
                 if reason is None:
                     survivors.append(candidate)
@@ -233,11 +236,16 @@ class Evolution:
         log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
 
     # ---- one offspring ---------------------------------------------------------------------
-    def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float]):
+    def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float], k: int = 0):
+        """Synthesise, compact and train one offspring; how many clusters each group keeps comes from the
+        board's latency model (device allocation) or from α alone (magnitude)."""
         cfg = self.cfg
         scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
         groups = cluster_groups(parent.model, self.example, fixed_layers(parent.model))
-        plan = plan_offspring(parent.model, groups, parent.masks, scfg, np.random.default_rng(seed))
+        allocation: Allocation = self.allocator.counts(self._accepted(parent.generation), parent.model, groups,
+                                                       alpha[0], seed, k)
+        plan = plan_offspring(parent.model, groups, parent.masks, scfg, np.random.default_rng(seed),
+                              counts=allocation.counts)
         child, masks = compact(parent.model, plan.masks, groups, plan.keep, self.example)
         if cfg.init == "reinit":
             torch.manual_seed(seed)
@@ -245,7 +253,7 @@ class Evolution:
         apply_masks(child, masks)
         teacher = parent.model if cfg.distill > 0 else None
         loss = self._train(child, masks, generation, cfg.epochs, seed, teacher, cut_fraction(parent.model, child))
-        return child, masks, loss
+        return child, masks, loss, allocation
 
     def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
                teacher: nn.Module | None = None, cut: float | None = None, final: bool = False) -> float:
@@ -310,8 +318,11 @@ class Evolution:
         name += ".carry" if record.carried_over else ""
         started = time.perf_counter()
         try:
-            record.update(self.measurer.measure(name, candidate.onnx, self.data.test.x[:AGREEMENT_SAMPLES],
-                                                {"generation": record.generation, "attempt": record.attempt}))
+            fields = self.measurer.measure(name, candidate.onnx, self.data.test.x[:AGREEMENT_SAMPLES],
+                                           {"generation": record.generation, "attempt": record.attempt})
+            profile = fields.pop(PROFILE, None) or []
+            record.update(fields)
+            record.update(self.allocator.observe(record, candidate.member.model, profile))
         except DeviceError as exc:
             return str(exc)
         finally:

@@ -2,13 +2,15 @@
 
 The rule (docs/method.md, "Device-aware allocation"), greedy like NetAdapt but on measured times:
 1. Every group starts with all its live clusters; the overall budget keeps round(α · Σ N_g) clusters.
-2. A group may only step to counts the board computes differently: multiples of the board's alignment a
-   (below a, any count down to one cluster: the model's own floor), and in one generation never below α² · N_g
-   (so no group is wiped out by one draw) unless that forbids even its first step down.
+2. A group may only step to counts the board computes differently: multiples of the board's alignment a, never
+   below a (the board's smallest efficient step; a group smaller than a may go down to one cluster, the model's
+   own floor), and in one generation never below α² · N_g (so no group is wiped out by one draw) unless that
+   forbids even its first step down.
 3. Repeatedly take the step with the most predicted milliseconds saved per unit of importance lost, where a
    group's importance lost is the share of its synaptic strength in its weakest clusters being cut (the
    ones heredity most likely drops). Ties and zero-gain steps go to the least importance lost.
-4. Stop at the budget; a step that would overshoot it by more than the remaining excess is not taken.
+4. Stop at the budget; a step that would overshoot it by more than the remaining excess is not taken. When
+   every group is at its floor, the offspring keeps more than α: the board cannot go faster by cutting more.
 Offspring k > 0 perturb each group's gains by a seeded log-normal factor (`spread`), so K offspring spend the
 same cut differently and the board's measurements choose among them.
 """
@@ -34,10 +36,16 @@ class GroupCost:
 
 
 def allowed_counts(size: int, alignment: int) -> list[int]:
-    """Counts a group may step to, largest first: its size, multiples of the alignment, then 1..a-1."""
+    """Counts a group may step to, largest first: its size and the multiples of the board's alignment a.
+
+    Below a the board computes a full step anyway (a probe of ONNX Runtime on x86 takes as long for 1 as for
+    16 channels, and longer for 15 than for 16), so a group of at least a clusters keeps at least a: that is
+    the board's smallest efficient step. A group smaller than a may go down to one cluster.
+    """
     a = max(1, int(alignment))
-    counts = {size} | set(range(a, size, a)) | set(range(1, min(a, size)))
-    return sorted(counts, reverse=True)
+    if size < a:
+        return list(range(size, 0, -1))
+    return sorted({size} | set(range(a, size, a)), reverse=True)
 
 
 def allocate(groups: list[GroupCost], alpha: float, alignment: int, rng: np.random.Generator | None = None,
