@@ -105,9 +105,13 @@ def _follow_watch(url: str, run_id: str, *extra: str) -> str:
     """`host-trainer watch` without --duration, off a TTY, for a few seconds: its plain lines."""
     proc = subprocess.Popen([sys.executable, "-m", "host_trainer", "watch", "--broker", url, "--run", run_id, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    time.sleep(8)  # on a loaded 2-core machine the watch needs seconds just to import and subscribe
     proc.send_signal(signal.SIGINT)  # Ctrl-C ends a watch cleanly
-    out, err = proc.communicate(timeout=30)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 0, err
     return out
 
