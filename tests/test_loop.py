@@ -103,8 +103,11 @@ def test_three_generations_on_one_device_follow_the_controller(broker, tmp_path)
 
 def _follow_watch(url: str, run_id: str, *extra: str) -> str:
     """`host-trainer watch` without --duration, off a TTY, for a few seconds: its plain lines."""
+    # SIGINT at its default in the child: a disposition of "ignore" left in this process by an earlier test would be
+    # inherited, and Python then installs no KeyboardInterrupt handler (the full suite hung here, a lone run did not).
     proc = subprocess.Popen([sys.executable, "-m", "host_trainer", "watch", "--broker", url, "--run", run_id, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)  # on a loaded 2-core machine the watch needs seconds just to import and subscribe
     proc.send_signal(signal.SIGINT)  # Ctrl-C ends a watch cleanly
     try:
