@@ -26,6 +26,17 @@ class ErrorCode:
     QUEUE_FULL = "QUEUE_FULL"  # the daemon already holds its maximum of waiting jobs
     BROKER_UNREACHABLE = "BROKER_UNREACHABLE"  # CLI only: no MQTT connection within the time given
     INTERNAL = "INTERNAL"  # a bug: an exception nobody anticipated
+    # The model safety check (measure/model_guard.py), before any runtime sees the bytes.
+    EXTERNAL_DATA = "EXTERNAL_DATA"  # a tensor points at a file instead of carrying its bytes
+    TENSOR_SIZE_MISMATCH = "TENSOR_SIZE_MISMATCH"  # a tensor's declared shape and its bytes disagree
+    OPSET_NOT_ALLOWED = "OPSET_NOT_ALLOWED"  # an operator domain or opset the backend does not allow
+    # Job authentication (edge_evolver/trust/): refused before the job is parsed or stored.
+    UNSIGNED = "UNSIGNED"  # no signature, and this board requires one
+    UNKNOWN_KEY = "UNKNOWN_KEY"  # signed by a key this board does not trust
+    BAD_SIGNATURE = "BAD_SIGNATURE"  # the signature does not match the header (tampered or forged)
+    EXPIRED = "EXPIRED"  # past its expiry, or issued further in the future than clocks can disagree
+    WRONG_TARGET = "WRONG_TARGET"  # addressed to another board or group
+    REPLAYED = "REPLAYED"  # a signed job seen before whose stored answer is gone: never run twice
 
     @classmethod
     def all(cls) -> List[str]:
@@ -34,7 +45,8 @@ class ErrorCode:
 
 # Codes that blame the model itself rather than the device or the request: the host may
 # treat a genome that earns one of these as unfit on this device instead of retrying.
-MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE)
+MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE,
+                         ErrorCode.EXTERNAL_DATA, ErrorCode.TENSOR_SIZE_MISMATCH, ErrorCode.OPSET_NOT_ALLOWED)
 
 
 class EdgeError(Exception):

@@ -40,6 +40,22 @@ class BrokerURL:
         return f"{scheme}://{user}{self.host}:{self.port}"
 
 
+@dataclass
+class TlsFiles:
+    """A private CA to verify the broker against, and this client's certificate and key.
+
+    All empty: ``mqtts://`` verifies the broker against the system CA store and presents no
+    client certificate. See docs in deploy/mosquitto/README.md for the fleet set-up.
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def any(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.key_file)
+
+
 def parse_broker_url(url: str) -> BrokerURL:
     """'mqtt://[user[:pass]@]host[:port]' or mqtts://; ValueError with the reason otherwise."""
     parts = urlsplit(url if "://" in url else "mqtt://" + url)
@@ -100,7 +116,7 @@ class MqttConnection:
     """One paho client with persistent session, Last Will, back-off and version-proof callbacks."""
 
     def __init__(self, broker: BrokerURL, client_id: str, mqtt_version: str = "3.1.1",
-                 persistent: bool = True) -> None:
+                 persistent: bool = True, tls: Optional[TlsFiles] = None) -> None:
         if mqtt_version not in MQTT_VERSIONS:
             raise ValueError(f"mqtt_version must be one of {MQTT_VERSIONS}, not {mqtt_version!r}")
         mqtt = _paho()

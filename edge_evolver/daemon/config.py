@@ -39,6 +39,22 @@ class ServeConfig:
     password_file: str = ""
     threads: int = 1
     log_level: str = "info"
+    # TLS to the broker (mqtts://): a private CA and this board's client certificate (docs/security.md).
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Signed jobs (docs/security.md): this board's key pair and the host keys it trusts.
+    keys_dir: str = ""  # empty: <state_dir>/keys
+    trusted_keys: str = ""  # empty: <keys_dir>/trusted-hosts
+    allow_unsigned: bool = False  # run jobs without a signature: only on an isolated test bench
+    max_job_age_s: float = 7 * 24 * 3600.0  # a signed job may be valid this long at most
+    clock_skew_s: float = 300.0  # how far the host's clock may run ahead of the board's
+    # Disk bounds.
+    max_results: int = 5000
+    max_results_mb: float = 256.0
+    cache_max_mb: float = 2048.0
+    # The measuring process's address-space limit (RLIMIT_AS); 0: automatic (see daemon/runner.py).
+    child_memory_mb: float = 0.0
 
     @property
     def max_payload_bytes(self) -> int:
@@ -49,6 +65,12 @@ class ServeConfig:
 
     def resolved_state_dir(self) -> str:
         return os.path.expanduser(self.state_dir)
+
+    def resolved_keys_dir(self) -> str:
+        return os.path.expanduser(self.keys_dir or os.path.join(self.state_dir, "keys"))
+
+    def resolved_trusted_keys(self) -> str:
+        return os.path.expanduser(self.trusted_keys or os.path.join(self.resolved_keys_dir(), "trusted-hosts"))
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -110,11 +132,16 @@ def validate(config: ServeConfig) -> None:
         problems.append(str(exc))
     if config.mqtt_version not in MQTT_VERSIONS:
         problems.append(f"mqtt_version must be one of {list(MQTT_VERSIONS)}")
-    for name in ("max_payload_mb", "job_timeout_s", "telemetry_interval_s", "idle_telemetry_interval_s"):
+    for name in ("max_payload_mb", "job_timeout_s", "telemetry_interval_s", "idle_telemetry_interval_s",
+                 "max_job_age_s", "max_results_mb", "cache_max_mb"):
         if getattr(config, name) <= 0:
             problems.append(f"{name} must be > 0")
-    if config.max_queue < 1 or config.threads < 1:
-        problems.append("max_queue and threads must be >= 1")
+    if config.max_queue < 1 or config.threads < 1 or config.max_results < 1:
+        problems.append("max_queue, threads and max_results must be >= 1")
+    if config.clock_skew_s < 0 or config.child_memory_mb < 0:
+        problems.append("clock_skew_s and child_memory_mb must be >= 0")
+    if bool(config.cert_file) != bool(config.key_file):
+        problems.append("cert_file and key_file go together (the client certificate and its private key)")
     if problems:
         raise EdgeError(ErrorCode.BAD_INPUT, "; ".join(problems))
 
