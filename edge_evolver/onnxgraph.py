@@ -14,7 +14,7 @@ groups, invalid UTF-8, no graph) raises :class:`OnnxGraphError`, a ``ValueError`
 to be reused for checks of untrusted models, so it must never hang, recurse or over-read.
 """
 
-from typing import Iterator, List, NamedTuple, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 # Protobuf wire types.
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
@@ -56,26 +56,38 @@ def _varint(data: memoryview, pos: int, end: int) -> Tuple[int, int]:
     raise OnnxGraphError(f"varint longer than {_MAX_VARINT_BYTES} bytes before byte {pos}")
 
 
-def _fields(data: memoryview, start: int, end: int) -> Iterator[Tuple[int, int, Span]]:
+def _fields(data: memoryview, start: int, end: int,
+            budget: Optional[List[int]] = None) -> Iterator[Tuple[int, int, Span]]:
     """(field number, wire type, payload span) of each field in data[start:end], in order.
 
-    Fixed-size and varint payloads are only skipped: the span is empty for them.
+    ``budget``: a one-item list of how many more fields may be read, shared by all the calls of
+    one check and decremented in place, so that hostile bytes made of tiny fields cannot buy
+    seconds of Python per megabyte.
+
+    For varint and fixed-size fields the span covers the value's own bytes (decode a varint
+    with ``_varint(data, *span)``); for length-delimited fields it is the payload. Shared with
+    measure/model_guard.py, which needs varint values (dims, data types, opset versions).
     """
     pos = start
     while pos < end:
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise OnnxGraphError(f"more protobuf fields than the check reads (limit reached at byte {pos})")
         key, pos = _varint(data, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise OnnxGraphError(f"field number 0 at byte {pos}: not protobuf")
         if wire == _VARINT:
+            value_start = pos
             _, pos = _varint(data, pos, end)
-            span = (pos, pos)
+            span = (value_start, pos)
         elif wire in (_FIXED64, _FIXED32):
             size = 8 if wire == _FIXED64 else 4
             if pos + size > end:
                 raise OnnxGraphError(f"truncated fixed-size field {number} at byte {pos}")
+            span = (pos, pos + size)
             pos += size
-            span = (pos, pos)
         elif wire == _LENGTH:
             length, pos = _varint(data, pos, end)
             if length > end - pos:
@@ -85,6 +97,29 @@ def _fields(data: memoryview, start: int, end: int) -> Iterator[Tuple[int, int, 
         else:  # 3/4 are the deprecated groups, 6/7 do not exist: no ONNX model has them
             raise OnnxGraphError(f"unsupported wire type {wire} for field {number} at byte {pos}")
         yield number, wire, span
+
+
+# Shared with measure/model_guard.py: a field read with another wire type is not the model we expect.
+def _want(wire: int, expected: int, number: int, owner: str) -> None:
+    if wire != expected:
+        raise OnnxGraphError(f"{owner} field {number} has wire type {wire}, expected {expected}")
+
+
+def _value(data: memoryview, wire: int, span: Span, number: int, owner: str) -> int:
+    _want(wire, _VARINT, number, owner)
+    return _varint(data, span[0], span[1])[0]
+
+
+def _varints(data: memoryview, wire: int, span: Span, number: int, owner: str) -> List[int]:
+    """A repeated varint field's values from one occurrence, packed or not."""
+    if wire == _VARINT:
+        return [_varint(data, span[0], span[1])[0]]
+    _want(wire, _LENGTH, number, owner)
+    values, pos = [], span[0]
+    while pos < span[1]:
+        value, pos = _varint(data, pos, span[1])
+        values.append(value)
+    return values
 
 
 def _text(data: memoryview, span: Span) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec
+from ..measure.model_guard import MAX_ONNX_OPSET, ModelPolicy
 from ..measure.profile import ProfileSettings, RawProfile
 
 
@@ -50,6 +51,10 @@ class Backend(abc.ABC):
     """A runtime that can turn ONNX bytes into an Engine."""
 
     name = "base"
+    # The opset domains and versions this runtime accepts, checked on the model bytes before
+    # ``build`` sees them (measure/model_guard.py, docs/model-safety.md). A backend that does
+    # not declare its own gets the default ONNX domain only: an unknown domain is refused.
+    model_policy = ModelPolicy("base", {"": (1, MAX_ONNX_OPSET)})
 
     @classmethod
     @abc.abstractmethod

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec
+from ..measure.model_guard import MAX_ONNX_OPSET, ModelPolicy
 from ..measure.profile import ProfileSettings, RawProfile
 from .base import Backend, Engine
 
@@ -231,6 +232,15 @@ class OnnxRuntimeEngine(Engine):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    # ai.onnx from opset 1 (ORT keeps kernels for every opset); ai.onnx.ml, the classic-ML ops
+    # every ORT build compiles in (sklearn/xgboost exports); com.microsoft, ORT's own contrib ops,
+    # which its transformer fusions and some torch exports emit. All three are kernels inside
+    # ORT: nothing is loaded from disk. Refused: any other domain (a custom-op library would have
+    # to be registered, and this daemon registers none), ai.onnx.preview.training, and ORT's
+    # internal layout domains (com.microsoft.nchwc, com.ms.internal.nhwc), which appear only in
+    # ORT's own optimised output: the engine cache's plans, loaded by ``load_plan`` unchecked.
+    model_policy = ModelPolicy("onnxruntime", {"": (1, MAX_ONNX_OPSET), "ai.onnx.ml": (1, 5),
+                                               "com.microsoft": (1, 1)})
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
@@ -271,6 +281,8 @@ class OnnxRuntimeBackend(Backend):
         handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
         os.close(handle)
         so.optimized_model_filepath = plan_path
+        # Bytes, never a path. Even so ORT would read a tensor's external data relative to the working
+        # directory: measure_model refuses such models first (measure/model_guard.py).
         try:
             session = ort.InferenceSession(bytes(model_bytes), sess_options=so, providers=providers)
         except Exception as exc:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
+from ..measure.model_guard import ModelPolicy
 from ..measure.profile import ProfileSettings, RawProfile
 from . import _cuda, _trt_profile
 from ._trt_io import BindingsIo as BindingsIo
@@ -212,6 +213,8 @@ def classify_parse_errors(errors: Sequence[Tuple[str, str]]) -> EdgeError:
 
 
 def parse_onnx(parser: Any, model_bytes: bytes) -> None:
+    # Bytes without a path; external weights would still resolve against the working directory,
+    # which is why measure_model refuses them first (measure/model_guard.py).
     try:
         ok = bool(parser.parse(model_bytes))
         errors = []
@@ -378,6 +381,12 @@ class TensorRTEngine(Engine):
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    # The ONNX parser imports the default domain only (another domain's op would be looked up
+    # as a plugin by name). Opsets 7..22: TensorRT 8.2 (JetPack 4.6) documents 7..13, 8.6 up to
+    # 17, 10.x up to 20-22; the host exports opset 17 (host_trainer/method/export.py), and the
+    # parser imports a newer opset's nodes one by one, failing on the ones it cannot with
+    # UNSUPPORTED_OP. So the ceiling is the newest release's rather than each release's own.
+    model_policy = ModelPolicy("tensorrt", {"": (7, 22)})
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:

@@ -29,15 +29,22 @@ def onnx_available() -> Optional[str]:
     return str(onnx.__version__)
 
 
-def check_onnx(model_bytes: bytes) -> bool:
-    """Raise EdgeError(INVALID_MODEL) when the bytes are not a valid ONNX model.
-
-    Returns True when the checker ran, False when onnx is not installed (nothing checked).
-    """
+def check_size(model_bytes: bytes) -> None:
+    """Raise for an empty model (INVALID_MODEL) or one protobuf cannot parse in one piece (OVERSIZE)."""
     if not model_bytes:
         raise EdgeError(ErrorCode.INVALID_MODEL, "model is empty (0 bytes)")
     if len(model_bytes) >= PROTOBUF_LIMIT:
         raise EdgeError(ErrorCode.OVERSIZE, "model is 2 GiB or larger; ONNX protobufs cannot be parsed in one piece")
+
+
+def check_onnx(model_bytes: bytes) -> bool:
+    """Raise EdgeError(INVALID_MODEL) when the bytes are not a valid ONNX model.
+
+    A second opinion after measure/model_guard.py, which runs first and everywhere (the checker
+    itself would look for external data files). Returns True when the checker ran, False when
+    onnx is not installed (nothing checked).
+    """
+    check_size(model_bytes)
     try:
         import onnx
     except Exception:

@@ -1,6 +1,8 @@
 """measure_model(): the single entry point shared by the host trainer, the CLI and the daemon.
 
-Steps: check the ONNX (when the onnx package is there), get an engine (from the cache or by
+Steps: the model safety check (measure/model_guard.py: no external data, tensor sizes that
+match their bytes, opset domains and versions the backend allows; no onnx package needed),
+check the ONNX (when the onnx package is there), get an engine (from the cache or by
 building it), make the feeds, run once (smoke test, agreement with reference outputs), then
 benchmark with the power sampler running exactly over the timed window, then (unless the
 ``profile`` option is false) a separate per-layer profiling pass (measure/profile.py), whose
@@ -27,7 +29,8 @@ from .agreement import compare_outputs
 from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
 from .engine_cache import EngineCache
 from .inputs import check_feeds, synthesize_inputs
-from .onnx_check import check_onnx
+from .model_guard import check_policy, inspect_model
+from .onnx_check import check_onnx, check_size
 from .profile import ProfileSettings, error_line, finish_profile, profile_option
 
 log = structlog.get_logger("edge_evolver.measure")
@@ -215,12 +218,23 @@ def _profile(result: MeasureResult, engine: Engine, feeds: Mapping[str, np.ndarr
         log.warning("profile_failed", model_sha256=result.model_sha256[:12], error=result.profile_error)
 
 
-def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window: _PowerWindow) -> None:
-    """Fill ``result`` step by step so that an error keeps everything learned before it."""
-    req.settings.validate()
+def _checked_backend(result: MeasureResult, model_bytes: bytes, req: MeasureRequest) -> Backend:
+    """The model checks, then the backend, whose opset policy the model must meet."""
+    check_size(model_bytes)
+    # Before anything else reads the bytes: onnx.checker and every runtime would follow a
+    # tensor's external-data path to a file of this board (docs/model-safety.md).
+    summary = inspect_model(model_bytes)
     check_onnx(model_bytes)
     runtime = resolve_backend(req.backend)
     result.backend, result.backend_version = runtime.name, runtime.version()
+    check_policy(summary, runtime.model_policy)  # before the engine cache too: a policy may tighten
+    return runtime
+
+
+def _run(result: MeasureResult, model_bytes: bytes, req: MeasureRequest, window: _PowerWindow) -> None:
+    """Fill ``result`` step by step so that an error keeps everything learned before it."""
+    req.settings.validate()
+    runtime = _checked_backend(result, model_bytes, req)
     options = dict(req.options)
     profiling = profile_option(options.pop("profile", None)) and req.profile.enabled
     options.setdefault("batch", req.settings.batch)
