@@ -5,6 +5,7 @@ intake check. Every way a payload can be wrong becomes a FrameError with a code,
 answers it with an error result instead of crashing or storing it.
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -26,6 +27,8 @@ from .protocol import (
 )
 
 TENSOR_ROLES = ("input", "reference")
+# The free-form meta object travels back in every result and is stored with it: keep it small.
+MAX_META_BYTES = 16 * 1024
 _NUMERIC_KINDS = "fiub"
 
 
@@ -38,6 +41,7 @@ class Job:
     inputs: Optional[Dict[str, np.ndarray]] = None
     reference: Optional[List[np.ndarray]] = None
     reply_to: Optional[str] = None
+    run_id: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
     timeout_s: Optional[float] = None
     include_samples: bool = False
@@ -58,9 +62,15 @@ def encode_job(
     bench: Optional[Mapping[str, Any]] = None,
     inputs: Optional[Mapping[str, np.ndarray]] = None,
     reference: Optional[Sequence[np.ndarray]] = None,
+    signer: Any = None,
+    target: Optional[Dict[str, str]] = None,
     **extra: Any,
 ) -> bytes:
-    """One framed job. ``extra`` sets the optional header fields (reply_to, options, meta, ...)."""
+    """One framed job. ``extra`` sets the optional header fields (reply_to, options, meta, ...).
+
+    With ``signer`` (a trust.jobs.JobSigner) the job is signed for ``target`` ({"device": id} or
+    {"group": name or "*"}).
+    """
     if not valid_job_id(job_id):
         raise ValueError(f"invalid job_id {job_id!r}: 1-128 chars of [A-Za-z0-9._:-], starting alphanumeric")
     header: Dict[str, Any] = {
@@ -78,6 +88,10 @@ def encode_job(
         entry, data = _tensor_entry(role, name, np.asarray(array))
         header["tensors"].append(entry)
         parts.append(data)
+    if signer is not None:
+        if not target:
+            raise ValueError("a signed job needs a target: {'device': id} or {'group': name}")
+        return bytes(signer.seal(header, parts, target))
     return encode_frame(header, parts)
 
 
@@ -139,13 +153,28 @@ def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes
     return data, actual
 
 
+def unwrap(payload: bytes) -> bytes:
+    """The EEJ1 frame inside a signed job, without verifying it: for the daemon's own spool, whose
+    jobs were verified when they arrived. Anything else is returned as it is."""
+    from .trust.jobs import SIGNED_OFFSET, is_signed
+
+    if not is_signed(payload) or len(payload) < SIGNED_OFFSET:
+        return payload
+    size = int.from_bytes(bytes(payload[4:SIGNED_OFFSET]), "big")
+    return payload[SIGNED_OFFSET + size:]
+
+
 def decode_job(payload: bytes, max_bytes: int) -> Job:
-    """Validate and unpack a framed job; raises FrameError with an ErrorCode (and never anything else)."""
-    header, body = split_frame(payload, max_bytes)
+    """Validate and unpack a framed job; raises FrameError with an ErrorCode (and never anything else).
+
+    A signed payload must have been verified (trust.jobs.open_job) before: this only unwraps it.
+    """
+    header, body = split_frame(unwrap(payload), max_bytes)
     try:
         return _decode(header, body)
     except FrameError as exc:
         exc.reply_to = header.get("reply_to") if isinstance(header.get("reply_to"), str) else None
+        exc.run_id = header.get("run_id") if valid_job_id(header.get("run_id")) else None
         raise
     except Exception as exc:  # a header no check anticipated must still get a coded answer
         job_id = header.get("job_id") if valid_job_id(header.get("job_id")) else None
@@ -188,13 +217,18 @@ def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, setting
     _require(timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "timeout_s must be > 0", job_id)
     reply_to = header.get("reply_to")
     _require(reply_to is None or isinstance(reply_to, str), "reply_to must be a topic string", job_id)
+    run_id = header.get("run_id")
+    _require(run_id is None or valid_job_id(run_id), "run_id must be 1-128 chars of [A-Za-z0-9._:-]", job_id)
     meta = header.get("meta") or {}
     _require(isinstance(meta, dict), "'meta' must be an object", job_id)
+    meta_bytes = len(json.dumps(meta, separators=(",", ":")))
+    _require(meta_bytes <= MAX_META_BYTES, f"'meta' is {meta_bytes} bytes of JSON, above {MAX_META_BYTES}", job_id,
+             ErrorCode.OVERSIZE)
     seed = header.get("seed", 0)
     _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32,
              "seed must be a uint32", job_id)
     return Job(job_id=job_id, model=model, model_sha256=digest, settings=settings, inputs=inputs or None,
-               reference=reference or None, reply_to=reply_to, options=dict(options), timeout_s=timeout,
+               reference=reference or None, reply_to=reply_to, run_id=run_id, options=dict(options), timeout_s=timeout,
                include_samples=bool(header.get("include_samples", False)), seed=seed, meta=meta,
                check=_check(header.get("check"), job_id))
 

@@ -55,7 +55,10 @@ JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
     "model": (True, '{"size": bytes, "sha256": hex digest of the model bytes}'),
     "bench": (False, "batch, min_iterations, min_seconds, warmup_s, max_seconds (defaults: 1, 200, 1.0, 0.2, 30)"),
     "tensors": (False, '[{"role": "input"|"reference", "name", "dtype", "shape", "size"}] in body order'),
-    "reply_to": (False, "topic for the result, under the prefix; default <prefix>/devices/<id>/results"),
+    "reply_to": (False, "topic for the result: <prefix>/devices/<id>/results (the default) or "
+                        "<prefix>/runs/<run_id>/results of the header's run_id"),
+    "run_id": (False, "the host's run this job belongs to; names the one other topic reply_to may use"),
+    "auth": (False, "signed jobs only: body_sha256, target, issued_at, expires_at, seq (docs/security.md)"),
     "options": (False, "backend options: fp16 (null=auto), threads, workspace_mb, shape_overrides, "
                        "profile (false: no per-layer profiling pass)"),
     "timeout_s": (False, "job time limit, capped by the daemon's job_timeout_s"),
@@ -133,6 +136,7 @@ class FrameError(Exception):
         self.message = message
         self.job_id = job_id
         self.reply_to: Optional[str] = None  # the header's reply_to, when it could be read
+        self.run_id: Optional[str] = None  # and its run_id (the one run topic reply_to may name)
 
 
 def valid_job_id(value: Any) -> bool:
@@ -192,13 +196,25 @@ class Topics:
         device_id, _, kind = topic[len(head):].partition("/")
         return (device_id, kind) if device_id and kind in TOPIC_QOS else None
 
-    def reply_allowed(self, topic: str) -> bool:
-        """A job may name its result topic: under our prefix, no wildcards, and not a status,
-        jobs or telemetry topic (a result there would confuse every subscriber of it)."""
-        if not topic.startswith(self.prefix + "/") or any(c in topic for c in "+#\x00"):
-            return False
-        parsed = self.parse(topic)
-        return topic != self.group_jobs() and (parsed is None or parsed[1] == "results")
+    def run_results(self, run_id: str) -> str:
+        """Where a run may ask boards to answer (a job's ``reply_to`` naming its own ``run_id``)."""
+        return f"{self.prefix}/runs/{run_id}/results"
+
+    def reply_allowed(self, topic: str, device_id: str, run_id: Any = None) -> bool:
+        """A job may name its result topic only among the topics this board answers on: its own
+        results, or the results topic of the run its (signed) header names. Anything else would let
+        a job make the board publish where another board or the host speaks."""
+        if topic == self.results(device_id):
+            return True
+        return valid_job_id(run_id) and topic == self.run_results(str(run_id))
+
+    def is_reply_topic(self, topic: str, device_id: str) -> bool:
+        """The shape check for a stored result's topic: own results, or some run's results topic."""
+        if topic == self.results(device_id):
+            return True
+        head, tail = self.prefix + "/runs/", "/results"
+        run_id = topic[len(head):-len(tail)] if topic.startswith(head) and topic.endswith(tail) else None
+        return run_id is not None and valid_job_id(run_id)
 
 
 def qos(kind: str) -> int:

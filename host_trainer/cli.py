@@ -113,6 +113,13 @@ def evolve(
     no_probes: bool = typer.Option(False, "--no-probes", envvar=_env("no_probes"),
                                    help="No probe jobs: learn the board's channel steps from profiles alone "
                                         "(docs/latency.md)."),
+    keys_dir: Optional[Path] = _opt("keys_dir", "--keys-dir", "The host's signing key and enrolled board keys "
+                                    "(docs/security.md); \"\" = ~/.config/edge-evolver/host."),
+    insecure: bool = typer.Option(False, "--insecure", envvar=_env("insecure"),
+                                  help="Unsigned jobs and unchecked results, for boards run with --allow-unsigned."),
+    ca_file: Optional[Path] = _opt("ca_file", "--ca-file", "mqtts://: verify the broker against this CA."),
+    cert_file: Optional[Path] = _opt("cert_file", "--cert-file", "mqtts://: the host's client certificate."),
+    key_file: Optional[Path] = _opt("key_file", "--key-file", "mqtts://: the client certificate's private key."),
     quiet: bool = typer.Option(False, "--quiet", "-q", envvar=_env("quiet"),
                                help="Show only warnings, errors and the final line (the run directory still "
                                     "gets everything)."),
@@ -130,7 +137,8 @@ def evolve(
                  device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
                  max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
                  final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
-                 probes=False if no_probes else None)
+                 probes=False if no_probes else None, keys_dir=_text(keys_dir), insecure=insecure or None,
+                 ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file))
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level)
 
 
@@ -218,6 +226,11 @@ def _text(path: Path | None) -> str | None:
 def _run_id(cfg) -> str:  # noqa: ANN001
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.model.split(':')[0]).stem}-{cfg.dataset.split(':')[0]}")
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-s{cfg.seed}"
+
+
+from host_trainer.keys_cli import keys_app  # noqa: E402  (after app: it registers nothing on it)
+
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

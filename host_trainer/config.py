@@ -78,6 +78,12 @@ class EvolveConfig:
     allocation: str = "device"  # how the cut is spread over layers: by the board's per-layer latency, or magnitude
     latency_model: str = ""     # a board latency model (JSON) to start from; "" = the run directory's own
     probes: bool = True         # probe jobs once per board: one layer at many channel counts (docs/latency.md)
+    # Trust (docs/security.md): the host's signing key and enrolled board keys; TLS to the broker.
+    keys_dir: str = ""          # "" = ~/.config/edge-evolver/host; the embedded default makes run-local keys
+    insecure: bool = False      # unsigned jobs, unchecked results: only for boards run with --allow-unsigned
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     @classmethod
     def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:
@@ -126,6 +132,7 @@ class EvolveConfig:
              "with --broker, say which boards measure: --device ID (repeatable) or --any-device"),
             (not (self.any_device and not self.broker) or self.no_mqtt,
              "--any-device needs --broker (the embedded default has one local device)"),
+            (bool(self.cert_file) == bool(self.key_file), "--cert-file and --key-file go together"),
         ]
 
     def to_dict(self) -> dict:

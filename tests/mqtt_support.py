@@ -101,13 +101,31 @@ def status_is(state: str) -> Callable[[Dict[str, Any]], bool]:
     return lambda m: m["topic"].endswith("/status") and (m["data"] or {}).get("state") == state
 
 
+def enrol(host_keys: str, state_dir: str, device_id: str) -> List[str]:
+    """Keys for a signed fleet of one host and this board, as the two `keys` commands make them: the
+    board trusts the host key, the host enrols the board key. Returns the daemon's extra arguments."""
+    from edge_evolver.trust.keys import add_trusted, ensure_signing_key
+
+    host, _ = ensure_signing_key(os.path.join(host_keys, "host.key"))
+    board_keys = os.path.join(state_dir, "keys")
+    board, _ = ensure_signing_key(os.path.join(board_keys, "board.key"))
+    add_trusted(os.path.join(board_keys, "trusted-hosts"), host.public, "test host")
+    add_trusted(os.path.join(host_keys, "boards", device_id + ".pub"), board.public, device_id)
+    return ["--require-signed", "--keys-dir", board_keys]
+
+
 class Daemon:
-    """`python -m edge_evolver serve` as a real process, logging JSON lines to a file."""
+    """`python -m edge_evolver serve` as a real process, logging JSON lines to a file.
+
+    It takes unsigned jobs (``--allow-unsigned``), as most daemon tests are about other things;
+    ``--require-signed`` in ``extra`` (see ``enrol``) turns that off, as on a real board.
+    """
 
     def __init__(self, broker_url: str, state_dir: str, device_id: str = "dev1", *extra: str) -> None:
         self.args = [sys.executable, "-m", "edge_evolver", "serve", "--broker", broker_url, "--device-id", device_id,
                      "--state-dir", state_dir, "--backend", "onnxruntime", "--power", "none",
-                     "--idle-telemetry-interval-s", "0.5", "--telemetry-interval-s", "0.3", *extra]
+                     "--idle-telemetry-interval-s", "0.5", "--telemetry-interval-s", "0.3", "--allow-unsigned",
+                     *extra]
         self.log_path = os.path.join(state_dir, f"daemon-{device_id}.log")
         os.makedirs(state_dir, exist_ok=True)
         self.proc: Optional[subprocess.Popen] = None

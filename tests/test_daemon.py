@@ -65,7 +65,7 @@ def broker(tmp_path_factory):
 def served(broker, tmp_path_factory):
     """One daemon for the round-trip and bad-job tests, and a collector watching everything."""
     state = str(tmp_path_factory.mktemp("state"))
-    watcher = Collector(broker.url, ["edge-evolver/devices/+/+"])
+    watcher = Collector(broker.url, ["edge-evolver/devices/+/+", "edge-evolver/runs/+/results"])
     daemon = Daemon(broker.url, state, "dev1", "--max-payload-mb", "1").start()
     watcher.wait_for(status_is("online"), timeout=60)
     yield daemon, watcher
@@ -171,6 +171,8 @@ def test_every_bad_job_gets_a_coded_error_and_the_daemon_keeps_serving(served):
         ("build-1", encode_job("build-1", _build_fails(), bench=QUICK), "BUILD_FAILED"),
         ("reply-1", encode_job("reply-1", conv_model(), reply_to="elsewhere/x"), "BAD_INPUT"),
         ("reply-2", encode_job("reply-2", conv_model(), reply_to=TOPICS.status("dev1")), "BAD_INPUT"),
+        ("reply-3", encode_job("reply-3", conv_model(), reply_to=TOPICS.results("other")), "BAD_INPUT"),
+        ("reply-4", encode_job("reply-4", conv_model(), reply_to=TOPICS.run_results("r2"), run_id="r1"), "BAD_INPUT"),
         ("nan-1", encode_frame({"protocol": 1, "job_id": "nan-1", "bench": {"max_seconds": float("nan")},
                                 "model": {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}}, [b""]), "BAD_INPUT"),
     ]
@@ -182,8 +184,9 @@ def test_every_bad_job_gets_a_coded_error_and_the_daemon_keeps_serving(served):
         assert result["message"] and "\n" not in result["message"]
     # A refused job still answers on the topic it asked for.
     mark = watcher.mark()
-    host_topic = "edge-evolver/devices/host-1/results"
-    watcher.publish(TOPICS.jobs("dev1"), encode_job("sha-2", conv_model(), reply_to=host_topic)[:-1] + b"\0")
+    host_topic = TOPICS.run_results("run-1")
+    watcher.publish(TOPICS.jobs("dev1"),
+                    encode_job("sha-2", conv_model(), reply_to=host_topic, run_id="run-1")[:-1] + b"\0")
     answer = watcher.wait_for(result_for("sha-2"), timeout=60, after=mark)
     assert answer["topic"] == host_topic and answer["data"]["code"] == "SHA_MISMATCH"
     assert submit(watcher, "after-bad", conv_model())["status"] == "ok"

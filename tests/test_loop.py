@@ -17,7 +17,7 @@ import pytest
 from host_trainer.loop.controller import FULL_GAP, MIN_SPEED_PRESSURE, Goals, speed_pressure
 from host_trainer.record import GenerationRecord
 
-from .mqtt_support import Broker, Collector, Daemon
+from .mqtt_support import Broker, Collector, Daemon, enrol
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--final-epochs", "0",
         "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1",
@@ -25,9 +25,10 @@ TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs
 
 
 def _evolve(args, cwd, timeout=600):
+    """The host, signing with the keys `_daemons` enrolled (cwd/host-keys): a signed fleet, as in the field."""
     cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
-    return subprocess.run(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST_TRAINER_KEYS_DIR": str(Path(cwd) / "host-keys")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _rows(parent: Path):
@@ -44,8 +45,10 @@ def broker(tmp_path_factory):
     b.stop()
 
 
-def _daemons(broker, tmp_path, *names):
-    daemons = [Daemon(broker.url, str(tmp_path / f"state-{n}"), n).start() for n in names]
+def _daemons(broker, tmp_path, *names, extra=()):
+    host_keys = str(tmp_path / "host-keys")
+    daemons = [Daemon(broker.url, str(tmp_path / f"state-{n}"), n,
+                      *enrol(host_keys, str(tmp_path / f"state-{n}"), n), *extra).start() for n in names]
     watcher = Collector(broker.url, ["edge-evolver/devices/+/status"])
     for name in names:
         watcher.wait_for(lambda m, n=name: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
@@ -153,6 +156,7 @@ def test_two_devices_measure_every_offspring(broker, tmp_path):
 def test_a_device_that_never_answers_ends_with_a_clear_error_and_resumes(broker, tmp_path):
     args = [*TINY, "--generations", "1", "--run-dir", str(tmp_path / "runs"), "--broker", broker.url,
             "--device", "ghost", "--device-timeout", "2"]
+    enrol(str(tmp_path / "host-keys"), str(tmp_path / "state-ghost"), "ghost")  # the keys exist, the board is away
     proc = _evolve(args, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no device online for 'ghost'")
@@ -211,11 +215,7 @@ def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
 
 
 def test_k_offspring_spread_over_a_group_and_a_pareto_front(broker, tmp_path):
-    daemons = [Daemon(broker.url, str(tmp_path / f"state-{n}"), n, "--group", "lab").start() for n in ("k1", "k2")]
-    watcher = Collector(broker.url, ["edge-evolver/devices/+/status"])
-    for name in ("k1", "k2"):
-        watcher.wait_for(lambda m, n=name: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
-    watcher.close()
+    daemons = _daemons(broker, tmp_path, "k1", "k2", extra=("--group", "lab"))
     try:
         proc = _evolve([*TINY, "--generations", "2", "--offspring", "2", "--any-device", "--run-dir",
                         str(tmp_path / "runs"), "--broker", broker.url], tmp_path)

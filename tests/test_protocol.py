@@ -119,10 +119,17 @@ def test_topics_prefix_in_one_place():
     assert topics.all_devices("telemetry") == "lab/ee/devices/+/telemetry"
     assert topics.parse("lab/ee/devices/tx1-a/results") == ("tx1-a", "results")
     assert topics.parse("lab/ee/devices/tx1-a/nope") is None and topics.parse("other/x") is None
-    assert topics.reply_allowed("lab/ee/host/r1") and not topics.reply_allowed("elsewhere/r1")
-    assert not topics.reply_allowed("lab/ee/#")
-    assert topics.reply_allowed("lab/ee/devices/tx1-a/results")
-    assert not topics.reply_allowed("lab/ee/devices/tx1-a/status") and not topics.reply_allowed("lab/ee/jobs")
+    # A board answers on its own results topic, or on the results topic of the run the job names: nowhere else.
+    assert topics.reply_allowed("lab/ee/devices/tx1-a/results", "tx1-a")
+    assert topics.reply_allowed("lab/ee/runs/r1/results", "tx1-a", run_id="r1")
+    assert not topics.reply_allowed("lab/ee/runs/r1/results", "tx1-a", run_id="r2")
+    assert not topics.reply_allowed("lab/ee/runs/r1/results", "tx1-a")
+    assert not topics.reply_allowed("lab/ee/devices/tx1-b/results", "tx1-a")  # another board's results
+    for bad in ("lab/ee/host/r1", "elsewhere/r1", "lab/ee/#", "lab/ee/devices/tx1-a/status", "lab/ee/jobs",
+                "lab/ee/runs/+/results", "lab/ee/runs/r1/generations"):
+        assert not topics.reply_allowed(bad, "tx1-a", run_id="r1"), bad
+    assert topics.is_reply_topic("lab/ee/runs/r1/results", "tx1-a")
+    assert not topics.is_reply_topic("lab/ee/runs/../results", "tx1-a")
     for bad in ("", "a/#", "$SYS", "/x", "x/"):
         with pytest.raises(ValueError):
             Topics(bad)

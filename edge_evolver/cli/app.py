@@ -20,6 +20,7 @@ from ..errors import EdgeError, ErrorCode
 from ..measure.benchmark import BenchSettings
 from ..measure.engine_cache import EngineCache
 from ..measure.pipeline import MeasureRequest, MeasureResult, measure_model
+from .keys import keys_app
 from .logs import configure_logging
 from .mqtt_commands import register as register_mqtt_commands
 from .support import fail as _fail
@@ -270,6 +271,7 @@ def info(
 
 
 register_mqtt_commands(app)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import typer
 
 from ..backends import resolve_backend
 from ..errors import EdgeError, ErrorCode
-from ..mqtt import MqttConnection, parse_broker_url
+from ..mqtt import MqttConnection, TlsFiles, parse_broker_url
 from ..protocol import DEFAULT_PREFIX, Topics
 from .logs import configure_logging
 from .monitor import MonitorState, changed_rows, render_table, row_json, row_line, subscriptions, tick_until
@@ -95,6 +95,31 @@ def serve(
     username: Optional[str] = typer.Option(None, "--username", envvar="EDGE_EVOLVER_USERNAME", help="Broker user."),
     password_file: Optional[str] = typer.Option(None, "--password-file", envvar="EDGE_EVOLVER_PASSWORD_FILE",
                                                 help="File holding the broker password."),
+    ca_file: Optional[str] = typer.Option(None, "--ca-file", envvar="EDGE_EVOLVER_CA_FILE",
+                                          help="mqtts://: verify the broker against this CA (default: system CAs)."),
+    cert_file: Optional[str] = typer.Option(None, "--cert-file", envvar="EDGE_EVOLVER_CERT_FILE",
+                                            help="mqtts://: this board's client certificate."),
+    key_file: Optional[str] = typer.Option(None, "--key-file", envvar="EDGE_EVOLVER_KEY_FILE",
+                                           help="mqtts://: the client certificate's private key."),
+    keys_dir: Optional[str] = typer.Option(None, "--keys-dir", envvar="EDGE_EVOLVER_KEYS_DIR",
+                                           help="Board key pair (default <state-dir>/keys)."),
+    trusted_keys: Optional[str] = typer.Option(None, "--trusted-keys", envvar="EDGE_EVOLVER_TRUSTED_KEYS",
+                                               help="Host public keys to trust (default <keys-dir>/trusted-hosts)."),
+    allow_unsigned: Optional[bool] = typer.Option(None, "--allow-unsigned/--require-signed",
+                                                  envvar="EDGE_EVOLVER_ALLOW_UNSIGNED",
+                                                  help="Also run unsigned jobs (isolated test benches only)."),
+    max_job_age_s: Optional[float] = typer.Option(None, "--max-job-age-s", envvar="EDGE_EVOLVER_MAX_JOB_AGE_S",
+                                                  help="Longest validity a signed job may claim."),
+    clock_skew_s: Optional[float] = typer.Option(None, "--clock-skew-s", envvar="EDGE_EVOLVER_CLOCK_SKEW_S",
+                                                 help="How far ahead the host's clock may be."),
+    max_results: Optional[int] = typer.Option(None, "--max-results", envvar="EDGE_EVOLVER_MAX_RESULTS",
+                                              help="Stored results kept at most (oldest pruned)."),
+    max_results_mb: Optional[float] = typer.Option(None, "--max-results-mb", envvar="EDGE_EVOLVER_MAX_RESULTS_MB",
+                                                   help="Disk the stored results may use."),
+    cache_max_mb: Optional[float] = typer.Option(None, "--cache-max-mb", envvar="EDGE_EVOLVER_CACHE_MAX_MB",
+                                                 help="Disk the engine cache may use."),
+    child_memory_mb: Optional[float] = typer.Option(None, "--child-memory-mb", envvar="EDGE_EVOLVER_CHILD_MEMORY_MB",
+                                                    help="Memory limit of the measuring process (0: automatic)."),
 ) -> None:
     """Serve measurement jobs from an MQTT broker until SIGTERM."""
     from ..daemon.config import build_config
@@ -104,7 +129,11 @@ def serve(
                      cache_dir=cache_dir, state_dir=state_dir, prefix=prefix, mqtt_version=mqtt_version,
                      max_payload_mb=max_payload_mb, job_timeout_s=job_timeout_s, threads=threads,
                      max_queue=max_queue, username=username, password_file=password_file,
-                     telemetry_interval_s=telemetry_interval_s, idle_telemetry_interval_s=idle_telemetry_interval_s)
+                     telemetry_interval_s=telemetry_interval_s, idle_telemetry_interval_s=idle_telemetry_interval_s,
+                     ca_file=ca_file, cert_file=cert_file, key_file=key_file, keys_dir=keys_dir,
+                     trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, max_job_age_s=max_job_age_s,
+                     clock_skew_s=clock_skew_s, max_results=max_results, max_results_mb=max_results_mb,
+                     cache_max_mb=cache_max_mb, child_memory_mb=child_memory_mb)
     try:
         config = build_config(config_file, overrides)
         if config_file and not (ctx.obj or {}).get("log_level_given"):
@@ -113,6 +142,8 @@ def serve(
         daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures)
     except EdgeError as exc:
         _fail(exc.code, exc.message)
+    except ValueError as exc:  # TLS files that cannot be used
+        _fail(ErrorCode.BAD_INPUT, str(exc))
     except OSError as exc:
         _fail(ErrorCode.BAD_INPUT, f"cannot prepare the state directory: {exc}")
     signal.signal(signal.SIGTERM, daemon.stop)
@@ -144,6 +175,10 @@ def monitor(
     duration: Optional[float] = typer.Option(None, "--duration", help="Watch this many seconds, print once, exit."),
     json_out: bool = typer.Option(False, "--json", envvar="EDGE_EVOLVER_JSON",
                                   help="JSON instead of text: one object per change, or one list with --duration."),
+    ca_file: str = typer.Option("", "--ca-file", envvar="EDGE_EVOLVER_CA_FILE", help="mqtts://: the broker's CA."),
+    cert_file: str = typer.Option("", "--cert-file", envvar="EDGE_EVOLVER_CERT_FILE",
+                                  help="mqtts://: client certificate."),
+    key_file: str = typer.Option("", "--key-file", envvar="EDGE_EVOLVER_KEY_FILE", help="mqtts://: its key."),
 ) -> None:
     """Every device (state, job, fps, latency, power), from the MQTT topics.
 
@@ -156,7 +191,11 @@ def monitor(
         _fail(ErrorCode.BAD_INPUT, str(exc))
     state = MonitorState(topics)
     changed: queue.Queue[str] = queue.Queue()
-    conn = MqttConnection(url, f"edge-evolver-monitor-{uuid.uuid4().hex[:8]}", persistent=False)
+    try:
+        conn = MqttConnection(url, f"edge-evolver-monitor-{uuid.uuid4().hex[:8]}", persistent=False,
+                              tls=TlsFiles(ca_file, cert_file, key_file))
+    except ValueError as exc:
+        _fail(ErrorCode.BAD_INPUT, str(exc))
 
     def on_message(topic: str, payload: bytes) -> None:
         device = state.apply(topic, payload)
@@ -190,16 +229,24 @@ def pack(
     min_seconds: float = typer.Option(1.0, "--min-seconds"),
     warmup_s: float = typer.Option(0.2, "--warmup-s"),
     reply_to: Optional[str] = typer.Option(None, "--reply-to", help="Result topic (under the prefix)."),
+    signing_key: Optional[str] = typer.Option(None, "--signing-key",
+                                              help="Sign with this private key (host-trainer keys init makes one)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Signed jobs: the board it is for."),
+    group: Optional[str] = typer.Option(None, "--group", help="Signed jobs: the group it is for ('*': any board)."),
+    ttl_s: float = typer.Option(3600.0, "--ttl-s", help="Signed jobs: valid this many seconds."),
 ) -> None:
-    """Write one framed job file, to publish with any MQTT client (see docs/protocol.md)."""
+    """Write one framed job file, to publish with any MQTT client (see docs/protocol.md).
+
+    Boards run signed jobs only, unless started with --allow-unsigned: give --signing-key and --device or --group."""
     from ..job import encode_job
 
     try:
+        signer, target = _signer(signing_key, device, group, ttl_s)
         with open(model, "rb") as handle:
             data = handle.read()
         payload = encode_job(job_id or f"job-{uuid.uuid4().hex[:12]}", data,
                              {"batch": batch, "min_iterations": min_iterations, "min_seconds": min_seconds,
-                              "warmup_s": warmup_s}, reply_to=reply_to)
+                              "warmup_s": warmup_s}, reply_to=reply_to, signer=signer, target=target)
         tmp = output + ".tmp"
         with open(tmp, "wb") as out:
             out.write(payload)
@@ -208,7 +255,26 @@ def pack(
         _fail(ErrorCode.BAD_INPUT, f"{exc.filename or model}: {exc.strerror or exc}")
     except ValueError as exc:
         _fail(ErrorCode.BAD_INPUT, str(exc))
+    except EdgeError as exc:
+        _fail(exc.code, exc.message)
     typer.echo(output)
+
+
+def _signer(key_path: Optional[str], device: Optional[str], group: Optional[str], ttl_s: float) -> Any:
+    """(JobSigner, target) for `pack --signing-key`, or (None, None) for an unsigned job."""
+    if key_path is None:
+        if device or group:
+            raise ValueError("--device and --group address a signed job: give --signing-key too")
+        return None, None
+    if bool(device) == bool(group):
+        raise ValueError("a signed job is for one --device or one --group")
+    if ttl_s <= 0:
+        raise ValueError("--ttl-s must be > 0")
+    from ..trust.jobs import JobSigner
+    from ..trust.keys import load_signing_key
+
+    target = {"device": device} if device else {"group": group}
+    return JobSigner(load_signing_key(key_path), ttl_s=ttl_s), target
 
 
 def register(app: typer.Typer) -> None:

@@ -28,9 +28,10 @@ def _state(info: Any) -> str:
 
 
 class Outbox:
-    def __init__(self, mqtt: Any, store: JobStore, default_topic: str,
-                 allowed: Callable[[str], bool]) -> None:
+    def __init__(self, mqtt: Any, store: JobStore, default_topic: str, allowed: Callable[[str], bool],
+                 sign: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda body: body) -> None:
         self.mqtt = mqtt
+        self.sign = sign  # every result leaves signed with the board's key
         self.store = store
         self.default_topic = default_topic
         self.allowed = allowed
@@ -42,7 +43,8 @@ class Outbox:
 
     def publish(self, body: Dict[str, Any], reply_to: Optional[str] = None) -> Any:
         """Fire and forget (answers that are not stored: rejections, repeats)."""
-        return self.mqtt.publish(self.topic_for(reply_to), dumps(body), qos("results"), retained("results"))
+        return self.mqtt.publish(self.topic_for(reply_to), dumps(self.sign(body)), qos("results"),
+                                 retained("results"))
 
     def send(self, job_id: str, body: Dict[str, Any]) -> None:
         """Publish a stored result; its spool file goes once the broker confirms it."""

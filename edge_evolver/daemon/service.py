@@ -6,6 +6,7 @@ and the main thread, which waits for SIGTERM/SIGINT. A job is fsync'ed to the sp
 message callback, before paho sends the PUBACK, so a daemon killed at any point loses none.
 """
 
+import os
 import queue
 import threading
 import time
@@ -14,10 +15,11 @@ from typing import Any, Callable, Dict, Optional, Set
 import structlog
 
 from ..errors import ErrorCode
-from ..job import decode_job
-from ..mqtt import MqttConnection
-from ..protocol import FrameError, Topics, dumps, qos, retained, split_frame
+from ..job import decode_job, unwrap
+from ..mqtt import MqttConnection, TlsFiles
+from ..protocol import FrameError, Topics, dumps, qos, retained, sha256_hex, split_frame
 from .config import ServeConfig, broker_with_credentials
+from .gate import Gate, job_id_hint, peek_auth
 from .jobstore import JobStore
 from .outbox import Outbox
 from .payloads import result_payload, status_payload, telemetry_payload, will_payload
@@ -38,7 +40,10 @@ class EdgeDaemon:
         self.board_state = board_state  # dynamic: power mode and clock lock, re-read per job
         self.temperatures = temperatures
         self.topics = Topics(config.prefix)
-        self.store = JobStore(config.resolved_state_dir())
+        self.gate = Gate(config)
+        self.facts.update(self.gate.facts())
+        self.store = JobStore(config.resolved_state_dir(), max_results=config.max_results,
+                              max_bytes=int(config.max_results_mb * 1024 * 1024))
         self.jobs: queue.Queue[Optional[str]] = queue.Queue()
         self._known: Set[str] = set()  # queued or running ids: drops duplicate deliveries
         self._received: Dict[str, float] = {}
@@ -51,13 +56,15 @@ class EdgeDaemon:
             "power_reason": facts.get("power_reason"),
             "cache_dir": config.resolved_cache_dir(), "threads": config.threads,
             "telemetry_interval_s": config.telemetry_interval_s, "log_level": config.log_level,
+            "memory_mb": config.child_memory_mb, "cache_max_bytes": int(config.cache_max_mb * 1024 * 1024),
         })
         self.mqtt = MqttConnection(broker_with_credentials(config), f"edge-evolver-{config.device_id}",
-                                   config.mqtt_version, persistent=True)
+                                   config.mqtt_version, persistent=True, tls=tls_files(config))
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
-        self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id), self.topics.reply_allowed)
+        self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id),
+                             lambda topic: self.topics.is_reply_topic(topic, config.device_id), self.gate.sign)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -130,31 +137,46 @@ class EdgeDaemon:
     def _intake(self, payload: bytes) -> None:
         received_at = time.time()
         try:
-            job = decode_job(payload, self.config.max_payload_bytes)
-        except FrameError as exc:
-            self._reject(exc.job_id, exc.code, exc.message, exc.reply_to)
+            frame, auth = self.gate.open(payload)  # signature, expiry, target: before anything is parsed
+        except FrameError as exc:  # refused unauthenticated: the answer goes to our own results topic only
+            self._reject(job_id_hint(payload), exc.code, exc.message, payload=payload)
             return
-        if job.reply_to is not None and not self.topics.reply_allowed(job.reply_to):
-            self._reject(job.job_id, ErrorCode.BAD_INPUT, f"reply_to '{job.reply_to}' is not a results topic "
-                         f"under '{self.topics.prefix}/'")
+        try:
+            job = decode_job(frame, self.config.max_payload_bytes)
+        except FrameError as exc:
+            self._reject(exc.job_id, exc.code, exc.message, self._reply_topic(exc.reply_to, exc.run_id), payload)
+            return
+        if job.reply_to is not None and self._reply_topic(job.reply_to, job.run_id) is None:
+            self._reject(job.job_id, ErrorCode.BAD_INPUT, f"reply_to '{job.reply_to}' is neither this board's "
+                         f"results topic nor the results topic of the job's run_id")
             return
         with self._lock:  # one decision per job_id, also against the worker storing its result
             stored = self.store.result(job.job_id)
             if stored is not None:
                 log.info("job_repeated", job_id=job.job_id, status=stored.get("status"))
-                self.outbox.publish(dict(stored, repeated=True), job.reply_to)
+                self.outbox.publish(dict(stored, repeated=True), stored.get("reply_to"))
             elif job.job_id in self._known or self.store.is_spooled(job.job_id):
                 log.info("job_duplicate_delivery", job_id=job.job_id)
             elif len(self._known) >= self.config.max_queue:
                 self._reject(job.job_id, ErrorCode.QUEUE_FULL, f"{len(self._known)} jobs already waiting",
                              job.reply_to)
+            elif not self.gate.remember(auth):
+                self._reject(job.job_id, ErrorCode.REPLAYED, "this signed job was accepted before and its "
+                             "stored answer is gone: a job never runs twice", payload=payload)
             else:
-                self._accept(job.job_id, payload, received_at, job.reply_to)
+                self._accept(job.job_id, payload, received_at, job.reply_to, auth)
 
-    def _accept(self, job_id: str, payload: bytes, received_at: float, reply_to: Optional[str]) -> None:
+    def _reply_topic(self, reply_to: Optional[str], run_id: Optional[str]) -> Optional[str]:
+        """``reply_to`` when this board may answer there, else None (then: its own results topic)."""
+        allowed = reply_to is not None and self.topics.reply_allowed(reply_to, self.config.device_id, run_id)
+        return reply_to if allowed else None
+
+    def _accept(self, job_id: str, payload: bytes, received_at: float, reply_to: Optional[str],
+                auth: Any = None) -> None:
         try:
             self.store.spool(job_id, payload)  # durable before paho acknowledges the message
         except OSError as exc:
+            self.gate.forget(auth)  # not taken: the same job may come again
             self._reject(job_id, ErrorCode.INTERNAL, f"cannot store the job: {exc}", reply_to)
             return
         self._enqueue(job_id, received_at)
@@ -165,12 +187,19 @@ class EdgeDaemon:
             self._received[job_id] = received_at
         self.jobs.put(job_id)
 
-    def _reject(self, job_id: Optional[str], code: str, message: str, reply_to: Optional[str] = None) -> None:
-        """An error result for a job that was never accepted (not stored: it may be resent fixed)."""
+    def _reject(self, job_id: Optional[str], code: str, message: str, reply_to: Optional[str] = None,
+                payload: Optional[bytes] = None) -> None:
+        """An error result for a job that was never accepted (not stored: it may be resent fixed).
+
+        ``payload_sha256`` names the exact payload refused, so its sender can tell this refusal from
+        one of a job someone else sent under the same id.
+        """
         log.warning("job_rejected", job_id=job_id, code=code, message=message)
         now = time.time()
         body = result_payload(self.config.device_id, job_id, error_result(code, message),
                               {"received_at": now, "started_at": None, "finished_at": now}, {})
+        if payload is not None:
+            body["payload_sha256"] = sha256_hex(payload)
         self.outbox.publish(body, reply_to)
 
     # ------------------------------------------------------------------ worker
@@ -198,7 +227,10 @@ class EdgeDaemon:
         started = time.time()
         self.activity = {"activity": "building", "job_id": job_id}
         payload = self.store.read_job(job_id)
-        header, _ = split_frame(payload, len(payload))  # size and framing were checked at intake
+        header, _ = split_frame(unwrap(payload), len(payload))  # checked and verified at intake
+        auth = peek_auth(payload)
+        if auth is not None:
+            header["job_auth"] = auth
         limit = min(header.get("timeout_s") or self.config.job_timeout_s, self.config.job_timeout_s)
         measured = self.runner.run(self.store.job_path(job_id), limit, self._progress(job_id),
                                    cancelled=self.stopping.is_set)
@@ -212,7 +244,10 @@ class EdgeDaemon:
                 started: Optional[float] = None) -> None:
         timing = {"received_at": self._received.pop(job_id, None), "started_at": started, "finished_at": time.time()}
         body = result_payload(self.config.device_id, job_id, measured, timing, board, header.get("meta"))
-        body["reply_to"] = header.get("reply_to")
+        body["reply_to"] = self._reply_topic(header.get("reply_to"), header.get("run_id"))
+        if header.get("job_auth") is not None:
+            body["job_auth"] = header["job_auth"]
+        body = self.gate.sign(body)
         with self._lock:
             self.store.store_result(job_id, body)
         self.outbox.send(job_id, body)
@@ -257,3 +292,8 @@ def _safe_read(meter: Any) -> Optional[float]:
         return meter.read_watts()
     except Exception:
         return None
+
+
+def tls_files(config: ServeConfig) -> TlsFiles:
+    return TlsFiles(os.path.expanduser(config.ca_file), os.path.expanduser(config.cert_file),
+                    os.path.expanduser(config.key_file))

@@ -22,9 +22,10 @@ import numpy as np
 import structlog
 
 from edge_evolver.job import encode_job
-from edge_evolver.mqtt import MqttConnection, parse_broker_url
+from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
 from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
 from host_trainer.errors import UserError
+from host_trainer.fleet.trust import AUTH_CODES, HostTrust
 from host_trainer.loop.runstore import atomic_write_json
 from host_trainer.progress import NULL, Progress, Step
 from host_trainer.record import GenerationRecord
@@ -53,11 +54,12 @@ class FleetConfig:
 
 class Fleet:
     def __init__(self, cfg: FleetConfig, run_id: str, results_dir: Path | None = None,
-                 progress: Progress = NULL) -> None:
+                 progress: Progress = NULL, trust: HostTrust | None = None, tls: TlsFiles | None = None) -> None:
         if not valid_job_id(f"{run_id}.g000.a0.k0.carry.{ANY}.r9"):
             raise UserError(f"run id {run_id!r} cannot name MQTT jobs: use letters, digits and . _ : - "
                             "(and keep it under about 100 characters)")
         self.cfg, self.run_id, self.results_dir, self.progress = cfg, run_id, results_dir, progress
+        self.trust = trust or HostTrust(None, None)  # None: unsigned jobs, unchecked results (--insecure)
         self._cancelled = False
         self.topics = Topics(cfg.prefix)
         try:
@@ -65,9 +67,14 @@ class Fleet:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         # A persistent session per run: results published while the host is cut off wait at the broker.
-        self.conn = MqttConnection(url, f"host-trainer-{run_id}", persistent=True)
+        try:
+            self.conn = MqttConnection(url, f"host-trainer-{run_id}", persistent=True, tls=tls)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         self.status: dict[str, dict] = {}
         self.results: dict[str, dict] = {}
+        self.sent: dict[str, str] = {}  # job id -> sha256 of the payload sent: binds a board's refusal to it
+        self.refused: dict[str, dict] = {}  # job id -> a board's refusal of exactly that payload
         self._cond = threading.Condition()
         self.conn.on_connect = self._on_connect
         self.conn.on_message = self._on_message
@@ -96,8 +103,28 @@ class Fleet:
             if parsed and parsed[1] == "status":
                 self.status[parsed[0]] = data
             elif parsed and parsed[1] == "results" and str(data.get("job_id")).startswith(self.run_id + "."):
-                self.results[data["job_id"]] = data  # other runs' results are not ours to keep
+                self._receive(parsed[0], data)  # other runs' results are not ours to keep
             self._cond.notify_all()
+
+    def _receive(self, device: str, data: dict) -> None:
+        """Keep a result only when the board it names signed it with an enrolled key (caller holds _cond)."""
+        job_id = data["job_id"]
+        problem = self.trust.check(data) or (None if data.get("device_id") == device else
+                                             f"published on {device!r}'s topic but names {data.get('device_id')!r}")
+        if problem is not None:
+            hint = self.status.get(str(data.get("device_id")), {}).get("public_key")
+            log.warning("result_refused", job_id=job_id, device=device, reason=problem,
+                        hint=f"if that board is yours, enrol its key: host-trainer keys enroll {device} {hint}"
+                        if hint and "enrolled" in problem else None)
+            return
+        if data.get("code") in AUTH_CODES:
+            # Anyone may send a board a bad job under our id; only a refusal of our very payload counts.
+            if data.get("payload_sha256") == self.sent.get(job_id):
+                self.refused[job_id] = data
+            log.warning("job_refused_by_board", job_id=job_id, device=device, code=data.get("code"),
+                        message=data.get("message"), ours=data.get("payload_sha256") == self.sent.get(job_id))
+            return
+        self.results[job_id] = data
 
     def publish_progress(self, record: GenerationRecord) -> None:
         """One generation's record (without bulky fields) on the run's retained progress topic."""
@@ -121,8 +148,9 @@ class Fleet:
         digest = sha256_hex(model)
         for destination in self.destinations():
             base = f"{self.run_id}.{name}.{destination}"
-            payload = lambda job_id: encode_job(job_id, model, self.cfg.bench, inputs, reference,  # noqa: E731
-                                                meta=meta, timeout_s=self.cfg.job_timeout_s, check=check)
+            payload = lambda job_id, device: encode_job(  # noqa: E731
+                job_id, model, self.cfg.bench, inputs, reference, meta=meta, timeout_s=self.cfg.job_timeout_s,
+                check=check, run_id=self.run_id, signer=self.trust.signer, target=self.trust.target(device, ANY))
             out[destination] = self._measure_one(destination, base, payload, digest)
         return out
 
@@ -136,7 +164,10 @@ class Fleet:
             if result is None:
                 device = self._pick(destination)
                 topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
-                self.conn.publish(topic, payload(job_id), qos=1)
+                data = payload(job_id, device)
+                with self._cond:
+                    self.sent[job_id] = sha256_hex(data)
+                self.conn.publish(topic, data, qos=1)
                 log.info("job_sent", job_id=job_id, device=device, attempt=attempt)
                 with self.progress.step(f"{job_id}: waiting for device {device!r}") as bar:
                     result = self._wait(job_id, device, digest, bar)
@@ -167,6 +198,7 @@ class Fleet:
         if self.results_dir is not None:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.results_dir / f"{job_id}.json", result)
+            self.trust.snapshot(str(result.get("device_id")), self.results_dir.parent)
 
     def cancel(self) -> None:
         """Make every waiting measurement give up at once (Ctrl-C, an error elsewhere)."""
@@ -226,6 +258,10 @@ class Fleet:
             while True:
                 bar.update(time.monotonic() - started, self.cfg.job_timeout_s, f"{time.monotonic() - started:.0f} s")
                 self._check_cancelled()
+                refusal = self.refused.pop(job_id, None)
+                if refusal is not None:
+                    raise FleetError(f"board {refusal.get('device_id')!r} refused job {job_id}: "
+                                     f"{refusal.get('code')}: {refusal.get('message')}")
                 result = self.results.pop(job_id, None)
                 if result is not None and result.get("model_sha256") not in (digest, None):
                     log.warning("result_for_another_model", job_id=job_id)  # a stale id reused: ignore it

@@ -21,6 +21,7 @@ import structlog
 
 from edge_evolver.local_broker import INSTALL_HINT, LocalBroker, find_mosquitto, stop_process
 from host_trainer.errors import UserError
+from host_trainer.fleet.trust import HostTrust, embedded_trust
 from host_trainer.loop.runstore import atomic_write_json
 from host_trainer.progress import NULL, Progress
 
@@ -44,6 +45,16 @@ class LocalFleet:
         self.threads, self.prefix, self.progress = threads, prefix, progress
         self.broker: LocalBroker | None = None
         self.daemon: subprocess.Popen | None = None
+        self._trust: HostTrust | None = None
+        self._board_keys: Path | None = None
+
+    def trust(self, ttl_s: float = 3600.0) -> HostTrust:
+        """The run-local host key that signs this run's jobs, with the local board's key enrolled."""
+        if self._trust is None:
+            self._trust, self._board_keys = embedded_trust(self.workdir, LOCAL_DEVICE, ttl_s)
+        if self._trust.signer is not None:
+            self._trust.signer.ttl_s = ttl_s
+        return self._trust
 
     @property
     def url(self) -> str:
@@ -58,9 +69,11 @@ class LocalFleet:
         (self.workdir / "broker").mkdir(parents=True, exist_ok=True)
         self._stop_stale()
         self.broker = LocalBroker(str(self.workdir / "broker")).start()
+        self.trust()  # the keys exist before the daemon reads them
         cmd = [sys.executable, "-m", "edge_evolver", "serve", "--broker", self.broker.url,
                "--device-id", LOCAL_DEVICE, "--backend", "onnxruntime", "--power", "auto", "--prefix", self.prefix,
-               "--state-dir", str(self.workdir / "edge"), "--threads", str(self.threads)]
+               "--state-dir", str(self.workdir / "edge"), "--threads", str(self.threads),
+               "--keys-dir", str(self._board_keys), "--require-signed"]
         with open(self.workdir / "edge.log", "ab") as out:
             # Own session, like the broker: Ctrl-C reaches the host, which then stops both in order.
             self.daemon = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,

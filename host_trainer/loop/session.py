@@ -13,12 +13,14 @@ from typing import Any
 import structlog
 import torch
 
+from edge_evolver.mqtt import TlsFiles
 from host_trainer import events
 from host_trainer.config import EvolveConfig
 from host_trainer.errors import UserError
 from host_trainer.fleet.jobs import Fleet, FleetConfig
 from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
+from host_trainer.fleet.trust import open_trust
 from host_trainer.loop.evolve import Evolution, resume_member
 from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
 from host_trainer.models.registry import build_model
@@ -54,6 +56,8 @@ def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tu
 def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
     if cfg.weights:  # an absolute path and the file's sha256 in config.json: a resumed run reads the same bytes
         cfg.weights = str(Path(cfg.weights).expanduser().resolve())
+    if cfg.broker and not cfg.no_mqtt:
+        open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
     data, task = _prepare(cfg, view)
     cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     path = Path(parent_dir) / run_id
@@ -102,6 +106,9 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
         return
     local = None if cfg.broker else LocalFleet(run_path / "embedded", cfg.bench_threads, cfg.prefix, view).start()
     fleet = None
+    ttl_s = max(3600.0, 2 * cfg.job_timeout_s * (cfg.job_retries + 1))  # covers every resend of a job
+    trust = local.trust(ttl_s) if local else open_trust(cfg.keys_dir, cfg.insecure, ttl_s)
+    tls = TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file)
     try:
         fleet_cfg = FleetConfig(
             broker=cfg.broker or (local.url if local else ""),
@@ -109,7 +116,8 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
             any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
             job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
             bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
-        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results", progress=view).start()
+        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results", progress=view, trust=trust,
+                      tls=tls).start()
         yield FleetMeasurer(fleet, task)
     finally:
         if fleet is not None:
