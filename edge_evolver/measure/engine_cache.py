@@ -6,6 +6,11 @@ TensorRT version and GPU that built it, so any change there must miss. Entries a
 atomically (temp file + ``os.replace``), so a daemon killed mid-write leaves no half plan; a
 plan that fails to load anyway is dropped and rebuilt. The oldest entries are evicted once the
 cache grows past ``max_bytes``.
+
+A single entry is refused (not written) when it is far larger than any sane engine for its model:
+more than ``max(ENTRY_FLOOR_BYTES, ENTRY_RATIO * model bytes)``, or more than the whole budget. A
+9 KB model once produced a 513 MB ONNX Runtime optimised model through constant folding; kept,
+such an entry would evict every useful engine and fill the disk with one hostile job.
 """
 
 import hashlib
@@ -21,6 +26,14 @@ from ..files import atomic_write
 log = structlog.get_logger("edge_evolver.engine_cache")
 
 DEFAULT_MAX_BYTES = 2 * 1024 ** 3
+# A TensorRT plan holds the weights (fp16: at most the ONNX size; fp32 from an fp16 model: twice) plus
+# the chosen kernels, a few MB to some tens of MB whatever the model: hence the floor, which a tiny
+# model's plan may legitimately exceed many times over. An ONNX Runtime optimised model is the graph
+# plus layout-transformed weights (NCHWc padding: under 3x on a 3-channel layer). 16x the model
+# leaves ample room for both; constant folding that multiplies a model's size by more is an attack
+# or a bug, not an engine worth keeping.
+ENTRY_FLOOR_BYTES = 64 * 1024 ** 2
+ENTRY_RATIO = 16
 PLAN_SUFFIX = ".plan"
 META_SUFFIX = ".json"
 
@@ -51,8 +64,20 @@ class EngineCache:
         os.utime(plan_path)  # least recently *used* is what eviction should drop
         return plan
 
-    def put(self, model_sha256: str, key: Dict[str, Any], plan: bytes) -> None:
+    def entry_limit(self, model_bytes: Optional[int] = None) -> int:
+        """The largest entry kept for a model of ``model_bytes`` (unknown: only the budget bounds it)."""
+        if model_bytes is None:
+            return self.max_bytes
+        return min(self.max_bytes, max(ENTRY_FLOOR_BYTES, ENTRY_RATIO * model_bytes))
+
+    def put(self, model_sha256: str, key: Dict[str, Any], plan: bytes, model_bytes: Optional[int] = None) -> bool:
+        """Store ``plan``; False when it was refused as oversized or could not be written."""
         digest = cache_digest(model_sha256, key)
+        limit = self.entry_limit(model_bytes)
+        if len(plan) > limit:
+            log.warning("engine_cache_entry_refused", digest=digest[:12], bytes=len(plan), limit=limit,
+                        model_bytes=model_bytes, reason="far larger than an engine for this model, or than the cache")
+            return False
         plan_path, meta_path = self._paths(digest)
         meta = {"model_sha256": model_sha256, "build": key, "bytes": len(plan), "created": time.time()}
         try:
@@ -61,8 +86,9 @@ class EngineCache:
         except OSError as exc:
             # A full disk must not fail the job: the engine is built and works, it just is not kept.
             log.warning("engine_cache_write_failed", digest=digest[:12], error=str(exc))
-            return
+            return False
         self.evict()
+        return True
 
     def discard(self, model_sha256: str, key: Dict[str, Any]) -> None:
         for path in self._paths(cache_digest(model_sha256, key)):
