@@ -436,7 +436,22 @@ fi
 note "broker password: $PASSWORD_FILE (mode $PASSWORD_MODE root:$PASSWORD_GROUP; empty = none)"
 
 # State and cache directories (systemd also creates them at start; a manual run needs them too).
+# work/ holds each job's private directory while the measuring process runs it: the service user's only.
 run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR" "$CACHE_DIR" "$CACHE_DIR/engines"
+run install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR/work"
+
+# The unit makes the whole file system read-only (ProtectSystem=strict) except the state and cache
+# directories: a kept config that puts state_dir or cache_dir elsewhere needs a drop-in.
+config_path() { # the value of a top-level `key = "value"` line of $CONFIG_FILE, if any
+    sed -nE "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\"([^\"]*)\".*/\1/p" "$CONFIG_FILE" 2>/dev/null | head -n 1 || true
+}
+for key in state_dir cache_dir; do
+    value=$(config_path "$key")
+    case $value in
+    "" | "$STATE_DIR" | "$STATE_DIR"/* | "$CACHE_DIR" | "$CACHE_DIR"/*) ;;
+    *) warn "$CONFIG_FILE sets $key = \"$value\", which the unit keeps read-only (ProtectSystem=strict): add it with 'sudo systemctl edit edge-evolver' as [Service] ReadWritePaths=$value" ;;
+    esac
+done
 
 # ---------------------------------------------------------------------------------------------------
 # 7. systemd unit
