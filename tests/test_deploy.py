@@ -53,6 +53,18 @@ CONFIG_DEFAULTS = {
     "password_file": "",
     "threads": 1,
     "log_level": "info",
+    "ca_file": "",
+    "cert_file": "",
+    "key_file": "",
+    "keys_dir": "",
+    "trusted_keys": "/etc/edge-evolver/trusted-hosts",
+    "allow_unsigned": False,
+    "max_job_age_s": 604800.0,
+    "clock_skew_s": 300.0,
+    "max_results": 5000,
+    "max_results_mb": 256.0,
+    "cache_max_mb": 2048.0,
+    "child_memory_mb": 0.0,
 }
 PY36_PINS = {
     "numpy": "1.19.5",

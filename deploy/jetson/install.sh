@@ -440,6 +440,14 @@ note "broker password: $PASSWORD_FILE (mode $PASSWORD_MODE root:$PASSWORD_GROUP;
 run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR" "$CACHE_DIR" "$CACHE_DIR/engines"
 run install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR/work"
 
+# Signed jobs: the host keys this board trusts live under /etc, root's to change and read-only for the
+# daemon; the board's own key is made by the service user, so only it can read it.
+TRUSTED_HOSTS=$CONFIG_DIR/trusted-hosts
+if [[ ! -e $TRUSTED_HOSTS ]]; then
+    run install -m 0644 -o root -g root /dev/null "$TRUSTED_HOSTS"
+fi
+note "trusted host keys: $TRUSTED_HOSTS (add one: sudo $WRAPPER keys trust <host key> --config $CONFIG_FILE)"
+
 # The unit makes the whole file system read-only (ProtectSystem=strict) except the state and cache
 # directories: a kept config that puts state_dir or cache_dir elsewhere needs a drop-in.
 config_path() { # the value of a top-level `key = "value"` line of $CONFIG_FILE, if any
@@ -504,7 +512,20 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # 9. Advice
 # ---------------------------------------------------------------------------------------------------
+log "board key (as $SERVICE_USER)"
+if ((DRY_RUN)); then
+    run "${as_service_user[@]}" "$WRAPPER" keys init --config "$CONFIG_FILE"
+else
+    (cd / && "${as_service_user[@]}" "$WRAPPER" keys init --config "$CONFIG_FILE") || warn "'edge-evolver keys init' failed (see above)"
+fi
+
 cat <<'EOF'
+
+==> Signed jobs: this board runs only jobs signed by a host key it trusts (docs/security.md).
+    on the host:   host-trainer keys init                        (prints the host's public key)
+    on the board:  sudo edge-evolver keys trust '<host key>' --config /etc/edge-evolver/config.toml
+    on the host:   host-trainer keys enroll <device-id> '<the board key printed above>'
+    Check the keys match what the other side printed (read them over the phone, not off the network).
 
 ==> For stable, comparable numbers, fix the power mode and lock the clocks before measuring:
     sudo nvpmodel -q                # the current power mode (name and id)

@@ -56,7 +56,8 @@ class EdgeDaemon:
             "power_reason": facts.get("power_reason"),
             "cache_dir": config.resolved_cache_dir(), "threads": config.threads,
             "telemetry_interval_s": config.telemetry_interval_s, "log_level": config.log_level,
-            "memory_mb": config.child_memory_mb, "cache_max_bytes": int(config.cache_max_mb * 1024 * 1024),
+            "memory_mb": config.child_memory_mb, "cache_max_mb": config.cache_max_mb,
+            "work_dir": os.path.join(config.resolved_state_dir(), "work"),
         })
         self.mqtt = MqttConnection(broker_with_credentials(config), f"edge-evolver-{config.device_id}",
                                    config.mqtt_version, persistent=True, tls=tls_files(config))

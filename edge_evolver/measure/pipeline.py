@@ -171,7 +171,7 @@ def _engine(runtime: Backend, model_bytes: bytes, result: MeasureResult, options
     result.cache_hit = False
     result.engine_bytes = len(plan) if plan else None
     if cache is not None and plan:
-        cache.put(result.model_sha256, key, plan)
+        cache.put(result.model_sha256, key, plan, model_bytes=len(model_bytes))
     return engine
 
 

@@ -20,6 +20,7 @@ looked up and the signature checked over the raw header bytes; only then is the 
 
 import base64
 import binascii
+import hashlib
 import json
 import struct
 import threading
@@ -128,7 +129,7 @@ def open_job(payload: bytes, policy: VerifyPolicy, now: Optional[float] = None) 
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise FrameError(ErrorCode.INVALID_FRAME, "the signed header is not usable JSON") from None
     auth = _auth(header, block["key_id"])
-    if sha256_hex(memoryview(frame)[HEADER_OFFSET + len(head):]) != auth.pop("body_sha256"):
+    if hashlib.sha256(memoryview(frame)[HEADER_OFFSET + len(head):]).hexdigest() != auth.pop("body_sha256"):
         raise FrameError(ErrorCode.BAD_SIGNATURE, "the body does not match the signed body_sha256: tampered")
     job_auth = JobAuth(block["key_id"], **auth)
     _check_time(job_auth, policy, time.time() if now is None else now)
