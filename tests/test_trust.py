@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from edge_evolver.errors import ErrorCode, EdgeError
+from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job, unwrap
 from edge_evolver.protocol import FrameError, dumps, loads
 from edge_evolver.trust.jobs import JobSigner, VerifyPolicy, open_job
