@@ -11,6 +11,7 @@ back-off of ``reconnect_delay_set``, but gives up if the very first connect fail
 often boots before its broker is reachable.
 """
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +55,66 @@ class TlsFiles:
 
     def any(self) -> bool:
         return bool(self.ca_file or self.cert_file or self.key_file)
+
+
+def _check_readable(role: str, path: str) -> None:
+    """A one-line ValueError naming the file, instead of an ssl/paho traceback at connect time."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"TLS {role} {path!r} cannot be read: {exc.strerror or exc}") from None
+
+
+def _refuse_passphrase() -> str:
+    # Without a callback, OpenSSL prompts on the terminal for an encrypted key: a daemon under
+    # systemd would hang there instead of failing.
+    raise ValueError("encrypted private keys are not supported")
+
+
+def tls_context(tls: TlsFiles, allow_tls13: bool = True) -> ssl.SSLContext:
+    """A client context: TLS 1.2 or later, the broker's certificate and host name verified.
+
+    ``ca_file`` replaces the system CA store (a private fleet CA trusts only itself); the client
+    certificate and key are presented when given, and must be given together. ``allow_tls13``
+    False caps the version at 1.2 (see ``_paho_survives_tls_alerts``).
+    """
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ValueError("TLS: cert_file and key_file go together (this client's certificate and its private key)")
+    for role, path in (("CA file", tls.ca_file), ("certificate file", tls.cert_file), ("key file", tls.key_file)):
+        if path:
+            _check_readable(role, path)
+    try:
+        # CERT_REQUIRED and check_hostname are create_default_context's defaults.
+        context = ssl.create_default_context(cafile=tls.ca_file or None)
+    except ssl.SSLError as exc:
+        raise ValueError(f"TLS CA file {tls.ca_file!r} holds no usable PEM certificate: {exc}") from None
+    if tls.cert_file:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_passphrase)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"TLS certificate {tls.cert_file!r} with key {tls.key_file!r}: {exc}") from None
+    if hasattr(ssl, "TLSVersion"):  # Python 3.7+
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # novermin
+        if not allow_tls13:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2  # novermin
+    else:  # Python 3.6 (JetPack 4.6)
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+        if not allow_tls13:
+            context.options |= getattr(ssl, "OP_NO_TLSv1_3", 0)
+    return context
+
+
+def _paho_survives_tls_alerts(mqtt: Any) -> bool:
+    """Whether paho's loop thread outlives a TLS alert on a read (2.x does; 1.x, for Python 3.6, not).
+
+    paho 1.6 catches only ConnectionError when it reads, so an ssl.SSLError ends its loop thread
+    for good: no reconnection, no callback, a board offline until restarted. Under TLS 1.3 a broker
+    refuses a client certificate (revoked, expired, another CA) after the handshake, on that first
+    read; under TLS 1.2 within the handshake, in connect(), which ``start`` retries with back-off.
+    Hence TLS 1.2 exactly for paho 1.x.
+    """
+    return hasattr(mqtt, "CallbackAPIVersion")  # paho >= 2.0, as in _make_client
 
 
 def parse_broker_url(url: str) -> BrokerURL:
@@ -119,7 +180,12 @@ class MqttConnection:
                  persistent: bool = True, tls: Optional[TlsFiles] = None) -> None:
         if mqtt_version not in MQTT_VERSIONS:
             raise ValueError(f"mqtt_version must be one of {MQTT_VERSIONS}, not {mqtt_version!r}")
+        if tls is not None and tls.any() and not broker.tls:
+            raise ValueError(f"TLS files were given but the broker URL {broker.display()} is plain MQTT: "
+                             "use mqtts://HOST:8883")
         mqtt = _paho()
+        # Built before the client, so that a bad file fails here, not on the first connect.
+        context = tls_context(tls or TlsFiles(), _paho_survives_tls_alerts(mqtt)) if broker.tls else None
         self.broker = broker
         self.v5 = mqtt_version == "5"
         self.persistent = persistent
@@ -131,8 +197,10 @@ class MqttConnection:
         self.client = self._make_client(mqtt, client_id)
         if broker.username:
             self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set()  # system CA store; the board verifies the broker
+        if context is not None:
+            # tls_set_context rather than tls_set: tls_set can only pin one protocol version, not
+            # set a minimum, and prompts on the terminal for an encrypted key.
+            self.client.tls_set_context(context)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
