@@ -192,6 +192,8 @@ class MqttConnection:
         self.on_connect: Callable[[bool], None] = lambda session_present: None
         self.on_disconnect: Callable[[int], None] = lambda rc: None
         self.on_message: Callable[[str, bytes], None] = lambda topic, payload: None
+        # Set it to receive retained messages here instead of in on_message (topic, payload size).
+        self.on_retained: Optional[Callable[[str, int], None]] = None
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self.client = self._make_client(mqtt, client_id)
@@ -231,6 +233,9 @@ class MqttConnection:
         self.on_disconnect(_code(rc))
 
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.retain and self.on_retained is not None:
+            self.on_retained(message.topic, len(message.payload))
+            return
         self.on_message(message.topic, bytes(message.payload))
 
     def will(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -278,7 +283,15 @@ class MqttConnection:
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
+    def subscribe(self, topic: str, qos: int = 1, retain_as_published: bool = False) -> None:
+        """``retain_as_published`` (MQTT 5 only) keeps the retain flag on messages delivered live, so
+        that a retained message is recognised as such whenever it arrives; MQTT 3.1.1 sets the flag
+        only on the stored copy a (re)subscription receives."""
+        if self.v5 and retain_as_published:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            self.client.subscribe(topic, options=SubscribeOptions(qos=qos, retainAsPublished=True))
+            return
         self.client.subscribe(topic, qos)
 
     def stop(self, final: Optional[Callable[[], Any]] = None, timeout: float = 5.0) -> None:

@@ -64,6 +64,7 @@ class EdgeDaemon:
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
         self.mqtt.on_message = self._on_message
+        self.mqtt.on_retained = self._on_retained
         self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id),
                              lambda topic: self.topics.is_reply_topic(topic, config.device_id), self.gate.sign)
 
@@ -117,9 +118,9 @@ class EdgeDaemon:
     # ------------------------------------------------------------------ MQTT callbacks (paho's thread)
     def _on_connect(self, session_present: bool) -> None:
         device = self.config.device_id
-        self.mqtt.subscribe(self.topics.jobs(device), qos("jobs"))
+        self.mqtt.subscribe(self.topics.jobs(device), qos("jobs"), retain_as_published=True)
         if self.config.group:
-            self.mqtt.subscribe(self.topics.shared_jobs(self.config.group), qos("jobs"))
+            self.mqtt.subscribe(self.topics.shared_jobs(self.config.group), qos("jobs"), retain_as_published=True)
         online = status_payload("online", device, self.facts, since=self.started_at)
         self.mqtt.publish(self.topics.status(device), dumps(online), qos("status"), retained("status"))
         log.info("mqtt_connected", session_present=session_present)
@@ -127,6 +128,10 @@ class EdgeDaemon:
     def _on_disconnect(self, rc: int) -> None:
         if not self.stopping.is_set():
             log.warning("mqtt_disconnected", code=rc, note="paho reconnects with back-off")
+
+    def _on_retained(self, topic: str, size: int) -> None:
+        """A retained job comes back at every reconnect: never a request, so never run nor answered."""
+        log.warning("job_retained_ignored", topic=topic, bytes=size)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:

@@ -1,0 +1,230 @@
+"""A board that requires signed jobs, attacked over a real Mosquitto: what runs, what is refused, with which code.
+
+Every refused job must not run (no measurement, no stored result); every answer the board sends is signed
+with its own key; a replayed job never runs twice, across a restart too.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from edge_evolver.job import encode_job
+from edge_evolver.protocol import Topics, sha256_hex
+from edge_evolver.trust.jobs import JobSigner
+from edge_evolver.trust.keys import ensure_signing_key, generate_key, read_trusted
+from edge_evolver.trust.results import check_result
+
+from .mqtt_support import Broker, Collector, Daemon, enrol, result_for, status_is
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+TOPICS = Topics()
+QUICK = {"min_iterations": 20, "min_seconds": 0.0, "warmup_s": 0.0}
+DEVICE = "sec1"
+
+
+def small_model(scale=2.0):
+    node = helper.make_node("Mul", ["x", "s"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [numpy_helper.from_array(np.full((1, 8), scale, np.float32), "s")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def external_data_model(location):
+    """A model whose only output is a weight read from a file: the file-read attack."""
+    tensor = TensorProto()
+    tensor.name, tensor.data_type = "w", TensorProto.UINT8
+    tensor.dims.extend([16])
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "leak", [],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [16])], [tensor])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secure")
+    broker = Broker(str(root / "broker")).start()
+    host_keys, state = str(root / "host-keys"), str(root / "state")
+    daemon_args = enrol(host_keys, state, DEVICE)
+    daemon = Daemon(broker.url, state, DEVICE, *daemon_args).start()
+    watcher = Collector(broker.url, ["edge-evolver/devices/+/+", "edge-evolver/runs/+/results"])
+    watcher.wait_for(status_is("online"), timeout=60)
+    host, _ = ensure_signing_key(os.path.join(host_keys, "host.key"))
+    ctx = {"broker": broker, "daemon": daemon, "daemon_args": daemon_args, "watcher": watcher, "host": host,
+           "state": state,
+           "board_keys": [k for k, _ in read_trusted(os.path.join(host_keys, "boards", DEVICE + ".pub")).entries]}
+    yield ctx
+    ctx["daemon"].kill()
+    watcher.close()
+    broker.stop()
+
+
+def signed(ctx, job_id, model=None, key=None, target=None, clock=time.time, **extra):
+    signer = JobSigner(key or ctx["host"], ttl_s=600.0, clock=clock)
+    return encode_job(job_id, model or small_model(), QUICK, signer=signer,
+                      target=target or {"device": DEVICE}, **extra)
+
+
+def send(ctx, payload, job_id, retain=False, timeout=60.0):
+    watcher = ctx["watcher"]
+    mark = watcher.mark()
+    watcher.conn.publish(TOPICS.jobs(DEVICE), payload, qos=1, retain=retain).wait_for_publish()
+    return watcher.wait_for(result_for(job_id), timeout=timeout, after=mark)
+
+
+def ran(ctx, job_id):
+    """Whether the board measured this job: its stored result, or a `job` event in its log."""
+    stored = os.path.exists(os.path.join(ctx["state"], "results", job_id + ".json"))
+    return stored or f'"job_id": "{job_id}"' in "".join(
+        line for line in ctx["daemon"].log().splitlines() if '"event": "job"' in line)
+
+
+def verified(ctx, result):
+    return check_result(result, lambda device: ctx["board_keys"] if device == DEVICE else []) is None
+
+
+def test_a_signed_job_runs_and_its_result_is_signed_by_the_board(board):
+    answer = send(board, signed(board, "good-1", meta={"generation": 1}), "good-1")["data"]
+    assert answer["status"] == "ok" and answer["meta"] == {"generation": 1}
+    assert verified(board, answer) and answer["job_auth"]["key_id"] == board["host"].key_id
+    assert not verified(board, dict(answer, fps=answer["fps"] * 10))  # a forged fitness is caught
+
+
+@pytest.mark.parametrize("case, code", [
+    ("unsigned", "UNSIGNED"), ("forged", "UNKNOWN_KEY"), ("tampered-body", "BAD_SIGNATURE"),
+    ("tampered-header", "BAD_SIGNATURE"), ("expired", "EXPIRED"), ("future", "EXPIRED"),
+    ("wrong-board", "WRONG_TARGET"), ("wrong-group", "WRONG_TARGET"),
+])
+def test_bad_jobs_are_refused_with_a_code_and_never_run(board, case, code):
+    job_id = "bad-" + case
+    payloads = {
+        "unsigned": lambda: encode_job(job_id, small_model(), QUICK),
+        "forged": lambda: signed(board, job_id, key=generate_key()),
+        "tampered-body": lambda: _flip(signed(board, job_id), -3),  # a weight of the model
+        "tampered-header": lambda: _flip_after(signed(board, job_id), b'"min_iterations":20'),
+        "expired": lambda: signed(board, job_id, clock=lambda: time.time() - 3600),
+        "future": lambda: signed(board, job_id, clock=lambda: time.time() + 3600),
+        "wrong-board": lambda: signed(board, job_id, target={"device": "someone-else"}),
+        "wrong-group": lambda: signed(board, job_id, target={"group": "other-lab"}),
+    }
+    payload = payloads[case]()
+    answer = send(board, payload, job_id)
+    data = answer["data"]
+    assert (data["status"], data["code"]) == ("error", code), data
+    assert answer["topic"] == TOPICS.results(DEVICE) and verified(board, data)
+    assert data["payload_sha256"] == sha256_hex(payload) and "\n" not in data["message"]
+    assert not ran(board, job_id)
+
+
+def _flip(payload, index):
+    data = bytearray(payload)
+    data[index] ^= 0x01
+    return bytes(data)
+
+
+def _flip_after(payload, marker):
+    """Change a digit inside the signed header: 20 iterations become 30."""
+    return _flip(payload, payload.index(marker) + len(marker) - 2)
+
+
+def test_a_replayed_job_gets_the_stored_answer_then_a_refusal_and_never_runs_twice(board):
+    payload = signed(board, "replay-1")
+    first = send(board, payload, "replay-1")["data"]
+    again = send(board, payload, "replay-1")["data"]
+    assert again["repeated"] and again["fps"] == first["fps"] and verified(board, again)
+    spooled = os.path.join(board["state"], "spool", "replay-1.job")
+    deadline = time.monotonic() + 20
+    while os.path.exists(spooled) and time.monotonic() < deadline:  # the broker confirmed the result
+        time.sleep(0.1)
+    os.remove(os.path.join(board["state"], "results", "replay-1.json"))  # pruned, as an old result is
+    refused = send(board, payload, "replay-1")["data"]
+    assert refused["code"] == "REPLAYED" and not os.path.exists(os.path.join(board["state"], "results",
+                                                                             "replay-1.json"))
+    _restart(board)  # the ledger is on disk: a restarted board still refuses it
+    assert send(board, payload, "replay-1")["data"]["code"] == "REPLAYED"
+    assert sum('"event": "job"' in line and '"replay-1"' in line for line in _logs(board)) == 1
+
+
+def _restart(board):
+    board["daemon"].terminate()
+    mark = board["watcher"].mark()
+    board["daemon"] = Daemon(board["broker"].url, board["state"], DEVICE, *board["daemon_args"]).start()
+    board["watcher"].wait_for(lambda m: m["topic"] == TOPICS.status(DEVICE) and m["data"]["state"] == "online",
+                              timeout=60, after=mark)
+
+
+def _logs(board):
+    """Every log line of the board since the test module started, across restarts (one log file)."""
+    return board["daemon"].log().splitlines()
+
+
+def test_external_data_never_reaches_a_runtime(board):
+    secret = b"TOPSECRET-0123456789abcdef"
+    os.makedirs(os.path.join(board["state"], "leak"), exist_ok=True)
+    with open(os.path.join(board["state"], "leak", "secret.bin"), "wb") as handle:
+        handle.write(secret)
+    for location in ("leak/secret.bin", os.path.join(board["state"], "leak", "secret.bin"), "../../etc/hostname"):
+        job_id = "ext-" + sha256_hex(location.encode())[:8]
+        answer = send(board, signed(board, job_id, model=external_data_model(location)), job_id)
+        assert answer["data"]["code"] == "EXTERNAL_DATA", answer["data"]
+        raw = answer["raw"]
+        assert secret not in raw and b"TOPSECRET" not in raw and str(list(secret[:8]))[1:-1].encode() not in raw
+
+
+def test_reply_to_names_only_the_board_own_topic_or_the_signed_run(board):
+    answer = send(board, signed(board, "rt-1", reply_to=TOPICS.results("victim")), "rt-1")
+    assert answer["data"]["code"] == "BAD_INPUT" and answer["topic"] == TOPICS.results(DEVICE)
+    answer = send(board, signed(board, "rt-2", reply_to=TOPICS.run_results("r9"), run_id="r8"), "rt-2")
+    assert answer["data"]["code"] == "BAD_INPUT" and answer["topic"] == TOPICS.results(DEVICE)
+    answer = send(board, signed(board, "rt-3", reply_to=TOPICS.run_results("r9"), run_id="r9"), "rt-3")
+    assert answer["data"]["status"] == "ok" and answer["topic"] == TOPICS.run_results("r9")
+
+
+def test_retained_jobs_are_ignored_when_they_come_back(board):
+    """MQTT 3.1.1 marks only the stored copy a (re)subscription gets as retained: a board that is
+    connected runs the live delivery once; the copy that returns at every reconnect is ignored."""
+    watcher = board["watcher"]
+    mark = watcher.mark()
+    watcher.conn.publish(TOPICS.jobs(DEVICE), signed(board, "kept-1"), qos=1, retain=True).wait_for_publish()
+    watcher.wait_for(result_for("kept-1"), timeout=60, after=mark)
+    _restart(board)
+    time.sleep(2.0)
+    assert '"job_retained_ignored"' in board["daemon"].log()
+    assert sum('"event": "job"' in line and '"kept-1"' in line for line in _logs(board)) == 1
+    watcher.conn.publish(TOPICS.jobs(DEVICE), b"", qos=1, retain=True).wait_for_publish()  # clear it
+    assert send(board, signed(board, "after-kept"), "after-kept")["data"]["status"] == "ok"
+
+
+def test_a_v5_board_ignores_retained_jobs_even_live(board, tmp_path):
+    host_keys, state = str(tmp_path / "host-keys"), str(tmp_path / "state")
+    daemon = Daemon(board["broker"].url, state, "v5sec", *enrol(host_keys, state, "v5sec"),
+                    "--mqtt-version", "5").start()
+    try:
+        watcher = board["watcher"]
+        watcher.wait_for(lambda m: m["topic"] == TOPICS.status("v5sec") and m["data"]["state"] == "online", 60)
+        host, _ = ensure_signing_key(os.path.join(host_keys, "host.key"))
+        payload = encode_job("v5-kept", small_model(), QUICK, signer=JobSigner(host), target={"device": "v5sec"})
+        watcher.conn.publish(TOPICS.jobs("v5sec"), payload, qos=1, retain=True).wait_for_publish()
+        deadline = time.monotonic() + 10
+        while '"job_retained_ignored"' not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert '"job_retained_ignored"' in daemon.log() and not watcher.matching(result_for("v5-kept"))
+        watcher.conn.publish(TOPICS.jobs("v5sec"), b"", qos=1, retain=True).wait_for_publish()
+    finally:
+        daemon.kill()
+
+
+def test_status_names_the_board_key_and_its_policy(board):
+    status = board["watcher"].wait_for(status_is("online"), timeout=10)["data"]
+    assert status["signed_jobs"] == "required" and status["trusted_host_keys"] == 1
+    assert status["public_key"] == board["board_keys"][0].text and status["key_id"] == board["board_keys"][0].key_id
+    json.dumps(status)
