@@ -25,7 +25,7 @@ from common import ROOT, markdown, save  # also puts the repository on sys.path
 
 from host_trainer.loop.runstore import RunDir
 from host_trainer.record import GenerationRecord
-from tests.mqtt_support import Broker, Collector, Daemon
+from tests.mqtt_support import Broker, Collector, Daemon, enrol
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",
         "--max-accuracy-drop", "100"]
@@ -54,12 +54,15 @@ def overhead(workdir: Path, generations: int, bench: list[str]) -> dict:
 def parallel(workdir: Path, daemons: int, bench: list[str]) -> float:
     broker = Broker(str(workdir / f"broker-{daemons}")).start()
     names = [f"p{daemons}-{i}" for i in range(daemons)]
-    procs = [Daemon(broker.url, str(workdir / f"state-{n}"), n, "--group", "bench").start() for n in names]
+    keys = str(workdir / f"host-keys-{daemons}")  # a signed fleet, as in the field
+    procs = [Daemon(broker.url, str(workdir / f"state-{n}"), n, "--group", "bench",
+                    *enrol(keys, str(workdir / f"state-{n}"), n)).start() for n in names]
     watcher = Collector(broker.url, ["edge-evolver/devices/+/status"])
     try:
         for n in names:
             watcher.wait_for(lambda m, n=n: m["topic"].endswith(f"/{n}/status") and m["data"]["state"] == "online", 60)
-        rows = evolve([*bench, "--generations", "2", "--offspring", "4", "--any-device", "--broker", broker.url],
+        rows = evolve([*bench, "--generations", "2", "--offspring", "4", "--any-device", "--broker", broker.url,
+                       "--keys-dir", keys],
                       workdir / f"par-{daemons}")
         batches = {r.generation: r.measure_batch_seconds for r in rows if r.generation > 0}
         return statistics.median(batches.values())

@@ -208,13 +208,19 @@ def watch(
                                              help="Watch this long, print once, exit."),
     json_out: bool = typer.Option(False, "--json", envvar=_env("json"),
                                   help="JSON: one object per update (live), or one snapshot with --duration."),
+    ca_file: str = typer.Option("", "--ca-file", envvar=_env("ca_file"), help="mqtts://: the broker's CA."),
+    cert_file: str = typer.Option("", "--cert-file", envvar=_env("cert_file"), help="mqtts://: client certificate."),
+    key_file: str = typer.Option("", "--key-file", envvar=_env("key_file"), help="mqtts://: its private key."),
 ) -> None:
     """Runs (generation, synapses, α, accuracy, fps) and devices (fps, power): a live table on a TTY,
     one line per update elsewhere."""
     from host_trainer.fleet.watch import watch as run_watch
 
     try:
-        raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out))
+        from edge_evolver.mqtt import TlsFiles
+
+        tls = TlsFiles(ca_file, cert_file, key_file)
+        raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out, tls))
     except (ValueError, ConnectionError) as exc:
         raise _fail(str(exc)) from None
 

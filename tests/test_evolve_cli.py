@@ -84,6 +84,10 @@ def test_tiny_run_writes_a_complete_run_directory(reference_run):
     assert json.loads((run / "config.json").read_text())["model"] == "mlp"
     assert "synapses" in proc.stdout and "acc %" in proc.stdout  # the per-generation table
     assert all(r["schema"] == 2 for r in rows)
+    # Signed end to end with run-local keys: every kept result verifies against the board key the run copied.
+    verified = CliRunner().invoke(app, ["keys", "verify", str(run)])
+    assert verified.exit_code == 0 and "results verified" in verified.output, verified.output
+    assert all("signature" in json.loads(p.read_text()) for p in (run / "results").glob("*.json"))
 
 
 def test_events_go_to_the_run_directory_and_as_json_to_stderr(reference_run):
@@ -166,6 +170,9 @@ BAD_INPUTS = {
     "alpha not a number": (["--env-factor", "abc"], "--env-factor"),
     "alpha out of range": (["--env-factor", "1.5"], "--env-factor"),
     "resume of a non-run": (["--resume", "EMPTY"], "not a run directory"),
+    "no host key": (["--broker", "mqtt://127.0.0.1:1", "--device", "b1", "--keys-dir", "EMPTY"], "no host key"),
+    "tls key without cert": (["--broker", "mqtts://127.0.0.1:1", "--device", "b1", "--insecure", "--key-file", "x"],
+                             "--cert-file and --key-file go together"),
 }
 
 

@@ -31,7 +31,7 @@ from edge_evolver.cli.monitor import (
     subscriptions,
     tick_until,
 )
-from edge_evolver.mqtt import MqttConnection, parse_broker_url
+from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
 from edge_evolver.protocol import Topics, loads
 from host_trainer.record import COLUMNS, WATCH_COLUMNS, GenerationRecord
 
@@ -159,11 +159,13 @@ def _follow(state: RunState, json_out: bool) -> None:
     tick_until(None, show)
 
 
-def watch(broker: str, prefix: str, run_id: str | None, duration: float | None, json_out: bool) -> int:
+def watch(broker: str, prefix: str, run_id: str | None, duration: float | None, json_out: bool,
+          tls: TlsFiles | None = None) -> int:
     configure_logging("warning")  # the MQTT layer's warnings go to stderr, never between the lines of stdout
     topics = Topics(prefix)
     state = RunState(topics, run_id)
-    conn = MqttConnection(parse_broker_url(broker), f"host-trainer-watch-{uuid.uuid4().hex[:8]}", persistent=False)
+    conn = MqttConnection(parse_broker_url(broker), f"host-trainer-watch-{uuid.uuid4().hex[:8]}", persistent=False,
+                          tls=tls)
     conn.on_message = state.apply
 
     def subscribe(_present: bool) -> None:
