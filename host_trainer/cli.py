@@ -114,7 +114,7 @@ def evolve(
                                    help="No probe jobs: learn the board's channel steps from profiles alone "
                                         "(docs/latency.md)."),
     keys_dir: Optional[Path] = _opt("keys_dir", "--keys-dir", "The host's signing key and enrolled board keys "
-                                    "(docs/security.md); \"\" = ~/.config/edge-evolver/host."),
+                                    "(docs/security.md); none = ~/.config/edge-evolver/host."),
     insecure: bool = typer.Option(False, "--insecure", envvar=_env("insecure"),
                                   help="Unsigned jobs and unchecked results, for boards run with --allow-unsigned."),
     ca_file: Optional[Path] = _opt("ca_file", "--ca-file", "mqtts://: verify the broker against this CA."),
