@@ -66,10 +66,18 @@ def _check_readable(role: str, path: str) -> None:
         raise ValueError(f"TLS {role} {path!r} cannot be read: {exc.strerror or exc}") from None
 
 
-def _refuse_passphrase() -> str:
+def _no_passphrase() -> str:
     # Without a callback, OpenSSL prompts on the terminal for an encrypted key: a daemon under
-    # systemd would hang there instead of failing.
-    raise ValueError("encrypted private keys are not supported")
+    # systemd would hang there instead of failing. An empty passphrase makes the load fail instead
+    # (raising here works on 3.7+, but Python 3.6's ssl turns it into a SystemError).
+    return ""
+
+
+def _is_encrypted(path: str) -> bool:
+    """A PEM key under a passphrase (PKCS#8 "ENCRYPTED PRIVATE KEY", or the legacy Proc-Type header)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    return b"ENCRYPTED PRIVATE KEY" in head or b"Proc-Type: 4,ENCRYPTED" in head
 
 
 def tls_context(tls: TlsFiles, allow_tls13: bool = True) -> ssl.SSLContext:
@@ -90,8 +98,11 @@ def tls_context(tls: TlsFiles, allow_tls13: bool = True) -> ssl.SSLContext:
     except ssl.SSLError as exc:
         raise ValueError(f"TLS CA file {tls.ca_file!r} holds no usable PEM certificate: {exc}") from None
     if tls.cert_file:
+        if _is_encrypted(tls.key_file):
+            raise ValueError(f"TLS key file {tls.key_file!r} is encrypted: encrypted private keys are not supported "
+                             "(a daemon cannot type a passphrase)")
         try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_passphrase)
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
         except (ssl.SSLError, ValueError) as exc:
             raise ValueError(f"TLS certificate {tls.cert_file!r} with key {tls.key_file!r}: {exc}") from None
     if hasattr(ssl, "TLSVersion"):  # Python 3.7+

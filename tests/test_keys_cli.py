@@ -94,7 +94,8 @@ def test_serve_refuses_unusable_tls_and_key_settings_in_one_line(tmp_path):
     ]
     (tmp_path / "bad-trust").write_text("not a key\n")
     for extra, words in cases:
-        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(base + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,  # noqa: UP021 (3.6)
+                              timeout=60)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and lines and lines[-1].startswith("error: ") and words in lines[-1], \
             (extra, proc.stderr[-800:])
