@@ -409,3 +409,47 @@ def test_make_certs_is_idempotent_refuses_bad_names_and_keeps_keys_private(tmp_p
     assert make_certs(directory, "revoke", "never-made", check=False).returncode != 0
     run = Run([])
     assert run.returncode == 2 and "Usage: make-certs.sh" in run.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole stack over TLS: `edge-evolver serve` with its certificate, a signed job, a signed result
+# --------------------------------------------------------------------------------------------------
+def test_serve_over_tls_runs_a_signed_job_from_the_host(broker, pki, clients, tmp_path):
+    import json
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edge_evolver.job import encode_job
+    from edge_evolver.trust.jobs import JobSigner
+    from edge_evolver.trust.keys import ensure_signing_key, read_trusted
+    from edge_evolver.trust.results import check_result
+
+    from .mqtt_support import Daemon, enrol
+
+    files = client_files(pki, BOARD_B)
+    state, host_keys = str(tmp_path / "state"), str(tmp_path / "host-keys")
+    daemon = Daemon(broker.url(), state, BOARD_B, *enrol(host_keys, state, BOARD_B), "--ca-file", files.ca_file,
+                    "--cert-file", files.cert_file, "--key-file", files.key_file).start()
+    try:
+        host = clients(broker.url(), client_files(pki, HOST), TOPICS.status(BOARD_B), TOPICS.results(BOARD_B))
+        deadline = time.monotonic() + 60
+        while not any(t == TOPICS.status(BOARD_B) and b'"online"' in p for t, p in host.messages):
+            assert time.monotonic() < deadline and daemon.proc.poll() is None, daemon.log()[-2000:]
+            time.sleep(0.1)
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+        signer = JobSigner(ensure_signing_key(os.path.join(host_keys, "host.key"))[0])
+        host.publish(TOPICS.jobs(BOARD_B), encode_job("tls-1", model, {"min_iterations": 10, "min_seconds": 0.0},
+                                                      signer=signer, target={"device": BOARD_B}))
+        while not any(t == TOPICS.results(BOARD_B) for t, _ in host.messages):
+            assert time.monotonic() < deadline, daemon.log()[-2000:]
+            time.sleep(0.1)
+        result = json.loads(next(p for t, p in host.messages if t == TOPICS.results(BOARD_B)))
+        keys = [k for k, _ in read_trusted(os.path.join(host_keys, "boards", BOARD_B + ".pub")).entries]
+        assert result["status"] == "ok" and check_result(result, lambda device: keys) is None
+    finally:
+        daemon.kill()
