@@ -26,14 +26,14 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, mode: Optional[int]
                 os.fsync(out.fileno())
         os.replace(tmp, path)
         if fsync:
-            _fsync_directory(directory)  # the rename itself must survive a power cut
+            fsync_directory(directory)  # the rename itself must survive a power cut
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
 
 
-def _fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str) -> None:
     try:
         handle = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Optional
 
+from ..files import fsync_directory
+
 PRUNE_EVERY_S = 600.0
 
 
@@ -46,7 +48,7 @@ class ReplayLedger:
             os.fsync(handle)
         finally:
             os.close(handle)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self.prune()
         return True
 
@@ -75,15 +77,3 @@ class ReplayLedger:
     def __len__(self) -> int:
         return len(os.listdir(self.directory))
 
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
