@@ -54,6 +54,12 @@ broker:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS) \
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS); }; \
 	fi
+	@# openssl makes the test PKI (deploy/mosquitto/make-certs.sh); systemd-analyze scores the unit's hardening.
+	@if command -v openssl >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1; then :; else \
+	  echo "installing Debian's openssl and systemd (tests/test_tls.py, tests/test_systemd_unit.py)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl systemd \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl systemd; }; \
+	fi
 
 test: $(STAMP) $(OLDEST_STAMP) broker
 	$(BIN)/python -m pytest -q $(ARGS)
