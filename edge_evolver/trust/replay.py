@@ -5,7 +5,8 @@ durably (one empty file, created with O_EXCL and fsync'ed) before it spools the 
 replayed later, even after the daemon restarted and after its stored result was pruned, is
 refused instead of run a second time. A job past its expiry is refused anyway, so an entry can
 be forgotten once its job has expired: the ledger stays as small as the jobs of the last
-``max_job_age_s``. The entry's file name carries the expiry, so pruning needs no reads.
+``max_job_age_s``. An entry is the file ``<key_id>.<seq>``, whose modification time is set to the time
+it may be forgotten: a lookup is one ``stat``, pruning reads no file.
 """
 
 import os
@@ -24,27 +25,23 @@ class ReplayLedger:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._pruned_at = 0.0
 
-    def _prefix(self, key_id: str, seq: int) -> str:
-        return f"{key_id}.{seq}."
+    def _path(self, key_id: str, seq: int) -> str:
+        # key ids are hex and seq an int (checked when the job was opened): no path can be formed
+        return os.path.join(self.directory, f"{key_id}.{int(seq)}")
 
     def seen(self, key_id: str, seq: int) -> bool:
-        prefix = self._prefix(key_id, seq)
-        return any(name.startswith(prefix) for name in self._names(prefix))
-
-    def _names(self, prefix: str) -> list:
-        # Listing is cheap next to a job's run; entries are few thousand at most (one per job a week).
-        return [n for n in os.listdir(self.directory) if n.startswith(prefix)]
+        return os.path.exists(self._path(key_id, seq))
 
     def record(self, key_id: str, seq: int, expires_at: float) -> bool:
         """Note the job; False when it was already there (a replay). Durable before it returns."""
-        if self.seen(key_id, seq):
-            return False
-        path = os.path.join(self.directory, f"{self._prefix(key_id, seq)}{int(expires_at + self.slack_s) + 1}")
+        path = self._path(key_id, seq)
         try:
             handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
         try:
+            keep_until = expires_at + self.slack_s
+            os.utime(handle if os.utime in os.supports_fd else path, (keep_until, keep_until))
             os.fsync(handle)
         finally:
             os.close(handle)
@@ -54,8 +51,8 @@ class ReplayLedger:
 
     def forget(self, key_id: str, seq: int) -> None:
         """Undo ``record`` when the job could not be stored after all (it may be sent again)."""
-        for name in self._names(self._prefix(key_id, seq)):
-            os.remove(os.path.join(self.directory, name))
+        if self.seen(key_id, seq):
+            os.remove(self._path(key_id, seq))
 
     def prune(self, now: Optional[float] = None, force: bool = False) -> int:
         """Drop entries whose jobs have expired; at most every PRUNE_EVERY_S unless forced."""
@@ -64,16 +61,15 @@ class ReplayLedger:
             return 0
         self._pruned_at = now
         dropped = 0
-        for name in os.listdir(self.directory):
-            try:
-                keep_until = int(name.rsplit(".", 1)[1])
-            except (IndexError, ValueError):
-                continue  # not ours: leave it
-            if keep_until < now:
-                os.remove(os.path.join(self.directory, name))
-                dropped += 1
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file() and entry.stat().st_mtime < now:
+                        os.remove(entry.path)
+                        dropped += 1
+                except OSError:  # removed meanwhile
+                    continue
         return dropped
 
     def __len__(self) -> int:
         return len(os.listdir(self.directory))
-
