@@ -14,6 +14,7 @@ import numpy as np
 from .errors import EdgeError, ErrorCode
 from .measure.benchmark import BenchSettings
 from .measure.inputs import MAX_ELEMENTS
+from .measure.model_guard import printable
 from .protocol import (
     BENCH_FIELDS,
     CHECK_KINDS,
@@ -119,21 +120,22 @@ def _tensor(entry: Any, body: memoryview, offset: int, job_id: str) -> Tuple[str
     role, name, dtype_name = entry.get("role"), entry.get("name"), entry.get("dtype")
     shape, size = entry.get("shape"), entry.get("size")
     _require(role in TENSOR_ROLES and isinstance(name, str), f"tensor needs role {TENSOR_ROLES} and a name", job_id)
+    shown = printable(name)  # the header's text, one line and short, for the messages below
     try:
         dtype = np.dtype(str(dtype_name))
     except TypeError:
         dtype = np.dtype("O")
-    _require(dtype.kind in _NUMERIC_KINDS, f"tensor '{name}' has unsupported dtype {dtype_name!r}", job_id)
+    _require(dtype.kind in _NUMERIC_KINDS, f"tensor '{shown}' has unsupported dtype {dtype_name!r}", job_id)
     _require(isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape),
-             f"tensor '{name}' needs a shape of non-negative ints", job_id)
+             f"tensor '{shown}' needs a shape of non-negative ints", job_id)
     count = 1
     for dim in shape:  # Python ints: no overflow, whatever the header claims
         count *= dim
-    _require(count <= MAX_ELEMENTS, f"tensor '{name}' has {count} elements, above {MAX_ELEMENTS}", job_id,
+    _require(count <= MAX_ELEMENTS, f"tensor '{shown}' has {count} elements, above {MAX_ELEMENTS}", job_id,
              ErrorCode.BAD_SHAPE)
     expected = count * dtype.itemsize
-    _require(size == expected, f"tensor '{name}' size {size} != {expected} for {dtype.name}{shape}", job_id)
-    _require(offset + size <= len(body), f"tensor '{name}' runs past the end of the payload", job_id)
+    _require(size == expected, f"tensor '{shown}' size {size} != {expected} for {dtype.name}{shape}", job_id)
+    _require(offset + size <= len(body), f"tensor '{shown}' runs past the end of the payload", job_id)
     raw = body[offset:offset + size]
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
     return str(role), name, array, offset + size
@@ -148,7 +150,7 @@ def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes
     _require(size <= len(body), f"model size {size} is larger than the {len(body)}-byte body", job_id)
     data = bytes(body[:size])
     actual = sha256_hex(data)
-    _require(actual == digest.lower(), f"model sha256 is {actual}, the job announced {digest}", job_id,
+    _require(actual == digest.lower(), f"model sha256 is {actual}, the job announced {printable(digest)}", job_id,
              ErrorCode.SHA_MISMATCH)
     return data, actual
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ErrorCode
+from ..measure.model_guard import printable
 from ..protocol import HEADER_OFFSET, MAGIC, MAX_HEADER_BYTES, FrameError, encode_frame, sha256_hex
 from .keys import SIGNATURE_BYTES, SigningKey, TrustedKeys
 
@@ -119,8 +120,8 @@ def open_job(payload: bytes, policy: VerifyPolicy, now: Optional[float] = None) 
     block, frame = _split_signed(payload)
     key = policy.trusted.find(block["key_id"])
     if key is None:
-        raise FrameError(ErrorCode.UNKNOWN_KEY, f"signed by key {block['key_id']}, which this board does not "
-                         f"trust; {_enrol_hint(policy)}")
+        raise FrameError(ErrorCode.UNKNOWN_KEY, f"signed by key {printable(block['key_id'])}, which this board "
+                         f"does not trust; {_enrol_hint(policy)}")
     head = _raw_header(frame)
     if not key.verify(block["sig"], JOB_CONTEXT + head):
         raise FrameError(ErrorCode.BAD_SIGNATURE, "the signature does not match the job header: tampered or forged")
@@ -170,8 +171,9 @@ def _raw_header(frame: bytes) -> bytes:
     return frame[HEADER_OFFSET:HEADER_OFFSET + size]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+def _number(value: Any, limit: float = 1e15) -> bool:
+    """Within +-limit: no NaN, no infinity, no integer too large for float arithmetic or a file name."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -limit < value < limit
 
 
 def _auth(header: Any, key_id: str) -> Dict[str, Any]:
@@ -181,7 +183,7 @@ def _auth(header: Any, key_id: str) -> Dict[str, Any]:
     target = auth.get("target")
     ok = (isinstance(auth.get("body_sha256"), str) and _number(auth.get("issued_at"))
           and _number(auth.get("expires_at")) and isinstance(auth.get("seq"), int)
-          and not isinstance(auth.get("seq"), bool) and isinstance(target, dict) and len(target) == 1
+          and _number(auth.get("seq"), 2 ** 63) and isinstance(target, dict) and len(target) == 1
           and all(k in ("device", "group") and isinstance(v, str) for k, v in target.items()))
     if not ok:
         raise FrameError(ErrorCode.INVALID_FRAME, f"signed header (key {key_id}) lacks a valid 'auth' object: "
