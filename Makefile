@@ -11,7 +11,8 @@ EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.p
               tests/test_daemon.py tests/test_power.py tests/test_power_sampler.py tests/test_devicefacts.py \
               tests/test_tensorrt_backend.py tests/test_det_decode.py tests/test_profile.py \
               tests/test_profile_ort.py tests/test_containment.py tests/test_systemd_unit.py tests/test_tls.py \
-              tests/test_model_guard.py tests/test_trust.py tests/test_security_daemon.py tests/test_keys_cli.py
+              tests/test_model_guard.py tests/test_trust.py tests/test_security_daemon.py tests/test_keys_cli.py \
+              tests/test_fuzz_jobs.py
 # The daemon tests start their own Mosquitto on a free loopback port; Debian's packages provide it.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
@@ -22,7 +23,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
 VENV36 := .venv-py36
 
 .PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
-        bench-detect bench-pareto bench-pareto-quick clean
+        bench-detect bench-pareto bench-pareto-quick bench-security clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +94,10 @@ bench-precision: $(STAMP)
 
 bench-daemon: $(STAMP) broker
 	$(BIN)/python bench/daemon.py $(ARGS)
+
+# Every class of bad job against a real signed board (N each), and what verifying a job costs; ~1 min.
+bench-security: $(STAMP) broker
+	$(BIN)/python bench/security.py $(ARGS)
 
 bench-loop: $(STAMP) broker
 	$(BIN)/python bench/loop.py $(ARGS)
