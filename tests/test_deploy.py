@@ -48,7 +48,7 @@ CONFIG_DEFAULTS = {
     "max_queue": 64,
     "telemetry_interval_s": 1.0,
     "idle_telemetry_interval_s": 10.0,
-    "mqtt_version": "3.1.1",
+    "mqtt_version": "5",
     "username": "",
     "password_file": "",
     "threads": 1,

@@ -189,38 +189,48 @@ def test_reply_to_names_only_the_board_own_topic_or_the_signed_run(board):
     assert answer["data"]["status"] == "ok" and answer["topic"] == TOPICS.run_results("r9")
 
 
-def test_retained_jobs_are_ignored_when_they_come_back(board):
-    """MQTT 3.1.1 marks only the stored copy a (re)subscription gets as retained: a board that is
-    connected runs the live delivery once; the copy that returns at every reconnect is ignored."""
+def test_retained_jobs_are_ignored_live_and_after_a_restart(board):
+    """The default board speaks MQTT 5 and subscribes with retain-as-published: a retained job is never run."""
     watcher = board["watcher"]
-    mark = watcher.mark()
     watcher.conn.publish(TOPICS.jobs(DEVICE), signed(board, "kept-1"), qos=1, retain=True).wait_for_publish()
-    watcher.wait_for(result_for("kept-1"), timeout=60, after=mark)
+    _wait_log(board["daemon"], '"job_retained_ignored"', count=1)
     _restart(board)
-    time.sleep(2.0)
-    assert '"job_retained_ignored"' in board["daemon"].log()
-    assert sum('"event": "job"' in line and '"kept-1"' in line for line in _logs(board)) == 1
+    _wait_log(board["daemon"], '"job_retained_ignored"', count=2)
+    assert not watcher.matching(result_for("kept-1")) and not ran(board, "kept-1")
     watcher.conn.publish(TOPICS.jobs(DEVICE), b"", qos=1, retain=True).wait_for_publish()  # clear it
     assert send(board, signed(board, "after-kept"), "after-kept")["data"]["status"] == "ok"
 
 
-def test_a_v5_board_ignores_retained_jobs_even_live(board, tmp_path):
+def test_a_3_1_1_board_runs_a_live_retained_job_once_and_ignores_it_after(board, tmp_path):
+    """MQTT 3.1.1 clears the retain flag on a live delivery: that copy runs (once); the copy a
+    resubscription brings back is ignored, and the replay ledger would refuse it anyway."""
     host_keys, state = str(tmp_path / "host-keys"), str(tmp_path / "state")
-    daemon = Daemon(board["broker"].url, state, "v5sec", *enrol(host_keys, state, "v5sec"),
-                    "--mqtt-version", "5").start()
+    args = [*enrol(host_keys, state, "v3sec"), "--mqtt-version", "3.1.1"]
+    daemon = Daemon(board["broker"].url, state, "v3sec", *args).start()
+    watcher = board["watcher"]
     try:
-        watcher = board["watcher"]
-        watcher.wait_for(lambda m: m["topic"] == TOPICS.status("v5sec") and m["data"]["state"] == "online", 60)
+        watcher.wait_for(lambda m: m["topic"] == TOPICS.status("v3sec") and m["data"]["state"] == "online", 60)
         host, _ = ensure_signing_key(os.path.join(host_keys, "host.key"))
-        payload = encode_job("v5-kept", small_model(), QUICK, signer=JobSigner(host), target={"device": "v5sec"})
-        watcher.conn.publish(TOPICS.jobs("v5sec"), payload, qos=1, retain=True).wait_for_publish()
-        deadline = time.monotonic() + 10
-        while '"job_retained_ignored"' not in daemon.log() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert '"job_retained_ignored"' in daemon.log() and not watcher.matching(result_for("v5-kept"))
-        watcher.conn.publish(TOPICS.jobs("v5sec"), b"", qos=1, retain=True).wait_for_publish()
+        payload = encode_job("v3-kept", small_model(), QUICK, signer=JobSigner(host), target={"device": "v3sec"})
+        watcher.conn.publish(TOPICS.jobs("v3sec"), payload, qos=1, retain=True).wait_for_publish()
+        watcher.wait_for(result_for("v3-kept"), timeout=60)
+        daemon.terminate()
+        mark = watcher.mark()
+        daemon = Daemon(board["broker"].url, state, "v3sec", *args).start()
+        watcher.wait_for(lambda m: m["topic"] == TOPICS.status("v3sec") and m["data"]["state"] == "online", 60,
+                         after=mark)
+        _wait_log(daemon, '"job_retained_ignored"', count=1)
+        assert sum('"event": "job"' in line and '"v3-kept"' in line for line in daemon.log().splitlines()) == 1
+        watcher.conn.publish(TOPICS.jobs("v3sec"), b"", qos=1, retain=True).wait_for_publish()
     finally:
         daemon.kill()
+
+
+def _wait_log(daemon, text, count, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while daemon.log().count(text) < count:
+        assert time.monotonic() < deadline, f"{text} seen {daemon.log().count(text)} times, not {count}"
+        time.sleep(0.1)
 
 
 def test_status_names_the_board_key_and_its_policy(board):

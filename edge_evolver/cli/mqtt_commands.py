@@ -81,7 +81,7 @@ def serve(
                                             help="Job spool and results."),
     prefix: Optional[str] = typer.Option(None, "--prefix", envvar="EDGE_EVOLVER_PREFIX", help="Topic prefix."),
     mqtt_version: Optional[str] = typer.Option(None, "--mqtt-version", envvar="EDGE_EVOLVER_MQTT_VERSION",
-                                               help="3.1.1 or 5."),
+                                               help="5 (default) or 3.1.1."),
     max_payload_mb: Optional[float] = typer.Option(None, "--max-payload-mb", envvar="EDGE_EVOLVER_MAX_PAYLOAD_MB"),
     job_timeout_s: Optional[float] = typer.Option(None, "--job-timeout-s", envvar="EDGE_EVOLVER_JOB_TIMEOUT_S"),
     telemetry_interval_s: Optional[float] = typer.Option(None, "--telemetry-interval-s",

@@ -34,7 +34,8 @@ class ServeConfig:
     max_queue: int = 64
     telemetry_interval_s: float = 1.0
     idle_telemetry_interval_s: float = 10.0
-    mqtt_version: str = "3.1.1"
+    # MQTT 5 by default: only it keeps the retain flag on a live delivery, so a retained job is never run.
+    mqtt_version: str = "5"
     username: str = ""
     password_file: str = ""
     threads: int = 1
