@@ -13,8 +13,9 @@ expired; wrong board; external data (a validly signed job whose ONNX initializer
 file: its contents must appear in no published message); oversized; hostile reply_to (another board's
 results topic; a run topic that is not the job's run_id: nothing may be published there); replayed
 after its stored result was deleted (pruning), and again after a daemon restart; retained (published
-with retain=True: no answer, nothing run) while the board is online, on an MQTT 3.1.1 and an MQTT 5
-board, and left on the broker while the board restarts (--retained-restarts rounds per board, one restart each).
+with retain=True: no answer, nothing run) while the board is online, on an MQTT 5 board (the default) and an
+MQTT 3.1.1 one, and left on the broker while the board restarts (--retained-restarts rounds per board, one
+restart each).
 
 Verification cost: open_job (signature over the header + SHA-256 of the body) timed in-process for a
 small conv model and a ~10 MB model, against the same jobs' time on the board (received_at ->
@@ -46,7 +47,7 @@ from edge_evolver.trust.keys import TrustedKeys, ensure_signing_key, generate_ke
 from tests.mqtt_support import Broker, Collector, Daemon, enrol, status_is
 
 TOPICS = Topics()
-DEVICE, DEVICE5, OTHER = "sec1", "sec5", "sec-other"
+DEVICE, DEVICE3, OTHER = "sec1", "sec3", "sec-other"  # sec1 runs the default (MQTT 5), sec3 MQTT 3.1.1
 QUICK = {"min_iterations": 20, "min_seconds": 0.0, "warmup_s": 0.0}
 MAX_PAYLOAD_MB = 16
 
@@ -300,10 +301,10 @@ def run(n: int, restarts: int, reps: int, big_runs: int) -> dict:
             rows += replay_rows
 
             # Retained while the board is online (3.1.1 delivers them with the flag cleared, MQTT 5 keeps it).
-            board5 = Board(broker, workdir, host_keys, DEVICE5, "--mqtt-version", "5")
-            boards.append(board5)
-            for label, target in (("retained, online (MQTT 3.1.1 board)", board),
-                                  ("retained, online (MQTT 5 board)", board5)):
+            board3 = Board(broker, workdir, host_keys, DEVICE3, "--mqtt-version", "3.1.1")
+            boards.append(board3)
+            for label, target in (("retained, online (MQTT 3.1.1 board, opt-in)", board3),
+                                  ("retained, online (MQTT 5 board, the default)", board)):
                 sent = []
                 for i in range(n):
                     payload = encode_job(f"ret-{target.device}-{i}", small, QUICK, signer=signer,
@@ -318,7 +319,7 @@ def run(n: int, restarts: int, reps: int, big_runs: int) -> dict:
             # Retained, still on the broker when the board (re)subscribes: one per restart. Published while the
             # board is offline, so its persistent session queues a copy too, delivered with the flag cleared on
             # MQTT 3.1.1 (an ordinary job then); the retained copy itself comes at the subscription.
-            for target in (board, board5):
+            for target in (board3, board):
                 sent, before = [], target.mark()
                 for i in range(restarts):
                     job_id = f"retr-{target.device}-{i}"
@@ -331,8 +332,8 @@ def run(n: int, restarts: int, reps: int, big_runs: int) -> dict:
                     target.clear_retained()
                 target.sentinel(signer, small)
                 ignored = sum(e.get("event") == "job_retained_ignored" for e in target.log_events()[before[1]:])
-                version = "MQTT 5" if target is board5 else "MQTT 3.1.1"
-                rows.append(tally(f"retained, at restart ({version} board)", sent, [target],
+                version = "MQTT 3.1.1 board, opt-in" if target is board3 else "MQTT 5 board, the default"
+                rows.append(tally(f"retained, at restart ({version})", sent, [target],
                                   f"{restarts} restarts, one retained job each, published while the board was "
                                   f"offline; job_retained_ignored log events: {ignored}",
                                   since={target.device: before}))
