@@ -242,7 +242,10 @@ def _finite(value: Any) -> Any:
 
 def loads(payload: bytes) -> Dict[str, Any]:
     """Parse a JSON topic payload; ValueError for anything that is not a JSON object."""
-    data = json.loads(payload.decode("utf-8"))
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except RecursionError:  # absurdly nested: anyone on the broker can send it
+        raise ValueError("payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("payload is not a JSON object")
     return data

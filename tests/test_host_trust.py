@@ -122,3 +122,14 @@ class _NullBar:
     def update(self, *args, **kwargs):
         pass
 
+
+
+def test_hostile_result_messages_never_reach_paho_s_thread(fleet):
+    """Anything on a results topic ends in _on_message: deep nesting, odd types, a non-string key id."""
+    job_id = "run1.g003.a0.tx1-a"
+    for payload in (b"[" * 100000 + b"]" * 100000, b'{"job_id": ["run1.x"]}', b"\xff\xfe",
+                    dumps(_result(job_id, signature={"key_id": ["x"], "sig": 5})),
+                    dumps(_result(job_id, signature={"key_id": fleet.board.key_id, "sig": None})),
+                    dumps(_result(job_id, signature="nope")), dumps(_result(job_id, device_id=None))):
+        fleet._on_message("edge-evolver/devices/tx1-a/results", payload)
+    assert fleet.results == {}

@@ -54,9 +54,12 @@ def check_result(result: Dict[str, Any], keys_of: Callable[[str], Any]) -> Optio
     keys = {key.key_id: key for key in keys_of(device) or ()}
     if not keys:
         return f"no key is enrolled for device {device!r}"
-    key: Optional[PublicKey] = keys.get(signature.get("key_id"))  # type: ignore[arg-type]
+    key_id = signature.get("key_id")
+    if not isinstance(key_id, str):
+        return "malformed signature"
+    key: Optional[PublicKey] = keys.get(key_id)
     if key is None:
-        return f"signed by key {str(signature.get('key_id'))[:16]}, not one enrolled for {device!r}"
+        return f"signed by key {key_id[:16]!r}, not one enrolled for {device!r}"
     try:
         raw = base64.b64decode(str(signature.get("sig")).encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

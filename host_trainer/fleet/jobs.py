@@ -94,16 +94,21 @@ class Fleet:
             self.conn.subscribe(self.topics.all_devices(kind), 1)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        """paho's thread: anything a message holds must end here, never in that thread (it would stop)."""
         parsed = self.topics.parse(topic)
         try:
             data = loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or absurdly nested
             return
         with self._cond:
-            if parsed and parsed[1] == "status":
-                self.status[parsed[0]] = data
-            elif parsed and parsed[1] == "results" and str(data.get("job_id")).startswith(self.run_id + "."):
-                self._receive(parsed[0], data)  # other runs' results are not ours to keep
+            try:
+                if parsed and parsed[1] == "status":
+                    self.status[parsed[0]] = data
+                elif parsed and parsed[1] == "results" and isinstance(data.get("job_id"), str) \
+                        and data["job_id"].startswith(self.run_id + "."):
+                    self._receive(parsed[0], data)  # other runs' results are not ours to keep
+            except Exception:
+                log.exception("message_unusable", topic=topic, bytes=len(payload))
             self._cond.notify_all()
 
     def _receive(self, device: str, data: dict) -> None:
