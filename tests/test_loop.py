@@ -24,11 +24,14 @@ TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs
         "--bench-min-iterations", "20"]
 
 
+def _host_env(cwd):
+    """The host signs with the keys `_daemons` enrolled (cwd/host-keys): a signed fleet, as in the field."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HOST_TRAINER_KEYS_DIR": str(Path(cwd) / "host-keys")}
+
+
 def _evolve(args, cwd, timeout=600):
-    """The host, signing with the keys `_daemons` enrolled (cwd/host-keys): a signed fleet, as in the field."""
     cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST_TRAINER_KEYS_DIR": str(Path(cwd) / "host-keys")}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=_host_env(cwd), capture_output=True, text=True, timeout=timeout)
 
 
 def _rows(parent: Path):
@@ -177,7 +180,8 @@ def test_the_run_survives_a_broker_restart(tmp_path):
     try:
         cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "3", "--run-dir",
                str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-r", "--job-timeout-s", "20"]
-        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_host_env(tmp_path))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any((tmp_path / "runs").glob("*/gen-001")):
             time.sleep(0.2)
@@ -197,7 +201,8 @@ def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
     try:
         cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "2", "--run-dir",
                str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-x", "--bench-min-seconds", "3"]
-        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_host_env(tmp_path))
         spool = tmp_path / "state-dev-x" / "spool"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (spool.exists() and any(spool.iterdir())):
