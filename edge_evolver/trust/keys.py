@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import EdgeError, ErrorCode
@@ -29,7 +30,11 @@ INSTALL_HINT = "pip install 'cryptography>=40.0.2' (40.0.2 is the last release f
 
 def _ed25519() -> Any:
     try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
+        with warnings.catch_warnings():
+            # cryptography 40 warns on import that Python 3.6 is deprecated: known and pinned on JetPack 4.6,
+            # and a line in every `edge-evolver` command's output there would only hide real warnings.
+            warnings.filterwarnings("ignore", message=".*Python 3.6 is no longer supported.*")
+            from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
         raise EdgeError(ErrorCode.BACKEND_UNAVAILABLE, "signed jobs need the cryptography package: "
                         + INSTALL_HINT) from None
