@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from edge_evolver.daemon import runner as runner_module
-from edge_evolver.daemon.jobstore import JobStore
-from edge_evolver.daemon.runner import (
+from edge_evolver.daemon.containment import (
     MemoryLimit,
-    RunnerClient,
     explain_memory_failure,
     job_directory,
     plan_memory_limit,
     prepare_work_root,
 )
+from edge_evolver.daemon.jobstore import JobStore
+from edge_evolver.daemon.runner import RunnerClient
 from edge_evolver.errors import ErrorCode
 from edge_evolver.job import encode_job
 from edge_evolver.measure import engine_cache
