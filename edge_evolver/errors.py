@@ -49,6 +49,17 @@ MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, Erro
                          ErrorCode.EXTERNAL_DATA, ErrorCode.TENSOR_SIZE_MISMATCH, ErrorCode.OPSET_NOT_ALLOWED)
 
 
+MAX_TEXT = 60  # characters of a sender's name, path or value quoted in a message
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """A name or path from the model, safe to put in a one-line message."""
+    if len(text) <= limit and text.isprintable():
+        return text  # the usual case, without a Python loop over the characters
+    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 class EdgeError(Exception):
     """A failure with a machine-readable ``code`` and a one-line human ``message``."""
 

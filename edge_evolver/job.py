@@ -11,10 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import EdgeError, ErrorCode
+from .errors import EdgeError, ErrorCode, printable
 from .measure.benchmark import BenchSettings
 from .measure.inputs import MAX_ELEMENTS
-from .measure.model_guard import printable
 from .protocol import (
     BENCH_FIELDS,
     CHECK_KINDS,

@@ -19,6 +19,7 @@ from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.measure import model_guard as guard
 from edge_evolver.measure.benchmark import BenchSettings
 from edge_evolver.measure.model_guard import check_model_safety, inspect_model
+from edge_evolver.measure.model_policy import MAX_ONNX_OPSET
 from edge_evolver.measure.pipeline import MeasureRequest, measure_model
 
 onnx = pytest.importorskip("onnx")
@@ -359,7 +360,7 @@ def test_each_backend_allows_its_domains_and_versions():
 
 @pytest.mark.parametrize("version, ort_ok, trt_ok", [(1, True, False), (6, True, False), (7, True, True),
                                                      (17, True, True), (22, True, True), (23, True, False),
-                                                     (guard.MAX_ONNX_OPSET + 1, False, False), (2 ** 62, False, False)])
+                                                     (MAX_ONNX_OPSET + 1, False, False), (2 ** 62, False, False)])
 def test_opset_versions_per_backend(version, ort_ok, trt_ok):
     model = _unary("Relu", opsets=(("", version),))
     assert (_code(model, ORT)[0] is None) == ort_ok

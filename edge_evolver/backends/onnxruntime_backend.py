@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec
-from ..measure.model_guard import MAX_ONNX_OPSET, ModelPolicy
+from ..measure.model_policy import MAX_ONNX_OPSET, ModelPolicy
 from ..measure.profile import ProfileSettings, RawProfile
 from .base import Backend, Engine
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import EdgeError, ErrorCode
 from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
-from ..measure.model_guard import ModelPolicy
+from ..measure.model_policy import ModelPolicy
 from ..measure.profile import ProfileSettings, RawProfile
 from . import _cuda, _trt_profile
 from ._trt_io import BindingsIo as BindingsIo

@@ -8,20 +8,20 @@ format can hold (initializers, sparse initializers, attributes t/tensors/sparse_
 Scan subgraphs, functions, training graphs) and raises EdgeError with EXTERNAL_DATA, TENSOR_SIZE_MISMATCH
 (dims x element size vs the bytes present; negative dims; products over int64; segments),
 INVALID_MODEL (not a model, unknown data_type, wrong wire types, nesting over MAX_GRAPH_DEPTH, over
-MAX_FIELDS fields) or, in check_policy, OPSET_NOT_ALLOWED (outside the backend's ModelPolicy).
+MAX_FIELDS fields) or, in model_policy.check_policy, OPSET_NOT_ALLOWED (outside the backend's ModelPolicy).
 An explicit stack of graphs (no recursion) and payloads skipped by their checked length keep the work
 linear and bounded. EXTERNAL_DATA wins: other findings wait until the whole model was scanned.
 Field numbers are onnx.proto's; tests/test_model_guard.py compares them with onnx's descriptors.
 See docs/model-safety.md.
 """
 
-from typing import Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
-from ..errors import EdgeError, ErrorCode
+from ..errors import EdgeError, ErrorCode, printable
 from ..onnxgraph import _FIXED32, _FIXED64, _LENGTH, _VARINT, OnnxGraphError, Span, _fields, _value, _varints, _want
+from .model_policy import ModelPolicy, ModelSummary, check_policy
 
 MAX_GRAPH_DEPTH = 16  # If/Loop bodies nest a few levels in real models; protobuf's own limit is 100
-MAX_TEXT = 60  # characters of a name or path quoted in a message
 # Fields read per model, at most: ~0.7 us each in CPython on x86, so at most ~1.5 s for a hostile
 # model of tiny fields; a legitimate model reads ~5-10 per node (200 000 nodes still pass).
 MAX_FIELDS = 2000000
@@ -74,39 +74,8 @@ DATA_TYPES = {
 }
 
 
-class ModelPolicy(NamedTuple):
-    """What a backend accepts: opset domain ("" is the default ai.onnx) -> (min, max) version."""
-
-    backend: str
-    opsets: Mapping[str, Tuple[int, int]]
-
-
-# The newest ai.onnx opset when this was written (onnx 1.23). A ceiling, not a promise: a runtime
-# still refuses an opset it does not implement (UNSUPPORTED_OP); this one keeps absurd versions out.
-MAX_ONNX_OPSET = 28
-
-
-class ModelSummary(NamedTuple):
-    """What the check learned, for check_policy and for logs."""
-
-    opsets: Tuple[Tuple[str, int], ...]  # (domain, version) of the model's and its functions' opset_import
-    ops: FrozenSet[Tuple[str, str]]  # (domain, op_type) of every node, subgraphs and functions included
-    functions: FrozenSet[Tuple[str, str]]  # (domain, name) of the model's own functions
-    graphs: int
-    nodes: int
-    tensors: int
-
-
 def _domain(name: str) -> str:
     return "" if name == "ai.onnx" else name  # two spellings of the default domain
-
-
-def printable(text: str, limit: int = MAX_TEXT) -> str:
-    """A name or path from the model, safe to put in a one-line message."""
-    if len(text) <= limit and text.isprintable():
-        return text  # the usual case, without a Python loop over the characters
-    clean = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _mismatch(message: str) -> EdgeError:
@@ -393,31 +362,6 @@ def inspect_model(model: bytes) -> ModelSummary:
         raise walk.pending
     return ModelSummary(tuple(walk.opsets), frozenset(walk.ops), frozenset(walk.functions),
                         walk.graphs, walk.nodes, walk.tensors)
-
-
-def _refuse(policy: ModelPolicy, what: str) -> EdgeError:
-    allowed = ", ".join(f"'{d or 'ai.onnx'}' {lo}..{hi}" for d, (lo, hi) in sorted(policy.opsets.items()))
-    return EdgeError(ErrorCode.OPSET_NOT_ALLOWED, f"{what} is not allowed on {policy.backend} (allowed: {allowed})")
-
-
-def check_policy(summary: ModelSummary, policy: ModelPolicy) -> None:
-    """Raise OPSET_NOT_ALLOWED for a domain or version the backend does not declare."""
-    own = {domain for domain, _ in summary.functions}  # the model's own function domains
-    for domain, version in summary.opsets:
-        span = policy.opsets.get(domain)
-        if span is None and domain not in own:
-            raise _refuse(policy, f"opset domain '{printable(domain or 'ai.onnx')}'")
-        if span is not None and not span[0] <= version <= span[1]:
-            raise _refuse(policy, f"opset '{printable(domain or 'ai.onnx')}' version {version}")
-    imported = {domain for domain, _ in summary.opsets}
-    for domain, op in sorted(summary.ops):
-        if (domain, op) in summary.functions:
-            continue  # a call to one of the model's own functions, whose bodies are checked as nodes too
-        label = f"node {printable(op)} of domain '{printable(domain or 'ai.onnx')}'"
-        if domain not in policy.opsets:
-            raise _refuse(policy, label)
-        if domain not in imported:
-            raise EdgeError(ErrorCode.OPSET_NOT_ALLOWED, f"{label} has no opset_import for its domain")
 
 
 def check_model_safety(model: bytes, policy: ModelPolicy) -> ModelSummary:

@@ -29,7 +29,8 @@ from .agreement import compare_outputs
 from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
 from .engine_cache import EngineCache
 from .inputs import check_feeds, synthesize_inputs
-from .model_guard import check_policy, inspect_model
+from .model_guard import inspect_model
+from .model_policy import check_policy
 from .onnx_check import check_onnx, check_size
 from .profile import ProfileSettings, error_line, finish_profile, profile_option
 

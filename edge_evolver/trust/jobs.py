@@ -28,8 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from ..errors import ErrorCode
-from ..measure.model_guard import printable
+from ..errors import ErrorCode, printable
 from ..protocol import HEADER_OFFSET, MAGIC, MAX_HEADER_BYTES, FrameError, encode_frame, sha256_hex
 from .keys import SIGNATURE_BYTES, SigningKey, TrustedKeys
 
