@@ -23,7 +23,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
 VENV36 := .venv-py36
 
 .PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
-        bench-detect bench-pareto bench-pareto-quick bench-security clean
+        bench-detect bench-pareto bench-pareto-quick bench-security bench-load clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,9 @@ bench-daemon: $(STAMP) broker
 # Every class of bad job against a real signed board (N each), and what verifying a job costs; ~1 min.
 bench-security: $(STAMP) broker
 	$(BIN)/python bench/security.py $(ARGS)
+
+bench-load: $(STAMP) broker
+	$(BIN)/python bench/load.py $(ARGS)
 
 bench-loop: $(STAMP) broker
 	$(BIN)/python bench/loop.py $(ARGS)

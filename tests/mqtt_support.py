@@ -59,7 +59,7 @@ class Collector:
         except ValueError:
             data = None
         with self._cond:
-            self.messages.append({"topic": topic, "data": data, "raw": payload})
+            self.messages.append({"topic": topic, "data": data, "raw": payload, "at": time.monotonic()})
             self._cond.notify_all()
 
     def mark(self) -> int:
