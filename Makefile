@@ -23,7 +23,8 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
 VENV36 := .venv-py36
 
 .PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
-        bench-detect bench-pareto bench-pareto-quick bench-security bench-load clean
+        bench-detect bench-pareto bench-pareto-quick bench-security bench-load \
+        bench-ddp bench-data bench-fleet clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -101,6 +102,16 @@ bench-security: $(STAMP) broker
 
 bench-load: $(STAMP) broker
 	$(BIN)/python bench/load.py $(ARGS)
+
+# Issue #13: training through torchrun, streaming data, a fleet of daemons behind one broker.
+bench-ddp: $(STAMP)
+	$(BIN)/python bench/ddp.py $(ARGS)
+
+bench-data: $(STAMP)
+	$(BIN)/python bench/data.py $(ARGS)
+
+bench-fleet: $(STAMP) broker
+	$(BIN)/python bench/fleet.py $(ARGS)
 
 bench-loop: $(STAMP) broker
 	$(BIN)/python bench/loop.py $(ARGS)
