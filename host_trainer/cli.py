@@ -7,7 +7,9 @@ exit code 2, before anything is written. Logging is configured here, once (host_
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -125,6 +127,11 @@ def evolve(
                                     "gets everything)."),
     log_level: str = typer.Option("info", "--log-level", envvar=_env("log_level"),
                                   help="Lowest level of the event log (debug, info, warning, error or critical)."),
+    nproc_per_node: Optional[int] = _opt("nproc_per_node", "--nproc-per-node", "Train on N processes of this "
+                                         "machine: the same command under torchrun --standalone "
+                                         "(docs/distributed.md; 1 = one process)."),
+    dist_timeout_s: Optional[float] = _opt("dist_timeout_s", "--dist-timeout-s", "Under torchrun: how long a rank "
+                                           "waits for the others before the run stops with an error."),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
     given = dict(model=model, dataset=dataset, image_size=image_size, generations=generations, epochs=epochs,
@@ -139,13 +146,76 @@ def evolve(
                  final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
                  probes=False if no_probes else None, keys_dir=_text(keys_dir), insecure=insecure or None,
                  ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file))
-    _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level)
+    nproc = default_of("nproc_per_node") if nproc_per_node is None else nproc_per_node
+    timeout_s = default_of("dist_timeout_s") if dist_timeout_s is None else dist_timeout_s
+    if nproc < 1 or not timeout_s > 0:
+        raise _fail("--nproc-per-node must be >= 1 and --dist-timeout-s > 0")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not under torchrun yet: start it, with N copies of this
+        from host_trainer.loop.distributed import launch
+
+        raise typer.Exit(code=launch(nproc, _without_nproc(sys.argv)))
+    _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """This command's arguments from `evolve` on, less --nproc-per-node (torchrun's children run one each)."""
+    if "evolve" not in argv:
+        raise _fail("--nproc-per-node > 1 works from the command line (host-trainer evolve ...)")
+    args, out = argv[argv.index("evolve"):], []
+    skip = False
+    for arg in args:
+        if skip or arg.startswith("--nproc-per-node="):
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
-                quiet: bool, log_level: str) -> None:
+                quiet: bool, log_level: str, timeout_s: float) -> None:
+    from host_trainer.loop import distributed
+
+    try:
+        me = distributed.init(timeout_s)  # one process without torchrun
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    if not me.leader:
+        raise typer.Exit(code=_follow(me))
+    if me.active:
+        distributed.on_sigterm()
+    ok = False
+    try:
+        _lead(task, env_factor, given, run_dir, resume, quiet, log_level)
+        ok = True
+    finally:
+        distributed.finish(ok)
+
+
+def _follow(me) -> int:  # noqa: ANN001
+    """A rank other than 0: silent; it trains what rank 0 orders until rank 0 says stop (0) or fails (1)."""
+    from host_trainer import events
+    from host_trainer.loop import distributed
+    from host_trainer.loop.session import follow_run
+
+    events.configure("warning", None, "critical")  # nothing shown, nothing written: rank 0 keeps the log
+    try:
+        return 0 if follow_run() else 1
+    except BaseException as exc:  # rank 0 reports the run's failure; torchrun's report names this rank
+        if not os.environ.get(distributed.LAUNCHER_ENV):
+            sys.stderr.write(f"rank {me.rank}: stopped: {type(exc).__name__}: {str(exc).strip()[:200]}\n")
+        return 1
+    finally:
+        events.close()
+        distributed.teardown()
+
+
+def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
+          quiet: bool, log_level: str) -> None:
     from host_trainer import events
     from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
+    from host_trainer.loop.distributed import LAUNCHER_ENV, DistributedError, Terminated
     from host_trainer.terminal import Terminal
 
     with Terminal(quiet=quiet) as terminal:
@@ -164,8 +234,16 @@ def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: 
                     given["gen0_epochs"] = parse_epochs(given["gen0_epochs"])
                 cfg = EvolveConfig.for_task(task or "classify", **given).validate()
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
+        except DistributedError as exc:
+            typer.echo(f"error: {exc} (continue with --resume RUN_DIR)", err=True)
+            raise typer.Exit(code=3) from None
         except UserError as exc:
             raise _fail(str(exc)) from None
+        except Terminated:
+            if not os.environ.get(LAUNCHER_ENV):  # else the launcher names the rank that failed
+                typer.echo("error: stopped by SIGTERM (torchrun stops every rank when one fails): continue with "
+                           "--resume RUN_DIR", err=True)
+            raise typer.Exit(code=143) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
             raise typer.Exit(code=130) from None

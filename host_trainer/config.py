@@ -29,6 +29,9 @@ DETECT_DEFAULTS: dict[str, Any] = {"model": "det-small", "dataset": "shapes-det"
                                    "gen0_epochs": 12.0, "batch_size": 64}
 # With --weights, generation 0 is the user's trained model as given (restricted, evaluated, measured).
 WEIGHTS_DEFAULTS: dict[str, Any] = {"gen0_epochs": 0.0}
+# How the run is launched (docs/distributed.md), not part of config.json: --nproc-per-node N re-runs the command
+# under torchrun with N processes (1 = no torchrun); --dist-timeout-s bounds every wait of one rank for another.
+LAUNCH_DEFAULTS: dict[str, Any] = {"nproc_per_node": 1, "dist_timeout_s": 300.0}
 
 
 @dataclass
@@ -84,6 +87,7 @@ class EvolveConfig:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    world_size: int = 1         # processes that trained the run (torchrun's WORLD_SIZE; docs/distributed.md)
 
     @classmethod
     def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:
@@ -183,14 +187,14 @@ def default_of(name: str, task: str = "classify") -> Any:
     """One option's default for a task."""
     if task == "detect" and name in DETECT_DEFAULTS:
         return DETECT_DEFAULTS[name]
-    return _FIELD_DEFAULTS[name]
+    return LAUNCH_DEFAULTS[name] if name in LAUNCH_DEFAULTS else _FIELD_DEFAULTS[name]
 
 
 def default_text(name: str) -> str:
     """How the CLI help and the README show a default: `0.75`, or `0.75; detect: 1.5`."""
     if name == "env_factor":
         return f"{_show(_FIELD_DEFAULTS['alpha_c'])},{_show(_FIELD_DEFAULTS['alpha_s'])}"
-    text = _show(_FIELD_DEFAULTS[name])
+    text = _show(default_of(name))
     if name in DETECT_DEFAULTS:
         text += f"; detect: {_show(DETECT_DEFAULTS[name])}"
     if name in WEIGHTS_DEFAULTS:

@@ -9,9 +9,11 @@ GenerationRecord (host_trainer/record.py) in the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.errors import UserError
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop import distributed
 from host_trainer.loop.allocator import Allocation, DeviceAllocator
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
 from host_trainer.loop.runstore import RunDir, atomic_write_json
@@ -152,8 +155,10 @@ class Evolution:
             load_weights(model, cfg.weights, cfg.model)
         masks, loss, trained = dense_masks(model), float("nan"), 0.0
         if cfg.gen0_epochs == AUTO:
-            with self.view.step("gen 0: training until validation accuracy stops improving") as bar:
-                plateau = train_until_plateau(model, masks, self.train_split, self._train_config(seed), self.task,
+            tcfg = self._train_config(seed)
+            with self.view.step("gen 0: training until validation accuracy stops improving") as bar, \
+                    self._on_every_rank("plateau", model, masks, tcfg, 0):
+                plateau = train_until_plateau(model, masks, self.train_split, tcfg, self.task,
                                               lambda m: self.task.evaluate(m, self.data.val).accuracy,
                                               _epoch_reporter(bar, CAP_EPOCHS))
             log.info("generation 0 trained", epochs=plateau.epochs, best_epoch=plateau.best_epoch,
@@ -264,8 +269,32 @@ class Evolution:
             tcfg = recovery(tcfg, cut)
         elif final:
             tcfg = fine_tune(tcfg)
-        with self.view.step(f"gen {generation}: training") as bar:
+        with self.view.step(f"gen {generation}: training") as bar, \
+                self._on_every_rank("fixed", model, masks, tcfg, generation, teacher):
             return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, epochs))
+
+    @contextlib.contextmanager
+    def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
+                       generation: int, teacher: nn.Module | None = None) -> Iterator[None]:
+        """Under torchrun: order the other ranks to train this network with us (they receive it whole: its
+        architecture, weights and masks, and the teacher's), then check that all ranks end with the same one."""
+        if not distributed.world().active:
+            yield
+            return
+        with distributed.guarded(f"training generation {generation}"):
+            tensors = distributed.network(model, masks)
+            spec, teacher_spec = distributed.tensor_spec(tensors), []
+            message: dict[str, Any] = {"op": "train", "kind": kind, "generation": generation, "spec": spec,
+                                       "train": dataclasses.asdict(tcfg), "architecture": self._architecture(model)}
+            if teacher is not None:
+                teacher_spec = distributed.tensor_spec(teacher.state_dict())
+                message.update(teacher=self._architecture(teacher), teacher_spec=teacher_spec)
+            distributed.order(message)
+            distributed.share(spec, tensors)
+            if teacher is not None:
+                distributed.share(teacher_spec, teacher.state_dict())
+            yield
+            distributed.check_identical(model, masks, f"generation {generation}")
 
     def _train_config(self, seed: int, epochs: float = 0.0) -> TrainConfig:
         return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)

@@ -21,8 +21,11 @@ from host_trainer.fleet.jobs import Fleet, FleetConfig
 from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
+from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop import distributed
 from host_trainer.loop.evolve import Evolution, resume_member
 from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
+from host_trainer.loop.training import TrainConfig, train, train_until_plateau
 from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, file_sha256, load_weights
 from host_trainer.progress import NULL, RunView
@@ -60,6 +63,8 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
         open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
     data, task = _prepare(cfg, view)
     cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
+    cfg.world_size = distributed.world().size
+    distributed.order({"op": "setup", "config": cfg.to_dict()})  # under torchrun: the other ranks load the data
     path = Path(parent_dir) / run_id
     suffix = 1
     while path.exists():
@@ -81,11 +86,16 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
         raise UserError(f"not a run directory (no {CONFIG}): {path}")
     run = RunDir(path)
     cfg = EvolveConfig.from_dict(run.read_config())
-    if generations is not None and generations != cfg.generations:
-        cfg.generations = generations
+    size = distributed.world().size
+    if size != cfg.world_size:  # the shards change, so the next generations differ from an uninterrupted run
+        log.warning("world size changed", was=cfg.world_size, now=size)
+    if (generations is not None and generations != cfg.generations) or size != cfg.world_size:
+        cfg.generations = cfg.generations if generations is None else generations
+        cfg.world_size = size
         run.write_config(cfg.to_dict())
     records = run.completed_records()
     data, task = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
+    distributed.order({"op": "setup", "config": cfg.to_dict()})
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
@@ -96,6 +106,36 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
         evolution = Evolution(cfg, data, run, measurer, task, view)
         evolution.records = records
         return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
+
+
+def follow_run() -> bool:
+    """A rank other than 0 under torchrun: load the data rank 0 names, then train every network it sends, with
+    it, until it says stop (True) or that the run failed (False). Writes nothing, shows nothing."""
+    message = distributed.next_order()
+    if message["op"] != "setup":
+        return message["op"] == "stop"
+    cfg = EvolveConfig.from_dict(message["config"])
+    data, task = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
+    split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
+    while (message := distributed.next_order())["op"] == "train":
+        with distributed.guarded(f"training generation {message['generation']}"):
+            _follow_training(message, split, task)
+    return message["op"] == "stop"
+
+
+def _follow_training(message: dict, split: Any, task: Task) -> None:
+    model = ckpt.build_architecture(message["architecture"])
+    masks = distributed.load_network(model, distributed.share(message["spec"]))
+    teacher = None
+    if message.get("teacher"):
+        teacher = ckpt.build_architecture(message["teacher"])
+        teacher.load_state_dict(distributed.share(message["teacher_spec"]))
+    tcfg = TrainConfig(**message["train"])
+    if message["kind"] == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
+        train_until_plateau(model, masks, split, tcfg, task, lambda _m: 0.0)
+    else:
+        train(model, masks, split, tcfg, task, teacher)
+    distributed.check_identical(model, masks, f"generation {message['generation']}")
 
 
 @contextlib.contextmanager

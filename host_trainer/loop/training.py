@@ -16,6 +16,11 @@ a cut changes every later layer's statistics, and a short recovery leaves the ru
 A training depends only on (model, masks, data, config): the batch order comes from a generator seeded by
 `config.seed` and no state carries over between generations, so a resumed run repeats exactly what an
 uninterrupted one would have done. The task (host_trainer/tasks/) supplies the labels and the loss.
+
+Under torchrun (loop/distributed.py, docs/distributed.md) every rank draws the same global batch of `batch_size`
+images from the same seeded permutation and trains on its share of it (`distributed.shard`) under
+DistributedDataParallel; steps, and so the learning-rate schedule, count global batches. On one process each
+`distributed` call is a no-op and training is what it always was.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host_trainer.loop import distributed
 from host_trainer.method.masks import apply_masks, prunable_layers
 from host_trainer.tasks.base import Task
 
@@ -127,34 +133,35 @@ class _Steps:
         self.shift = cfg.augment_shift if task.augment else 0
         self.per_epoch = math.ceil(len(self.x) / cfg.batch_size)
         self.opt = _optimizer(model, cfg)
+        self.net = distributed.wrap(model)  # DistributedDataParallel under torchrun
         if teacher is not None:
             teacher.eval()
         apply_masks(model, masks)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Endless: a fresh permutation of the data for every pass."""
+        """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch."""
         while True:
             order = torch.randperm(len(self.x), generator=self.gen)
             for start in range(0, len(order), self.cfg.batch_size):
-                idx = order[start: start + self.cfg.batch_size]
+                idx = distributed.shard(order[start: start + self.cfg.batch_size])
                 yield _shift(self.x[idx], self.shift, self.gen), [t[idx] for t in self.labels]
 
     def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
-        """One optimiser step at `lr`; masked synapses back to zero. (loss, the batch's score)."""
-        self.model.train()
+        """One optimiser step at `lr`; masked synapses back to zero. (loss over every rank, the batch's score)."""
+        self.net.train()
         for group in self.opt.param_groups:
             group["lr"] = lr
         teacher_outputs = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_outputs = self.teacher(x)
-        outputs = self.model(x)
+        outputs = self.net(x)
         loss = self.task.loss(outputs, labels, teacher_outputs)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         apply_masks(self.model, self.masks)
-        return loss.item(), self.task.batch_score(outputs, labels)
+        return distributed.mean(loss), self.task.batch_score(outputs, labels)
 
 
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
@@ -199,7 +206,7 @@ def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: 
     steps = _Steps(model, masks, data, cfg, task)
     batches, per_epoch = steps.batches(), steps.per_epoch
     warm = max(1, round(per_epoch * AUTO_WARMUP_EPOCHS))
-    history = [score(model)]
+    history = [distributed.agree(score(model))]  # rank 0's score: every rank decides alike
     best_score, best_epoch, best_state = history[0], 0, copy.deepcopy(model.state_dict())
     stall, decay, last, step = 0, None, float("nan"), 0  # decay: (its first epoch, its length) once decaying
     for epoch in range(1, cap + 1):
@@ -210,7 +217,7 @@ def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: 
                 on_step(step, cap * per_epoch, last, batch_score)
             if not math.isfinite(last):
                 return Plateau(last, epoch, best_epoch, best_score, tuple(history))
-        now = score(model)
+        now = distributed.agree(score(model))
         history.append(now)
         if now > best_score:
             best_score, best_epoch, best_state, stall = now, epoch, copy.deepcopy(model.state_dict()), 0
@@ -237,7 +244,8 @@ def _plateau_lr(peak: float, step: int, per_epoch: int, warm: int, decay: tuple[
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches: int = BN_BATCHES) -> None:
     """Estimate every BatchNorm's running mean and variance again, as an equal average over up to `batches`
-    training batches (in a seeded order, unshifted), with the weights as they are. No BatchNorm: nothing to do."""
+    training batches (in a seeded order, unshifted), with the weights as they are. No BatchNorm: nothing to do.
+    Under torchrun every rank does the same over the same batches, then takes rank 0's statistics bit for bit."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -255,3 +263,4 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
+    distributed.sync_buffers(model)
