@@ -45,6 +45,14 @@ class _CocoBox:
 def read_coco(path: str | Path, image_size: int) -> RawDetection:
     """`coco:PATH`: an instances JSON file, or a folder holding one (see `_coco_json`), and its images."""
     check_size(image_size)
+    files, boxes, labels, names, sources = coco_annotations(path, image_size)
+    return raw_detection(files, image_size, boxes, labels, names, sources)
+
+
+def coco_annotations(path: str | Path, image_size: float) -> tuple[list[Path], list, list, tuple[str, ...],
+                                                                    tuple[str, ...]]:
+    """(image files, boxes as xyxy pixels of the S×S image, labels, class names, sources), every check made and
+    no pixel decoded; `image_size` 1 gives boxes normalised to [0, 1] (the streaming loader's, data/stream.py)."""
     json_file = _coco_json(Path(path).expanduser())
     doc = _load_coco(json_file)
     cat_index, names = _coco_categories(doc, json_file)
@@ -58,7 +66,7 @@ def read_coco(path: str | Path, image_size: int) -> RawDetection:
         files.append(file)
         boxes.append([_coco_xyxy(b, width, height, image_size, im.file_name) for b in per_image[im.id]])
     labels = [[b.label for b in per_image[im.id]] for im in images]
-    return raw_detection(files, image_size, boxes, labels, names, tuple(im.file_name for im in images))
+    return files, boxes, labels, names, tuple(im.file_name for im in images)
 
 
 def _coco_json(path: Path) -> Path:
@@ -176,7 +184,7 @@ def _coco_file(json_file: Path, im: _CocoImage) -> tuple[Path, int, int]:
                     f"(looked in {folder} and {folder / 'images'})")
 
 
-def _coco_xyxy(box: _CocoBox, width: int, height: int, size: int, file_name: str) -> list[float]:
+def _coco_xyxy(box: _CocoBox, width: int, height: int, size: float, file_name: str) -> list[float]:
     """Original-pixel [x, y, w, h] -> xyxy pixels of the S×S image, clipped to it."""
     x, y, w, h = box.xywh
     x1, y1, x2, y2 = x, y, x + w, y + h

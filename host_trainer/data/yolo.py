@@ -31,6 +31,14 @@ _YAML_NAMES = ("data.yaml", "dataset.yaml")
 def read_yolo(path: str | Path, image_size: int) -> RawDetection:
     """`yolo:PATH`: images/ + labels/ (Ultralytics), or images with their .txt labels side by side."""
     check_size(image_size)
+    files, boxes, labels, names, sources = yolo_annotations(path, image_size)
+    return raw_detection(files, image_size, boxes, labels, names, sources)
+
+
+def yolo_annotations(path: str | Path, image_size: float) -> tuple[list[Path], list, list, tuple[str, ...],
+                                                                    tuple[str, ...]]:
+    """(image files, boxes as xyxy pixels of the S×S image, labels, class names, sources), every check made and
+    no pixel decoded; `image_size` 1 gives boxes normalised to [0, 1] (the streaming loader's, data/stream.py)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise UserError(f"YOLO folder does not exist: {root}")
@@ -47,8 +55,7 @@ def read_yolo(path: str | Path, image_size: int) -> RawDetection:
     else:
         names = named[0]
     sources = tuple(image.relative_to(root).as_posix() for image, _ in pairs)
-    return raw_detection([image for image, _ in pairs], image_size, [b for b, _ in parsed], [lab for _, lab in parsed],
-                names, sources)
+    return [image for image, _ in pairs], [b for b, _ in parsed], [lab for _, lab in parsed], names, sources
 
 
 def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
@@ -68,7 +75,7 @@ def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
     return pairs, hint
 
 
-def _yolo_labels(file: Path, size: int, named: tuple[tuple[str, ...], Path] | None) -> tuple[np.ndarray, np.ndarray]:
+def _yolo_labels(file: Path, size: float, named: tuple[tuple[str, ...], Path] | None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes float32 (n, 4) xyxy pixels of the S×S image, labels int64 (n,)); no file or an empty one: none."""
     boxes: list[list[float]] = []
     labels: list[int] = []

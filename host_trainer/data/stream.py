@@ -1,0 +1,171 @@
+"""Streamed data sets: `imagefolder:PATH`, `coco:PATH` and `yolo:PATH` read lazily, a batch at a time, by a
+torch DataLoader's workers, so that memory does not grow with the number of images (docs/data.md).
+
+`stream_data(task, ref, seed, image_size)` is the streaming twin of tasks/registry.py `load_data`: the same
+files in the same train/val/test splits for the same seed (the in-memory loaders' split functions are reused),
+but each split holds only paths and labels (data/stream_files.py). The built-in sets (digits, glyphs,
+shapes-det) stay in memory, as today's `Dataset`/`DetDataset`; `make_loader` (data/stream_loader.py) takes
+either kind of split.
+
+Normalisation: one scalar mean/std, as today, from up to STATS_IMAGES training images (un-augmented; for
+detection the letterboxed content without its padding) drawn by a generator seeded with the run's seed. With
+no more training images than that, it is today's figure (every training image).
+
+Every file's header is read while the set is built: a file PIL cannot identify (zero bytes, not an image)
+stops the run there with a one-line error naming it, like today's loaders; the header also tells grey
+(1 channel when every image is) from colour, and a detection image's size. Later failures are skipped
+(data/stream_files.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from host_trainer.data.classify import _class_images, load_dataset, stratified_split
+from host_trainer.data.coco import coco_annotations
+from host_trainer.data.detect import load_det_dataset, random_split
+from host_trainer.data.images import is_grey
+from host_trainer.data.stream_files import FileClassSplit, FileDetSplit, flat_boxes, pack_paths
+from host_trainer.data.stream_loader import BadImageWarning, Batch, StreamLoader, make_loader
+from host_trainer.data.yolo import yolo_annotations
+from host_trainer.errors import UserError
+from host_trainer.progress import NULL, Progress
+
+__all__ = ["Batch", "BadImageWarning", "StreamDataset", "StreamLoader", "make_loader", "stream_data"]
+
+STATS_IMAGES = 2000  # training images the normalisation is computed on, at most
+
+
+@dataclass(frozen=True, eq=False)
+class StreamDataset:
+    """A streamed set: the fields of types.py's Dataset/DetDataset, with file splits."""
+
+    name: str
+    train: Any  # FileClassSplit or FileDetSplit
+    val: Any
+    test: Any
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    mean: float
+    std: float
+
+
+def stream_data(task: str, ref: str, seed: int, image_size: int, progress: Progress = NULL,
+                workers: int | None = None) -> Any:
+    """`imagefolder:`/`coco:`/`yolo:` as a StreamDataset; the built-in sets as today (in memory)."""
+    kind, _, path = ref.partition(":")
+    if task == "classify" and kind == "imagefolder" and path.strip():
+        if image_size < 4:
+            raise UserError(f"image size must be at least 4 pixels, got {image_size}")
+        return stream_imagefolder(path, seed, image_size, workers)
+    if task == "detect" and kind in ("coco", "yolo") and path.strip():
+        if image_size < 16 or image_size % 16:
+            raise UserError(f"detection input size must be a positive multiple of 16, got {image_size}")
+        return stream_detection(kind, path, seed, image_size, workers)
+    loader = load_dataset if task == "classify" else load_det_dataset  # messages for everything else
+    return loader(ref, seed=seed, image_size=image_size, progress=progress)
+
+
+def scan_headers(files: list[Path]) -> tuple[np.ndarray, bool]:
+    """((W, H) int32 per file, is every image grey?) from the headers: no pixel decoded except for palette
+    images while all so far were grey (a palette is grey only if its colours are)."""
+    sizes = np.empty((len(files), 2), np.int32)
+    grey = True
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as img:
+                sizes[i] = img.size
+                grey = grey and is_grey(img)
+        except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...) on bad files
+            raise UserError(f"cannot read image {file}: {type(exc).__name__}: {exc}") from None
+        if sizes[i].min() < 1:
+            raise UserError(f"cannot read image {file}: it has no pixels ({sizes[i][0]}x{sizes[i][1]})")
+    return sizes, grey
+
+
+class _Stats(TorchDataset):
+    def __init__(self, split: Any, indices: np.ndarray):
+        self.split, self.indices = split, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[float, float, int]:
+        try:
+            return self.split.stats_of(int(self.indices[k]))
+        except Exception:  # an unreadable file: left out here, reported by the training loader
+            return 0.0, 0.0, 0
+
+
+def pixel_stats(split: Any, seed: int, workers: int | None = None) -> tuple[float, float]:
+    """(mean, std) of pixels in [0, 1] over up to STATS_IMAGES of `split`'s images, in workers."""
+    n = len(split)
+    picked = np.sort(np.random.default_rng(seed).choice(n, size=min(n, STATS_IMAGES), replace=False))
+    loader = DataLoader(_Stats(split, picked), batch_size=64, collate_fn=list,
+                        num_workers=min(2, len(picked) // 64) if workers is None else workers)
+    total = np.zeros(3)
+    for part in loader:
+        total += np.sum(part, axis=0)
+    if total[2] == 0:
+        raise UserError("none of the sampled training images could be read")
+    mean = total[0] / total[2]
+    std = float(np.sqrt(max(total[1] / total[2] - mean * mean, 0.0)))
+    return float(mean), std or 1.0  # a constant image set would otherwise divide by zero
+
+
+def _held_out(name: str, splits: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """classify.py `_build`'s rule: too few images for val/test reuses what exists, with the same warning."""
+    train, val, test = splits
+    if len(val) == 0 or len(test) == 0:
+        warnings.warn(f"{name}: too few images per class for separate val/test splits; reusing images", stacklevel=3)
+        val = val if len(val) else (test if len(test) else train)
+        test = test if len(test) else val
+    return train, val, test
+
+
+def stream_imagefolder(path: str, seed: int, image_size: int, workers: int | None = None) -> StreamDataset:
+    """imagefolder:PATH as classify.py reads it (same files, labels and split), pixels left on disk."""
+    root = Path(path).expanduser()
+    found = _class_images(root)
+    files = [f for fs in found.values() for f in fs]
+    y = np.repeat(np.arange(len(found), dtype=np.int64), [len(fs) for fs in found.values()])
+    _, grey = scan_headers(files)
+    name = f"imagefolder:{root}"
+    parts = _held_out(name, stratified_split(y, seed))
+    paths = pack_paths(files)
+
+    def cut(idx: np.ndarray, mean: float, std: float) -> FileClassSplit:
+        return FileClassSplit(files=paths[idx], size=image_size, channels=1 if grey else 3, mean=mean, std=std,
+                              augment=None, seed=seed, epoch=0, y=y[idx])
+    mean, std = pixel_stats(cut(parts[0], 0.0, 1.0), seed, workers)
+    train, val, test = (cut(idx, mean, std) for idx in parts)
+    return StreamDataset(name, train, val, test, len(found), (1 if grey else 3, image_size, image_size),
+                         tuple(found), mean, std)
+
+
+def stream_detection(kind: str, path: str, seed: int, image_size: int, workers: int | None = None) -> StreamDataset:
+    """coco:PATH / yolo:PATH as detect.py reads them (same checks and split), pixels left on disk, letterboxed."""
+    read = coco_annotations if kind == "coco" else yolo_annotations
+    files, boxes, labels, names, _sources = read(path, 1.0)  # size 1: boxes normalised to the image
+    sizes, grey = scan_headers(files)
+    parts = random_split(len(files), seed)
+    paths = pack_paths(files)
+
+    def cut(idx: np.ndarray, mean: float, std: float) -> FileDetSplit:
+        offsets, flat, flat_labels = flat_boxes([boxes[i] for i in idx], [labels[i] for i in idx])
+        return FileDetSplit(files=paths[idx], size=image_size, channels=1 if grey else 3, mean=mean, std=std,
+                            augment=None, seed=seed, epoch=0, sizes=sizes[idx], offsets=offsets, unit_boxes=flat,
+                            box_labels=flat_labels)
+    mean, std = pixel_stats(cut(parts[0], 0.0, 1.0), seed, workers)
+    train, val, test = (cut(idx, mean, std) for idx in parts)
+    return StreamDataset(f"{kind}:{path}", train, val, test, len(names), (1 if grey else 3, image_size, image_size),
+                         tuple(names), mean, std)
