@@ -189,6 +189,10 @@ def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: 
     try:
         _lead(task, env_factor, given, run_dir, resume, quiet, log_level)
         ok = True
+    except typer.Exit as exc:
+        if exc.exit_code in distributed.REPORTED:  # its one line is printed: the launcher adds none
+            distributed.reported()
+        raise
     finally:
         distributed.finish(ok)
 

@@ -19,13 +19,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +39,9 @@ from torch.utils.data import DistributedSampler
 
 from host_trainer.errors import UserError
 
-LAUNCHER_ENV = "HOST_TRAINER_LAUNCHER"  # set by `--nproc-per-node N`: its launcher reports a rank's death itself
+# Set by `--nproc-per-node N` to a file rank 0 creates once it has printed its one error line; without it the
+# launcher prints one naming the rank that failed first.
+LAUNCHER_ENV = "HOST_TRAINER_LAUNCHER"
 REPORTED = (2, 3, 130)  # rank 0's exit codes after it printed its own one line (error:, or interrupted)
 BEAT_S = 1.0  # rank 0's heartbeat period
 POLL_S = 2.0  # how long a follower waits on the store between heartbeat checks
@@ -87,7 +93,8 @@ def backend() -> str:
 
 
 def init(timeout_s: float) -> World:
-    """Join torchrun's process group (a no-op without torchrun). Each rank gets cores // local ranks threads."""
+    """Join torchrun's process group (a no-op without torchrun). Each rank gets OMP_NUM_THREADS threads, or
+    cores // local ranks."""
     global _world, _channel
     if not launched() or _world.active:
         return _world
@@ -98,7 +105,8 @@ def init(timeout_s: float) -> World:
         dist.init_process_group(backend(), timeout=timedelta(seconds=timeout_s))
     except Exception as exc:  # a rendezvous that never completes, a port in use
         raise DistributedError(f"cannot join the process group: {_first_line(exc)}") from None
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, found.local_size)))
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1 with several local ranks, --nproc-per-node cores // N
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, found.local_size)))
     _watch_parent()
     _world = found
     _channel = Channel(found, timeout_s)
@@ -122,7 +130,8 @@ def guarded(what: str) -> Iterator[None]:
     except RuntimeError as exc:  # gloo's errors, DistBackendError, DistStoreError, DDP's reducer
         if not _world.active:
             raise
-        raise DistributedError(f"{what} on {_world.size} ranks failed: {_first_line(exc)}") from None
+        raise DistributedError(f"{what} on {_world.size} ranks failed: {_first_line(exc)} (a rank died or stopped "
+                               f"answering)") from None
 
 
 def teardown() -> None:
@@ -164,14 +173,16 @@ def launch(nproc: int, args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    os.environ[LAUNCHER_ENV] = "1"
+    folder = tempfile.mkdtemp(prefix="host-trainer-launch-")
+    marker = Path(folder) / "reported"
+    os.environ[LAUNCHER_ENV] = str(marker)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
         run(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "host_trainer", *args]))
     except ChildFailedError as exc:
         zero = exc.failures.get(0)
-        if zero is not None and zero.exitcode in REPORTED:
-            return zero.exitcode
+        if marker.exists():  # rank 0 said what went wrong
+            return zero.exitcode if zero is not None and zero.exitcode > 0 else 3
         rank, failure = exc.get_first_failure()
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else \
             f"exited with code {failure.exitcode}"
@@ -180,7 +191,17 @@ def launch(nproc: int, args: list[str]) -> int:
     except SignalException as exc:
         sys.stderr.write(f"interrupted ({exc.sigval.name}): continue with --resume RUN_DIR\n")
         return 130
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def reported() -> None:
+    """Rank 0 has printed its one error line: the `--nproc-per-node` launcher adds none."""
+    marker = os.environ.get(LAUNCHER_ENV)
+    if marker and _world.leader:
+        with contextlib.suppress(OSError):
+            Path(marker).touch()
 
 
 # ---- rank 0's orders ------------------------------------------------------------------------------------------
@@ -355,5 +376,8 @@ def check_identical(model: nn.Module, masks: dict[str, torch.Tensor], what: str)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    """The gist of a torch.distributed error: gloo's `[file.cc:537] Read error ...: Connection reset by peer.
+    This is typically ...` -> `Read error ...: Connection reset by peer`."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else "")
+    return text.split(". ")[0].rstrip(".") or type(exc).__name__
