@@ -151,7 +151,7 @@ def evolve(
     if nproc < 1 or not timeout_s > 0:
         raise _fail("--nproc-per-node must be >= 1 and --dist-timeout-s > 0")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not under torchrun yet: start it, with N copies of this
-        from host_trainer.loop.distributed import launch
+        from host_trainer.loop.launcher import launch
 
         raise typer.Exit(code=launch(nproc, _without_nproc(sys.argv)))
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)

@@ -20,13 +20,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -143,6 +140,14 @@ def teardown() -> None:
     _world, _channel = SINGLE, None
 
 
+def reported() -> None:
+    """Rank 0 has printed its one error line: the `--nproc-per-node` launcher (loop/launcher.py) adds none."""
+    marker = os.environ.get(LAUNCHER_ENV)
+    if marker and _world.leader:
+        with contextlib.suppress(OSError):
+            Path(marker).touch()
+
+
 def _watch_parent() -> None:
     """torchrun starts each rank in a session of its own: if torchrun is killed (SIGKILL of its group), no rank
     must go on writing. A rank whose parent is gone stops itself (SIGTERM, then SIGKILL 10 s later)."""
@@ -163,45 +168,6 @@ def on_sigterm() -> None:
     def raise_terminated(_signum: int, _frame: Any) -> None:
         raise Terminated()
     signal.signal(signal.SIGTERM, raise_terminated)
-
-
-def launch(nproc: int, args: list[str]) -> int:
-    """`--nproc-per-node N`: this same command under `torchrun --standalone --nproc-per-node N`, in this process
-    (torch.distributed.run), so that a failed rank ends as one `error:` line (rank 0's own, or this one naming the
-    rank that failed first) instead of torchrun's report. Returns the exit code."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    folder = tempfile.mkdtemp(prefix="host-trainer-launch-")
-    marker = Path(folder) / "reported"
-    os.environ[LAUNCHER_ENV] = str(marker)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    try:
-        run(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "host_trainer", *args]))
-    except ChildFailedError as exc:
-        zero = exc.failures.get(0)
-        if marker.exists():  # rank 0 said what went wrong
-            return zero.exitcode if zero is not None and zero.exitcode > 0 else 3
-        rank, failure = exc.get_first_failure()
-        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else \
-            f"exited with code {failure.exitcode}"
-        sys.stderr.write(f"error: rank {rank} {how}; every rank stopped (continue with --resume RUN_DIR)\n")
-        return 3
-    except SignalException as exc:
-        sys.stderr.write(f"interrupted ({exc.sigval.name}): continue with --resume RUN_DIR\n")
-        return 130
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0
-
-
-def reported() -> None:
-    """Rank 0 has printed its one error line: the `--nproc-per-node` launcher adds none."""
-    marker = os.environ.get(LAUNCHER_ENV)
-    if marker and _world.leader:
-        with contextlib.suppress(OSError):
-            Path(marker).touch()
 
 
 # ---- rank 0's orders ------------------------------------------------------------------------------------------
@@ -257,6 +223,31 @@ def order(message: dict) -> None:
     """Rank 0: tell every other rank what to do next (nothing without torchrun)."""
     if _channel is not None and _world.leader and not _channel.done:
         _channel.send(message)
+
+
+@contextlib.contextmanager
+def lead_training(kind: str, model: nn.Module, masks: dict[str, torch.Tensor], train: dict, generation: int,
+                  architecture: Callable[[nn.Module], dict], teacher: nn.Module | None = None) -> Iterator[None]:
+    """Rank 0 around one training: order every other rank to train this network (`kind`: fixed or plateau;
+    `train`: the TrainConfig's fields) and send it whole (architecture, weights, masks; the teacher's too);
+    afterwards, check that every rank holds the same network. Nothing on one process."""
+    if not _world.active:
+        yield
+        return
+    with guarded(f"training generation {generation}"):
+        tensors = network(model, masks)
+        spec, teacher_spec = tensor_spec(tensors), []
+        message: dict[str, Any] = {"op": "train", "kind": kind, "generation": generation, "spec": spec,
+                                   "train": train, "architecture": architecture(model)}
+        if teacher is not None:
+            teacher_spec = tensor_spec(teacher.state_dict())
+            message.update(teacher=architecture(teacher), teacher_spec=teacher_spec)
+        order(message)
+        share(spec, tensors)
+        if teacher is not None:
+            share(teacher_spec, teacher.state_dict())
+        yield
+        check_identical(model, masks, f"generation {generation}")
 
 
 def next_order() -> dict:

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import dataclasses
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,28 +272,11 @@ class Evolution:
                 self._on_every_rank("fixed", model, masks, tcfg, generation, teacher):
             return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, epochs))
 
-    @contextlib.contextmanager
     def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
-                       generation: int, teacher: nn.Module | None = None) -> Iterator[None]:
-        """Under torchrun: order the other ranks to train this network with us (they receive it whole: its
-        architecture, weights and masks, and the teacher's), then check that all ranks end with the same one."""
-        if not distributed.world().active:
-            yield
-            return
-        with distributed.guarded(f"training generation {generation}"):
-            tensors = distributed.network(model, masks)
-            spec, teacher_spec = distributed.tensor_spec(tensors), []
-            message: dict[str, Any] = {"op": "train", "kind": kind, "generation": generation, "spec": spec,
-                                       "train": dataclasses.asdict(tcfg), "architecture": self._architecture(model)}
-            if teacher is not None:
-                teacher_spec = distributed.tensor_spec(teacher.state_dict())
-                message.update(teacher=self._architecture(teacher), teacher_spec=teacher_spec)
-            distributed.order(message)
-            distributed.share(spec, tensors)
-            if teacher is not None:
-                distributed.share(teacher_spec, teacher.state_dict())
-            yield
-            distributed.check_identical(model, masks, f"generation {generation}")
+                       generation: int, teacher: nn.Module | None = None) -> contextlib.AbstractContextManager:
+        """Under torchrun, every rank trains this network with rank 0 (loop/distributed.py)."""
+        return distributed.lead_training(kind, model, masks, dataclasses.asdict(tcfg), generation, self._architecture,
+                                         teacher)
 
     def _train_config(self, seed: int, epochs: float = 0.0) -> TrainConfig:
         return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
