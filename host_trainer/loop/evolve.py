@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from host_trainer.config import AUTO, EvolveConfig
+from host_trainer.data import splits
 from host_trainer.errors import UserError
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
@@ -99,7 +100,7 @@ class Evolution:
         self.goals = Goals(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
         self.controller = Controller(cfg.alpha_c, cfg.alpha_s, cfg.max_accuracy_drop / 100.0, self.goals)
         self.records: list[GenerationRecord] = []
-        self.train_split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
+        self.train_split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
         self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
 
     # ---- the run -------------------------------------------------------------------------
@@ -313,7 +314,7 @@ class Evolution:
         with self.view.step(f"gen {member.generation}: exporting ONNX and checking it against torch"):
             onnx_bytes = to_onnx_bytes(member.model, self.data.input_shape, self.cfg.precision_format,
                                        self.task.output_name)
-            parity = self.task.parity(onnx_bytes, member.model, self.data.test.x[:PARITY_SAMPLES])
+            parity = self.task.parity(onnx_bytes, member.model, splits.head(self.data.test, PARITY_SAMPLES))
         if not parity.ok:
             raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch (max abs err "
                                f"{parity.max_abs_err:.4g}, {parity.metric} agreement {parity.agreement:.4f})")
@@ -329,7 +330,7 @@ class Evolution:
         name += ".carry" if record.carried_over else ""
         started = time.perf_counter()
         try:
-            fields = self.measurer.measure(name, candidate.onnx, self.data.test.x[:AGREEMENT_SAMPLES],
+            fields = self.measurer.measure(name, candidate.onnx, splits.head(self.data.test, AGREEMENT_SAMPLES),
                                            {"generation": record.generation, "attempt": record.attempt})
             profile = fields.pop(PROFILE, None) or []
             record.update(fields)

@@ -16,6 +16,7 @@ import torch
 from edge_evolver.mqtt import TlsFiles
 from host_trainer import events
 from host_trainer.config import EvolveConfig
+from host_trainer.data import splits
 from host_trainer.errors import UserError
 from host_trainer.fleet.jobs import Fleet, FleetConfig
 from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
@@ -116,7 +117,7 @@ def follow_run() -> bool:
         return message["op"] == "stop"
     cfg = EvolveConfig.from_dict(message["config"])
     data, task = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
-    split = data.train.take(cfg.train_subset) if cfg.train_subset else data.train
+    split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
     while (message := distributed.next_order())["op"] == "train":
         with distributed.guarded(f"training generation {message['generation']}"):
             _follow_training(message, split, task)

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host_trainer.data.splits import images_in, loader_workers, streamed
+from host_trainer.data.stream_loader import make_loader
 from host_trainer.loop import distributed
 from host_trainer.method.masks import apply_masks, prunable_layers
 from host_trainer.tasks.base import Task
@@ -129,9 +131,11 @@ class _Steps:
         torch.manual_seed(cfg.seed)
         self.model, self.masks, self.cfg, self.task, self.teacher = model, masks, cfg, task, teacher
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.x, self.labels = torch.from_numpy(data.x), task.labels(data)
+        self.data, self.streamed = data, streamed(data)
+        if not self.streamed:  # in memory: index the arrays (the labels of the whole split, once)
+            self.x, self.labels = torch.from_numpy(data.x), task.labels(data)
         self.shift = cfg.augment_shift if task.augment else 0
-        self.per_epoch = math.ceil(len(self.x) / cfg.batch_size)
+        self.per_epoch = math.ceil(images_in(data) / cfg.batch_size)
         self.opt = _optimizer(model, cfg)
         self.net = distributed.wrap(model)  # DistributedDataParallel under torchrun
         if teacher is not None:
@@ -140,11 +144,32 @@ class _Steps:
 
     def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch."""
+        if self.streamed:
+            yield from self._streamed_batches()
+            return
         while True:
             order = torch.randperm(len(self.x), generator=self.gen)
             for start in range(0, len(order), self.cfg.batch_size):
                 idx = distributed.shard(order[start: start + self.cfg.batch_size])
                 yield _shift(self.x[idx], self.shift, self.gen), [t[idx] for t in self.labels]
+
+    def _streamed_batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The same seeded permutation and shares, but the images decoded and augmented per batch by a
+        DataLoader's workers (data/stream_loader.py): this rank's shares of one pass, in order, are the
+        loader's sampler; every share but the pass's last holds ceil(batch_size / world size) images."""
+        order = _Order()
+        world = distributed.world()
+        loader = make_loader(self.data, math.ceil(self.cfg.batch_size / world.size), train=True, seed=self.cfg.seed,
+                             sampler=order, workers=loader_workers(world.local_size))
+        epoch = 0
+        while True:
+            perm = torch.randperm(images_in(self.data), generator=self.gen)
+            order.items = [int(i) for start in range(0, len(perm), self.cfg.batch_size)
+                           for i in distributed.shard(perm[start: start + self.cfg.batch_size])]
+            loader.set_epoch(epoch)
+            epoch += 1
+            for batch in loader:
+                yield batch.x, self.task.batch_labels(batch)
 
     def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
         """One optimiser step at `lr`; masked synapses back to zero. (loss over every rank, the batch's score)."""
@@ -172,7 +197,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: Trai
     `teacher` (the parent, for distillation) is run on every batch when given; the task weighs its outputs.
     """
     steps = _Steps(model, masks, data, cfg, task, teacher)
-    total = total_steps(len(data.x), cfg)
+    total = total_steps(images_in(data), cfg)
     last = float("nan")
     for step, (x, labels) in zip(range(total), steps.batches()):
         last, score = steps.step(x, labels, lr_at(step, total, cfg))
@@ -256,11 +281,37 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches below
         m.train()
-    x = torch.from_numpy(data.x)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + 1))
-    for i in range(min(batches, math.ceil(len(x) / cfg.batch_size))):
-        model(x[order[i * cfg.batch_size: (i + 1) * cfg.batch_size]])
+    for x in _bn_batches(data, cfg, batches):
+        model(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
     distributed.sync_buffers(model)
+
+
+def _bn_batches(data: Any, cfg: TrainConfig, batches: int) -> Iterator[torch.Tensor]:
+    """Up to `batches` training batches in an order seeded by cfg.seed + 1, un-augmented: the same on every rank."""
+    count = min(batches, math.ceil(images_in(data) / cfg.batch_size))
+    if streamed(data):
+        loader = make_loader(data, cfg.batch_size, train=True, seed=cfg.seed + 1, augment=None,
+                             workers=loader_workers(distributed.world().local_size))
+        for _, batch in zip(range(count), loader):
+            yield batch.x
+        return
+    x = torch.from_numpy(data.x)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + 1))
+    for i in range(count):
+        yield x[order[i * cfg.batch_size: (i + 1) * cfg.batch_size]]
+
+
+class _Order:
+    """A sampler whose indices the training loop sets before each pass (the loader reads it in this process)."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

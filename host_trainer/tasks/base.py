@@ -1,7 +1,8 @@
 """The interface of a task (classification, detection). The loops ask it; they never branch on its name.
 
 - `labels(split)`: per-image training labels, tensors indexed like `split.x` (class ids, or a detector's
-  dense heat-map labels);
+  dense heat-map labels); `batch_labels(batch)`: the same for one batch of a streamed split
+  (host_trainer/data/stream_loader.py), whose images are decoded and augmented per batch;
 - `loss(outputs, labels, teacher_outputs)`: the training loss of one batch;
 - `batch_score(outputs, labels)`: a quick quality figure of one training batch for the progress bar, or None;
 - `evaluate(model, split)`: quality on held-out data (`Scores`): `accuracy` is the score the controller
@@ -36,6 +37,7 @@ class Task(Protocol):
     augment: bool  # may the training loop shift images? (a shift would move a detector's boxes)
 
     def labels(self, split: Any) -> list[torch.Tensor]: ...
+    def batch_labels(self, batch: Any) -> list[torch.Tensor]: ...  # a streamed batch's (data/stream_loader.py)
     def loss(self, outputs: torch.Tensor, labels: list[torch.Tensor], teacher: torch.Tensor | None) -> torch.Tensor: ...
     def batch_score(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> float | None: ...
     def evaluate(self, model: nn.Module, split: Any) -> Scores: ...
@@ -49,6 +51,18 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarra
     """The model's outputs for every row of x, in eval mode."""
     model.eval()
     outs = [model(torch.from_numpy(x[i: i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, split: Any, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs for every image of a split, in memory or streamed (data/splits.py), in order."""
+    from host_trainer.data.splits import images, streamed
+
+    if not streamed(split):
+        return predict(model, split.x, batch_size)
+    model.eval()
+    outs = [model(torch.from_numpy(x)) for x in images(split, batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -4,6 +4,7 @@ precision and recall (docs/method.md, "Terms"), top-1 parity of the export, the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from host_trainer.data.types import Split
 from host_trainer.method.export import Parity, onnx_and_torch, within_tolerance
-from host_trainer.tasks.base import agreement_problem, predict
+from host_trainer.tasks.base import agreement_problem, predict_split
 
 OUTPUT_NAME = "logits"
 MIN_PARITY_TOP1 = 0.99  # host: ONNX Runtime vs torch, same machine, 256 held-out images
@@ -81,8 +82,12 @@ class ClassificationTask:
         """Top-1 accuracy of one training batch (as trained: dropout on, images shifted)."""
         return float((outputs.detach().argmax(1) == labels[0]).float().mean())
 
+    def batch_labels(self, batch: Any) -> list[torch.Tensor]:
+        """A streamed training batch's labels (data/stream_loader.py Batch)."""
+        return [batch.y]
+
     def evaluate(self, model: nn.Module, split: Split) -> Quality:
-        logits = predict(model, split.x)
+        logits = predict_split(model, split)
         loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(split.y)))
         return classification_quality(logits.argmax(1), split.y, self.num_classes, loss)
 

@@ -6,6 +6,8 @@ parity check and the device-side output check share (docs/detection.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from torch import nn
 from edge_evolver.measure.detection import decode, detection_agreement
 from host_trainer.data.types import DetSplit
 from host_trainer.method.export import Parity, onnx_and_torch, within_tolerance
-from host_trainer.tasks.base import agreement_problem, predict
+from host_trainer.tasks.base import agreement_problem, predict_split
 from host_trainer.tasks.detect_metrics import DetQuality, detection_quality
 from host_trainer.tasks.heatmap import detection_loss, split_labels
 
@@ -48,8 +50,14 @@ class DetectionTask:
     def decode(self, outputs: np.ndarray) -> list:
         return decode(outputs, self.num_classes, self.stride)
 
+    def batch_labels(self, batch: Any) -> list[torch.Tensor]:
+        """A streamed training batch's heat-map labels, from its (augmented) boxes."""
+        arrays = split_labels(tuple(b.numpy() for b in batch.boxes), tuple(t.numpy() for t in batch.labels),
+                              self.num_classes, self.grid, self.stride)
+        return [torch.from_numpy(a) for a in arrays]
+
     def evaluate(self, model: nn.Module, split: DetSplit) -> DetQuality:
-        outputs = predict(model, split.x, batch_size=128)
+        outputs = predict_split(model, split, batch_size=128)
         heat, reg, mask = self.labels(split)
         with torch.no_grad():
             loss = float(detection_loss(torch.from_numpy(outputs), heat, reg, mask))

@@ -8,6 +8,7 @@ from torch import nn
 
 from host_trainer.data.classify import load_dataset
 from host_trainer.data.detect import load_det_dataset
+from host_trainer.data.stream import stream_data
 from host_trainer.errors import UserError
 from host_trainer.progress import NULL, Progress
 from host_trainer.tasks.base import Task
@@ -18,10 +19,12 @@ _LOADERS = {"classify": load_dataset, "detect": load_det_dataset}
 
 
 def load_data(task: str, ref: str, seed: int, image_size: int, progress: Progress = NULL) -> Any:
-    """The task's data set `ref` (a Dataset or a DetDataset); a set of the other task is a one-line error."""
+    """The task's data set `ref`: the user's files (imagefolder:, coco:, yolo:) streamed (data/stream.py,
+    docs/data.md), the built-in sets in memory (a Dataset or a DetDataset); a set of the other task is a
+    one-line error."""
     if task not in _LOADERS:
         raise UserError(f"unknown task {task!r}: choose {' or '.join(_LOADERS)}")
-    return _LOADERS[task](ref, seed=seed, image_size=image_size, progress=progress)
+    return stream_data(task, ref, seed=seed, image_size=image_size, progress=progress)
 
 
 def make_task(name: str, data: Any, model: nn.Module, distill: float = 0.0, model_name: str = "the model") -> Task:
