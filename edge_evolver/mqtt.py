@@ -205,6 +205,9 @@ class MqttConnection:
         self.on_message: Callable[[str, bytes], None] = lambda topic, payload: None
         # Set it to receive retained messages here instead of in on_message (topic, payload size).
         self.on_retained: Optional[Callable[[str, int], None]] = None
+        # Set it to receive every other message here instead, with its DUP flag (topic, payload, duplicate):
+        # a QoS 1 message the broker delivers again because it never saw the acknowledgement.
+        self.on_delivery: Optional[Callable[[str, bytes, bool], None]] = None
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self.client = self._make_client(mqtt, client_id)
@@ -246,6 +249,9 @@ class MqttConnection:
     def _handle_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.retain and self.on_retained is not None:
             self.on_retained(message.topic, len(message.payload))
+            return
+        if self.on_delivery is not None:
+            self.on_delivery(message.topic, bytes(message.payload), bool(getattr(message, "dup", False)))
             return
         self.on_message(message.topic, bytes(message.payload))
 

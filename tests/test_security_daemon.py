@@ -238,3 +238,21 @@ def test_status_names_the_board_key_and_its_policy(board):
     assert status["signed_jobs"] == "required" and status["trusted_host_keys"] == 1
     assert status["public_key"] == board["board_keys"][0].text and status["key_id"] == board["board_keys"][0].key_id
     json.dumps(status)
+
+
+def test_a_job_the_broker_delivers_again_is_not_answered_again(tmp_path):
+    """A QoS 1 redelivery (DUP, after a broker restart lost the board's acknowledgement) of a job whose result
+    the broker already acknowledged gets no second answer; a host's deliberate resend (no DUP) does."""
+    from edge_evolver.daemon.config import ServeConfig
+    from edge_evolver.daemon.service import EdgeDaemon
+
+    config = ServeConfig(state_dir=str(tmp_path), device_id="dup1", allow_unsigned=True)
+    daemon = EdgeDaemon(config, {}, None, lambda: {}, lambda: {})
+    sent = []
+    daemon.outbox.publish = lambda body, reply_to=None: sent.append(body)  # type: ignore[method-assign]
+    daemon.store.store_result("dup-1", {"job_id": "dup-1", "status": "ok", "fps": 1.0})
+    payload = encode_job("dup-1", small_model(), QUICK)
+    daemon._intake(payload, duplicate=True)
+    assert sent == []
+    daemon._intake(payload, duplicate=False)
+    assert len(sent) == 1 and sent[0]["repeated"] and sent[0]["fps"] == 1.0

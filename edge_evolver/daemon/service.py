@@ -64,7 +64,7 @@ class EdgeDaemon:
                                    config.mqtt_version, persistent=True, tls=tls_files(config))
         self.mqtt.on_connect = self._on_connect
         self.mqtt.on_disconnect = self._on_disconnect
-        self.mqtt.on_message = self._on_message
+        self.mqtt.on_delivery = self._on_message
         self.mqtt.on_retained = self._on_retained
         self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id),
                              lambda topic: self.topics.is_reply_topic(topic, config.device_id), self.gate.sign)
@@ -134,14 +134,14 @@ class EdgeDaemon:
         """A retained job comes back at every reconnect: never a request, so never run nor answered."""
         log.warning("job_retained_ignored", topic=topic, bytes=size)
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, duplicate: bool = False) -> None:
         try:
-            self._intake(payload)
+            self._intake(payload, duplicate)
         except Exception as exc:  # never let one message take the network thread down, nor go unanswered
             log.exception("intake_internal_error", topic=topic, bytes=len(payload))
             self._reject(None, ErrorCode.INTERNAL, f"job intake failed: {type(exc).__name__}: {exc}")
 
-    def _intake(self, payload: bytes) -> None:
+    def _intake(self, payload: bytes, duplicate: bool = False) -> None:
         received_at = time.time()
         try:
             frame, auth = self.gate.open(payload)  # signature, expiry, target: before anything is parsed
@@ -159,7 +159,12 @@ class EdgeDaemon:
             return
         with self._lock:  # one decision per job_id, also against the worker storing its result
             stored = self.store.result(job.job_id)
-            if stored is not None:
+            if stored is not None and duplicate and not self.store.is_spooled(job.job_id):
+                # The broker delivers a job again when our acknowledgement was lost (a restart): its result is
+                # already with the broker (the spool goes once the result is acknowledged), so the host has it
+                # or will: answering again would only be a duplicate. A host's own resend is no DUP: answered.
+                log.info("job_redelivered_already_answered", job_id=job.job_id)
+            elif stored is not None:
                 log.info("job_repeated", job_id=job.job_id, status=stored.get("status"))
                 self.outbox.publish(dict(stored, repeated=True), stored.get("reply_to"))
             elif job.job_id in self._known or self.store.is_spooled(job.job_id):

@@ -2,7 +2,7 @@
 in-process benchmark take (docs/daemon.md).
 
 - pipeline.py      `measure_model`: check, get an engine, make the feeds, smoke-test, agree, benchmark with power
-- model_guard.py   our own check of the ONNX bytes before any runtime: external data, tensor sizes (docs/model-safety.md)
+- model_guard.py   our own check of the ONNX bytes before any runtime: external data, sizes (docs/model-safety.md)
 - model_policy.py  the opset domains and versions each backend allows
 - benchmark.py     the trtexec-like timing loop, with raw latencies and statistics
 - inputs.py        input descriptions, shape resolution, seeded synthetic inputs
