@@ -3,7 +3,7 @@
 Generates (once, cached under bench/out/data-images/ with a marker) an image folder of --images JPEGs at
 --px pixels in 4 classes, then, each in a fresh process so that its peak memory is its own:
 
-- in-memory: today's `load_data("classify", "imagefolder:PATH", ...)` (every image decoded into one float32
+- in-memory: the loader the loop used before streaming, `classify.load_dataset` (every image decoded into one float32
   array), then one epoch of today's batches (a seeded permutation of the training split, indexed);
 - streaming: `stream_data` (header scan + normalisation sample) then --epochs epochs of `make_loader(train,
   train=True, workers=2)` batches (decode, random resized crop, flip per image).
@@ -152,10 +152,10 @@ def _inmemory_epochs(folder: Path, px: int, epochs: int) -> tuple[int, list[floa
     """Today's path: decode everything, then training.py's batches (seeded permutation, index, shift)."""
     import torch
 
+    from host_trainer.data.classify import load_dataset
     from host_trainer.loop.training import _shift
-    from host_trainer.tasks.registry import load_data
 
-    data = load_data("classify", f"imagefolder:{folder}", seed=0, image_size=px)
+    data = load_dataset(f"imagefolder:{folder}", seed=0, image_size=px)  # the in-memory loader the loop used to call
     marks = [time.perf_counter()]
     x, y, gen = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y), torch.Generator().manual_seed(0)
     for _ in range(epochs):
