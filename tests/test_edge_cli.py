@@ -79,7 +79,8 @@ def test_bench_profile_table_and_json(tiny_model):
     assert start and "mean of" in lines[start[0]] and "separate pass after the timed window" in lines[start[0]]
     assert lines[start[0] + 1].split() == ["ms", "share", "op", "name", "first", "ONNX", "node"]
     row = lines[start[0] + 2].split()  # ONNX Runtime calls the unnamed MatMul "MatMul_0"; it is listed by its output
-    assert row[1:] == ["100.0%", "MatMul", "MatMul_0", "y"] and float(row[0]) > 0
+    # >= 0: ONNX Runtime 1.10's trace counts whole microseconds, and a tiny MatMul may take under one
+    assert row[1:] == ["100.0%", "MatMul", "MatMul_0", "y"] and float(row[0]) >= 0
     data = json.loads(_runner().invoke(cli.app, ["bench", str(tiny_model), "--profile", "--json", *QUICK]).stdout)
     assert data["profile_runs"] >= 20 and [(e["op"], e["nodes"], e["share"]) for e in data["profile"]] == [
         ("MatMul", ["y"], 1.0)]
