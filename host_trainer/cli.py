@@ -183,8 +183,7 @@ def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: 
         raise _fail(str(exc)) from None
     if not me.leader:
         raise typer.Exit(code=_follow(me))
-    if me.active:
-        distributed.on_sigterm()
+    distributed.on_sigterm()  # SIGTERM unwinds like Ctrl-C: the embedded broker and daemon are stopped too
     ok = False
     try:
         _lead(task, env_factor, given, run_dir, resume, quiet, log_level)
@@ -245,8 +244,9 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
             raise _fail(str(exc)) from None
         except Terminated:
             if not os.environ.get(LAUNCHER_ENV):  # else the launcher names the rank that failed
-                typer.echo("error: stopped by SIGTERM (torchrun stops every rank when one fails): continue with "
-                           "--resume RUN_DIR", err=True)
+                several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+                why = " (torchrun stops every rank when one fails)" if several else ""
+                typer.echo(f"error: stopped by SIGTERM{why}: continue with --resume RUN_DIR", err=True)
             raise typer.Exit(code=143) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: continue with --resume RUN_DIR", err=True)

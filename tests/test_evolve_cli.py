@@ -143,6 +143,23 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run, tmp_path)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_sigterm_stops_the_run_and_its_embedded_broker_and_daemon(tmp_path):
+    """systemd, a scheduler or `timeout` stop with SIGTERM: one error line, exit 143, nothing left running."""
+    cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "5", "--run-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, pids = time.time() + 120, None
+    while time.time() < deadline and pids is None:  # the embedded broker and daemon are up
+        found = list(tmp_path.glob("*/embedded/pids.json"))
+        pids = json.loads(found[0].read_text()) if found else None
+        time.sleep(0.1)
+    assert pids, "the embedded fleet did not start"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+
+
 def test_resume_with_a_damaged_checkpoint_is_one_line(reference_run, tmp_path):
     import shutil
 

@@ -164,7 +164,7 @@ def _watch_parent() -> None:
 
 
 def on_sigterm() -> None:
-    """SIGTERM raises Terminated in the main thread (installed on rank 0 under torchrun)."""
+    """SIGTERM raises Terminated in the main thread (on rank 0, or the one process), so `finally` blocks run."""
     def raise_terminated(_signum: int, _frame: Any) -> None:
         raise Terminated()
     signal.signal(signal.SIGTERM, raise_terminated)
