@@ -246,10 +246,9 @@ def test_a_killed_rank_stops_the_run_with_one_error_line(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wait_for(lambda: _landed(tmp_path, 1), 120)
     (follower,) = [pid for pid, rank in _children(proc.pid).items() if rank == "1"]
-    killed = time.time()
     os.kill(follower, signal.SIGKILL)
-    _out, err = proc.communicate(timeout=90)  # bounded: no hang
-    assert proc.returncode not in (0, None) and time.time() - killed < 60
+    _out, err = proc.communicate(timeout=90)  # no hang: TimeoutExpired fails the test
+    assert proc.returncode not in (0, None)
     errors = _errors(err)
     assert len(errors) == 1 and "rank" in errors[0], err
     assert max(r["generation"] for r in _rows(_run_dir(tmp_path))) < 50

@@ -22,7 +22,6 @@ import json
 import os
 import struct
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -43,7 +42,6 @@ HOST, STRANGER = generate_key(), generate_key()
 DEVICE, GROUP = "fuzz-1", "lab"
 NOW = 1800000000.0
 MAX_BYTES = 256 * 1024
-SLOW_S = 5.0  # one payload, both policies: far above the ~1 ms a payload takes
 TOPICS = Topics()
 SIGNED_ONLY = VerifyPolicy(TrustedKeys([(HOST.public, "fuzz host")]), DEVICE, GROUP)
 OPEN = VerifyPolicy(TrustedKeys([(HOST.public, "fuzz host")]), DEVICE, GROUP, allow_unsigned=True)
@@ -77,11 +75,10 @@ def intake(payload, policy):
 
 
 def check(payload):
-    """Both policies: a Job or a coded one-line FrameError, never anything else, never slowly."""
+    """Both policies: a Job or a coded one-line FrameError, never anything else (a hang is the suite's timeout)."""
     payload = bytes(payload)
     outcomes = []
     for policy in (SIGNED_ONLY, OPEN):
-        started = time.perf_counter()
         try:
             job = intake(payload, policy)
         except FrameError as exc:
@@ -101,8 +98,6 @@ def check(payload):
             assert isinstance(job.meta, dict) and isinstance(job.options, dict)
             job.settings.validate()
             outcomes.append("ok")
-        elapsed = time.perf_counter() - started
-        assert elapsed < SLOW_S, f"{elapsed:.1f} s for a {len(payload)}-byte payload"
     return outcomes
 
 
@@ -211,20 +206,7 @@ def mutated(draw):
     """A valid job with a few byte-level edits: flips, overwrites, insertions, deletions, truncation;
     (the job it came from, the edited bytes)."""
     base = draw(st.sampled_from(BASES))
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
-        at = draw(st.integers(0, max(0, len(data) - 1)))
-        if op == "flip" and data:
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and data:
-            data[at] = draw(st.sampled_from([0, 0x22, 0x5c, 0x7b, 0x7d, 0x80, 0xff, 0x30, 0x2d]))
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "delete":
-            del data[at:at + draw(st.integers(1, 16))]
-        else:
-            del data[at:]
+    data = _edit(bytearray(base), draw, [0, 0x22, 0x5c, 0x7b, 0x7d, 0x80, 0xff, 0x30, 0x2d], 16, ())
     return base, bytes(data)
 
 
@@ -430,27 +412,39 @@ def models():
     return _models()
 
 
-def _mutate_model(data, draw):
-    data = bytearray(data)
+def _edit(data, draw, bytes_to_set, longest, extra_ops):
+    """A few byte-level edits of `data` in place: flips, overwrites (with one of `bytes_to_set`), insertions
+    and deletions of up to `longest` bytes, truncation; `extra_ops` are (name, edit(data, at, draw)) too."""
+    extra = dict(extra_ops)
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "field"]))
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", *extra]))
         at = draw(st.integers(0, max(0, len(data) - 1)))
         if op == "flip" and data:
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "set" and data:
-            data[at] = draw(st.sampled_from([0x00, 0x01, 0x08, 0x0a, 0x12, 0x3a, 0x7f, 0x80, 0xff]))
+            data[at] = draw(st.sampled_from(bytes_to_set))
         elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=12))
+            data[at:at] = draw(st.binary(min_size=1, max_size=longest))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 12))]
+            del data[at:at + draw(st.integers(1, longest))]
         elif op == "truncate":
             del data[at:]
-        else:  # a whole protobuf field: a key (field number, wire type) and a payload of some length
-            key = draw(st.integers(1, 30)) << 3 | draw(st.sampled_from([0, 1, 2, 5]))
-            payload = draw(st.binary(max_size=12))
-            data[at:at] = bytes([key & 0x7f | (0x80 if key > 0x7f else 0)] + ([key >> 7] if key > 0x7f else [])
-                                + [len(payload)]) + payload
-    return bytes(data)
+        elif op in extra:
+            extra[op](data, at, draw)
+    return data
+
+
+def _insert_field(data, at, draw):
+    """A whole protobuf field: a key (field number, wire type) and a payload of some length."""
+    key = draw(st.integers(1, 30)) << 3 | draw(st.sampled_from([0, 1, 2, 5]))
+    payload = draw(st.binary(max_size=12))
+    data[at:at] = bytes([key & 0x7f | (0x80 if key > 0x7f else 0)] + ([key >> 7] if key > 0x7f else [])
+                        + [len(payload)]) + payload
+
+
+def _mutate_model(data, draw):
+    return bytes(_edit(bytearray(data), draw, [0x00, 0x01, 0x08, 0x0a, 0x12, 0x3a, 0x7f, 0x80, 0xff], 12,
+                       [("field", _insert_field)]))
 
 
 @settings(max_examples=max(50, TOTAL // 5), derandomize=True, deadline=None, database=None,
@@ -461,12 +455,10 @@ def test_model_safety_check_on_mutated_models(models, data):
     from edge_evolver.measure.model_guard import check_model_safety
 
     model = _mutate_model(data.draw(st.sampled_from(models)), data.draw)
-    started = time.perf_counter()
     try:
         check_model_safety(model, OnnxRuntimeBackend.model_policy)
     except EdgeError as exc:
         assert exc.code in CODES and exc.message and "\n" not in exc.message, exc
-    assert time.perf_counter() - started < SLOW_S
 
 
 def test_the_starting_models_pass_the_safety_check(models):

@@ -34,8 +34,10 @@ def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class ArrayClassSplit(TorchDataset):
-    split: Split
+class _ArraySplit(TorchDataset):
+    """What both in-memory splits share: the wrapped split, the augmentation and its seeding."""
+
+    split: Any
     augment: Augment | None = None
     seed: int = 0
     epoch: int = 0
@@ -45,6 +47,11 @@ class ArrayClassSplit(TorchDataset):
 
     def view(self, **changes: Any) -> Any:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayClassSplit(_ArraySplit):
+    split: Split
 
     def __getitem__(self, key: Key) -> Sample:
         epoch, i = split_key(key, self.epoch)
@@ -61,17 +68,8 @@ class ArrayClassSplit(TorchDataset):
 
 
 @dataclass(frozen=True, eq=False)
-class ArrayDetSplit(TorchDataset):
+class ArrayDetSplit(_ArraySplit):
     split: DetSplit
-    augment: Augment | None = None
-    seed: int = 0
-    epoch: int = 0
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def view(self, **changes: Any) -> Any:
-        return dataclasses.replace(self, **changes)
 
     def __getitem__(self, key: Key) -> Sample:
         epoch, i = split_key(key, self.epoch)
