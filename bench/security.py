@@ -193,7 +193,7 @@ def open_cost(payload: bytes, policy: VerifyPolicy, reps: int) -> dict:
     from edge_evolver.trust import jobs as trust_jobs
 
     now = time.time()
-    block, frame = trust_jobs._split_signed(payload)
+    block, frame = trust_jobs.split_signed(payload)
     head = trust_jobs._raw_header(frame)
     key = policy.trusted.find(block["key_id"])
     body = memoryview(frame)[8 + len(head):]

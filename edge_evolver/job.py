@@ -25,6 +25,7 @@ from .protocol import (
     split_frame,
     valid_job_id,
 )
+from .trust.jobs import unwrap  # the inner frame of a signed job (also imported from here)
 
 TENSOR_ROLES = ("input", "reference")
 # The free-form meta object travels back in every result and is stored with it: keep it small.
@@ -152,17 +153,6 @@ def _model(header: Dict[str, Any], body: memoryview, job_id: str) -> Tuple[bytes
     _require(actual == digest.lower(), f"model sha256 is {actual}, the job announced {printable(digest)}", job_id,
              ErrorCode.SHA_MISMATCH)
     return data, actual
-
-
-def unwrap(payload: bytes) -> bytes:
-    """The EEJ1 frame inside a signed job, without verifying it: for the daemon's own spool, whose
-    jobs were verified when they arrived. Anything else is returned as it is."""
-    from .trust.jobs import SIGNED_OFFSET, is_signed
-
-    if not is_signed(payload) or len(payload) < SIGNED_OFFSET:
-        return payload
-    size = int.from_bytes(bytes(payload[4:SIGNED_OFFSET]), "big")
-    return payload[SIGNED_OFFSET + size:]
 
 
 def decode_job(payload: bytes, max_bytes: int) -> Job:

@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional, Tuple
 import structlog
 
 from ..errors import EdgeError, ErrorCode
-from ..protocol import FrameError, valid_job_id
-from ..trust.jobs import JobAuth, VerifyPolicy, open_job
+from ..protocol import FrameError, split_frame, valid_job_id
+from ..trust.jobs import JobAuth, VerifyPolicy, is_signed, open_job, split_signed, unwrap
 from ..trust.keys import TrustedKeys, ensure_signing_key, read_trusted
 from ..trust.replay import ReplayLedger
 from ..trust.results import sign_result
@@ -94,9 +94,6 @@ class Gate:
 def job_id_hint(payload: bytes) -> Optional[str]:
     """The job id of a refused job, for the refusal only (the decision never depends on it), read
     from the inner header when that is plain JSON; None when it cannot be had cheaply."""
-    from ..job import unwrap
-    from ..protocol import split_frame
-
     try:
         header, _ = split_frame(unwrap(payload), len(payload))
     except (FrameError, ValueError, TypeError):
@@ -107,18 +104,11 @@ def job_id_hint(payload: bytes) -> Optional[str]:
 
 def peek_auth(payload: bytes) -> Optional[Dict[str, Any]]:
     """{"key_id", "seq"} of a spooled signed job (verified when it arrived), else None."""
-    import json
-
-    from ..job import unwrap
-    from ..protocol import split_frame
-    from ..trust.jobs import SIGNED_OFFSET, is_signed
-
     if not is_signed(payload):
         return None
     try:
-        size = int.from_bytes(bytes(payload[4:SIGNED_OFFSET]), "big")
-        block = json.loads(bytes(payload[SIGNED_OFFSET:SIGNED_OFFSET + size]).decode("utf-8"))
-        header, _ = split_frame(unwrap(payload), len(payload))
+        block, frame = split_signed(payload)
+        header, _ = split_frame(frame, len(frame))
         return {"key_id": block["key_id"], "seq": header["auth"]["seq"]}
-    except (ValueError, KeyError, TypeError, FrameError):
+    except (FrameError, KeyError, TypeError):
         return None

@@ -15,9 +15,10 @@ from typing import Any, Callable, Dict, Optional, Set
 import structlog
 
 from ..errors import ErrorCode
-from ..job import decode_job, unwrap
+from ..job import decode_job
 from ..mqtt import MqttConnection, TlsFiles
 from ..protocol import FrameError, Topics, dumps, qos, retained, sha256_hex, split_frame
+from ..trust.jobs import unwrap
 from .config import ServeConfig, broker_with_credentials
 from .gate import Gate, job_id_hint, peek_auth
 from .jobstore import JobStore

@@ -93,6 +93,15 @@ def is_signed(payload: bytes) -> bool:
     return bytes(payload[:len(SIGNED_MAGIC)]) == SIGNED_MAGIC
 
 
+def unwrap(payload: bytes) -> bytes:
+    """The EEJ1 frame inside a signed job, without verifying it: for the daemon's own spool, whose jobs were
+    verified when they arrived. Anything else is returned as it is."""
+    if not is_signed(payload) or len(payload) < SIGNED_OFFSET:
+        return payload
+    (size,) = _BLOCK_LENGTH.unpack_from(payload, len(SIGNED_MAGIC))
+    return payload[SIGNED_OFFSET + size:]
+
+
 @dataclass
 class VerifyPolicy:
     """The board's rules: whom it trusts, who it is, and how long a job may be valid."""
@@ -116,7 +125,7 @@ def open_job(payload: bytes, policy: VerifyPolicy, now: Optional[float] = None) 
             return payload, None
         raise FrameError(ErrorCode.UNSIGNED, "this board runs signed jobs only (see docs/security.md); "
                          + _enrol_hint(policy))
-    block, frame = _split_signed(payload)
+    block, frame = split_signed(payload)
     key = policy.trusted.find(block["key_id"])
     if key is None:
         raise FrameError(ErrorCode.UNKNOWN_KEY, f"signed by key {printable(block['key_id'])}, which this board "
@@ -143,7 +152,7 @@ def _enrol_hint(policy: VerifyPolicy) -> str:
     return "enrol the host's key with `edge-evolver keys trust <host public key>` on the board"
 
 
-def _split_signed(payload: bytes) -> Tuple[Dict[str, Any], bytes]:
+def split_signed(payload: bytes) -> Tuple[Dict[str, Any], bytes]:
     """The signature block (alg, key_id, sig as bytes) and the frame behind it; FrameError otherwise."""
     if len(payload) < SIGNED_OFFSET:
         raise FrameError(ErrorCode.BAD_SIGNATURE, "signed job is truncated before its signature block")
