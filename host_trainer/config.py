@@ -48,7 +48,7 @@ class EvolveConfig:
     final_epochs: float = 3.0     # a final fine-tune of the last accepted generation (0 = none)
     precision_format: str = "fp16"  # `--precision`: the number format weights are restricted to
     alpha_c: float = 0.8
-    alpha_s: float = 0.95
+    alpha_s: float = 1.0  # no synapse-level masking: zeros inside a dense layer buy no time on the board
     probability_model: str = "calibrated"
     tau: float = 0.1
     channel_multiple: int = 16    # 16 suits ONNX Runtime on x86, 8 TensorRT fp16 (docs/findings.md)

@@ -40,9 +40,9 @@ class GenerationRecord:
     reject_reason: str | None = _f("str", "", "why it was not accepted (accuracy brake, device error, not the fittest)")
     carried_over: bool = _f("bool", "", "no offspring survived: the parent lives on as this generation", False)
     final_tune: bool = _f("bool", "", "the final fine-tune of the last accepted generation (--final-epochs)", False)
-    epochs_trained: float | None = _f("float", "epochs", "what generation 0 (with --gen0-epochs auto: until "
-                                                         "validation stopped improving) or the final fine-tune "
-                                                         "trained; offspring: null (--epochs)")
+    epochs_trained: float | None = _f("float", "epochs", "epochs this network trained: generation 0 (with "
+                                                         "--gen0-epochs auto: until validation stopped improving), "
+                                                         "an offspring's recovery, or the final fine-tune")
     weights_sha256: str | None = _f("str", "hex", "generation 0: sha256 of the --weights file it started from")
     # ---- synthesis -----------------------------------------------------------------------------------
     alpha: list | None = _f("list", "", "[α_c, α_s] as used")
@@ -53,6 +53,18 @@ class GenerationRecord:
     allocation: str | None = _f("str", "", "how the cut was spread over layers: device (the board's latency model) "
                                          "or magnitude")
     alignment: int | None = _f("int", "channels", "device allocation: the board's channel step it snapped counts to")
+    parent_sha256: str | None = _f("str", "hex", "sha256 of the parent's ONNX model (what the cut was made from)")
+    cut: dict | None = _f("dict", "clusters", "device allocation: clusters kept per coupling group (root module)")
+    cut_target_ms: float | None = _f("float", "ms", "device allocation: the predicted board time the generation "
+                                                    "was to remove, ΔT = (1 − α_c) · the parent's predicted time")
+    predicted_ms: float | None = _f("float", "ms", "device allocation: this offspring's time in the board's "
+                                                   "latency model")
+    predicted_parent_ms: float | None = _f("float", "ms", "device allocation: the parent's time in that model")
+    importance_lost: float | None = _f("float", "fraction", "share of the parent's Taylor importance in the clusters "
+                                                            "this offspring dropped (sets its recovery)")
+    time_target_ms: float | None = _f("float", "ms", "the generation's time target, α_c × the parent's measured "
+                                                     "p50: among K offspring, those at or under it compete on "
+                                                     "accuracy")
     # ---- size ----------------------------------------------------------------------------------------
     synapses: int | None = _f("int", "count", "non-zero weights of Conv/Linear layers")
     clusters: int | None = _f("int", "count", "filters plus neurons that exist")

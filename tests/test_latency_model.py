@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from host_trainer.errors import UserError
-from host_trainer.latency.attribution import attribute, group_ms, module_of
-from host_trainer.latency.groups import consumer_inputs, group_costs, observe
-from host_trainer.latency.model import LatencyModel, Observation, Probe, Shape, load, step
+from host_trainer.latency.attribution import attribute, module_of
+from host_trainer.latency.model import INPUT, LatencyModel, Observation, Probe, Shape, load, step
 from host_trainer.latency.probes import PROBE_COUNTS, probe_layer, run_probes
 from host_trainer.latency.store import LatencyBook, file_name
-from host_trainer.method.compaction import cluster_groups
-from host_trainer.models.registry import build_model, fixed_layers
+from host_trainer.models.registry import build_model
 
 SHAPE = (1, 32, 32)
 
@@ -24,6 +22,24 @@ def _probe(a: int, noise: float = 0.0, seed: int = 0) -> Probe:
     rng = np.random.default_rng(seed)
     ms = [0.05 + 0.004 * step(c, a) * (1 + noise * rng.standard_normal()) for c in PROBE_COUNTS]
     return Probe(layer="conv", inputs=32, counts=list(PROBE_COUNTS), ms=ms)
+
+
+def _sweeps(a_out: int, a_in: int, b: float, k: float = 1e-4, inputs: int = 32, outputs: int = 64,
+            noise: float = 0.0, seed: int = 0) -> list[Probe]:
+    """Both sweeps of one layer on a board whose time is exactly b + k·u_in(i)·u_out(o) (times noise)."""
+    rng = np.random.default_rng(seed)
+
+    def ms(i: int, o: int) -> float:
+        return (b + k * step(i, a_in) * step(o, a_out)) * (1 + noise * rng.standard_normal())
+    ins = [c for c in PROBE_COUNTS if c <= inputs]
+    return [Probe("conv", inputs, list(PROBE_COUNTS), [ms(inputs, c) for c in PROBE_COUNTS], outputs=outputs),
+            Probe("conv", inputs, ins, [ms(c, outputs) for c in ins], axis=INPUT, outputs=outputs)]
+
+
+def _below(times: dict[int, float], a: int = 16) -> Probe:
+    """An output sweep that steps every a channels from 16 up, with `times` measured below 16."""
+    ms = [times.get(c, 1.0) if c <= 16 else 1.0 + 0.5 * (step(c, a) // a - 1) for c in PROBE_COUNTS]
+    return Probe("conv", 32, list(PROBE_COUNTS), ms)
 
 
 @pytest.mark.parametrize("a", [1, 8, 16, 32])
@@ -98,31 +114,127 @@ def test_attribution_splits_fused_entries_and_keeps_the_rest_apart():
     assert timed.other_ms == 0.75 and timed.unmapped == ["ghost"]
 
 
-def test_groups_are_priced_by_their_members_and_consumers():
-    model = build_model("vgg-small", 10, SHAPE)
-    groups = cluster_groups(model, torch.zeros(1, *SHAPE), fixed_layers(model))
-    profile = [{"name": n, "ms": 1.0, "nodes": [f"/features/features.{i}/Conv"]} for n, i in (("a", 0), ("b", 3))]
-    obs = observe(model, profile, "sha", 0)
-    assert group_ms(attribute(profile, obs.layers), groups)["features.0"] == 1.0
+
+
+def test_the_fixed_cost_is_the_intercept_of_the_probe_fit():
     latency = LatencyModel("board")
-    strengths = {g.root: np.ones(g.size) for g in groups}
-    costs = {c.root: c for c in group_costs(latency, obs, groups, strengths)}
-    first = costs["features.0"]  # features.0's clusters: its outputs (1 ms) and features.3's inputs (1 ms)
-    assert first.ms(32) == pytest.approx(2.0) and first.ms(16) == pytest.approx(1.0)
+    latency.add_probes(_sweeps(16, 8, b=0.05))
+    assert (latency.fixed_ms_source, latency.fixed_ms) == ("probes", pytest.approx(0.05, rel=1e-6))
+    noisy = LatencyModel("board")
+    noisy.add_probes(_sweeps(16, 8, b=0.05, noise=0.01, seed=3))
+    assert noisy.fixed_ms == pytest.approx(0.05, abs=0.01)
 
 
-def test_a_linear_after_flatten_reads_each_channel_at_every_position():
-    assert consumer_inputs(Shape(128 * 4, 256, 1.0, linear=True), 128, 64) == 64 * 4
-    assert consumer_inputs(Shape(96, 48, 1.0), 64, 32) == 64  # a concatenation of 64 and 32 channels
+def test_the_fixed_cost_lies_between_zero_and_the_fastest_probe():
+    latency = LatencyModel("board")
+    latency.add_probes(_sweeps(1, 1, b=-0.01, k=1e-3))  # a board faster than linear for narrow layers
+    assert latency.fixed_ms == 0.0
+    flat = Probe("conv", 32, [1, 2, 4, 8], [1.0, 1.0, 1.0, 1.2])
+    latency = LatencyModel("board", probes=[flat])
+    latency.refit()
+    assert latency.fixed_ms <= 1.0
 
 
-def test_probes_run_the_slowest_convolution_at_every_count():
+def test_without_probes_there_is_no_fixed_cost_and_the_model_says_so():
+    latency = LatencyModel("board")
+    latency.observe(Observation("a", 0, {"conv": Shape(32, 32, 1.0)}))
+    assert (latency.fixed_ms, latency.fixed_ms_source) == (0.0, "none")
+    assert latency.predict(Shape(32, 32, 1.0), 32, 16) == pytest.approx(0.5)
+
+
+def test_a_narrow_layer_saves_less_than_its_share_of_channels():
+    latency = LatencyModel("board")
+    latency.add_probes(_sweeps(1, 1, b=0.05))
+    b = latency.fixed_ms
+    layer = Shape(32, 32, 0.1)
+    halved = latency.predict(layer, 32, 16)
+    assert halved == pytest.approx(b + (0.1 - b) / 2) and halved > 0.1 / 2
+    assert latency.predict(layer, 32, 32) == pytest.approx(0.1)
+    fast = Shape(8, 8, 0.01)  # faster than b: all of it fixed, but still its measured time at its own shape
+    assert latency.predict(fast, 8, 8) == pytest.approx(0.01) and latency.predict(fast, 8, 4) == 0.01
+
+
+def test_input_and_output_alignments_are_fitted_from_their_own_sweeps():
+    latency = LatencyModel("board")
+    latency.add_probes(_sweeps(16, 4, b=0.02, noise=0.01))
+    assert (latency.alignment, latency.input_alignment) == (16, 4)
+    assert latency.input_alignment_source == "probes"
+    assert latency.cost(17, 17) == step(17, 4) * step(17, 16)
+    assert latency.cost(17, 17, depthwise=True) == step(17, 16)
+    only_outputs = LatencyModel("board")
+    only_outputs.add_probe(_probe(8))
+    assert (only_outputs.input_alignment, only_outputs.input_alignment_source) == (8, "output alignment")
+
+
+def test_the_ladder_is_the_multiples_of_the_alignment_without_probes():
+    latency = LatencyModel("board")
+    for g, out in enumerate((64, 48, 40, 33, 20)):
+        latency.observe(Observation(f"sha{g}", g, {"conv": Shape(32, out, 1e-3 * 32 * step(out, 16))}))
+    assert latency.alignment == 16
+    assert latency.ladder(40) == (40, 32, 16) and latency.ladder(16) == (16,)
+    assert latency.ladder(5) == (5, 4, 3, 2, 1)
+
+
+def test_below_the_alignment_the_ladder_has_only_the_counts_the_probes_measured_a_saving_at():
+    flat = LatencyModel("board")
+    flat.add_probe(_below({c: 1.0 + 0.02 * (c % 3) for c in PROBE_COUNTS if c <= 16}))
+    assert flat.alignment == 16
+    assert flat.ladder(40) == (40, 32, 16) and flat.ladder(12) == (12,)
+    drop = LatencyModel("board")
+    drop.add_probe(_below({8: 0.85, 6: 0.85, 4: 0.83, 2: 0.7, 1: 0.7}))  # 4: within the margin of 8
+    assert drop.alignment == 16
+    assert drop.ladder(40) == (40, 32, 16, 8, 2) and drop.ladder(12) == (12, 8, 2)
+
+
+def test_a_count_below_the_alignment_is_priced_by_the_probes_shape_there():
+    latency = LatencyModel("board")
+    latency.add_probe(_below({8: 0.8, 6: 0.8, 4: 0.8, 2: 0.8, 1: 0.8}))
+    b = latency.fixed_ms
+    assert latency.alignment == 16 and 0 < b < 0.8
+    assert latency.width(8) == pytest.approx(16 * (0.8 - b) / (1.0 - b))
+    assert latency.width(12) == 16 and latency.width(20) == 32  # unmeasured or above a: the full step
+    layer = Shape(32, 16, 1.0)
+    assert latency.predict(layer, 32, 8) == pytest.approx(b + (1 - b) * latency.width(8) / 16)
+    assert latency.predict(layer, 32, 8) == pytest.approx(0.8)  # the probed layer itself: what was measured
+
+
+def test_an_old_file_without_fixed_cost_or_input_sweeps_still_loads(tmp_path):
+    old = {"schema": 1, "device": "tx1", "alignment": 16, "alignment_source": "probes", "fit_error": {},
+           "probes": [{"layer": "conv", "inputs": 32, "counts": list(PROBE_COUNTS), "ms": _probe(16).ms}],
+           "observations": [{"model_sha256": "s", "generation": 0, "layers": {"c": {"inputs": 3, "outputs": 8,
+                                                                                   "ms": 0.2}}}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    latency = load(tmp_path / "old.json")
+    assert (latency.alignment, latency.input_alignment) == (16, 16)
+    assert latency.fixed_ms == pytest.approx(0.05) and latency.fixed_ms_source == "probes"
+    assert latency.probes[0].axis == "output" and latency.observation("s").layers["c"].ms == 0.2
+    bare = load_text(tmp_path, {"device": "tx1"})
+    assert (bare.fixed_ms, bare.fixed_ms_source, bare.alignment) == (0.0, "none", 1)
+
+
+def load_text(tmp_path, data: dict) -> LatencyModel:
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    return load(tmp_path / "m.json")
+
+
+def test_the_model_with_both_sweeps_round_trips_through_its_file(tmp_path):
+    latency = LatencyModel("board")
+    latency.add_probes(_sweeps(16, 4, b=0.02, noise=0.01))
+    latency.save(tmp_path / "board.json")
+    assert load(tmp_path / "board.json").to_dict() == latency.to_dict()
+
+
+def test_probes_sweep_outputs_then_inputs_of_the_slowest_convolution():
     model = build_model("vgg-small", 10, SHAPE)
     layer = probe_layer(model, torch.zeros(1, *SHAPE), {"features.3": 2.0, "features.0": 1.0})
     assert layer is not None and (layer.name, layer.inputs, layer.spatial) == ("features.3", 32, (32, 32))
     seen = []
-    probe = run_probes(layer, lambda name, onnx, shape: seen.append((name, len(onnx), shape)) or 0.1,
-                       counts=(8, 16))
-    assert [s[0] for s in seen] == ["probe.features.3.c8", "probe.features.3.c16"] and probe.ms == [0.1, 0.1]
-    assert all(s[2] == (32, 32, 32) for s in seen)
-    json.dumps(LatencyModel("b", probes=[probe]).to_dict())
+    probes = run_probes(layer, lambda name, onnx, shape: seen.append((name, len(onnx), shape)) or 0.1,
+                        counts=(8, 16, 32, 40))
+    assert [s[0] for s in seen] == [f"probe.features.3.{x}" for x in ("c8", "c16", "c32", "c40", "i8", "i16", "i32")]
+    assert [s[2][0] for s in seen] == [32, 32, 32, 32, 8, 16, 32]
+    out, inp = probes
+    assert (out.axis, out.counts, out.outputs) == ("output", [8, 16, 32, 40], layer.outputs)
+    assert (inp.axis, inp.counts, inp.channels(8)) == ("input", [8, 16, 32], (8, layer.outputs))
+    json.dumps(LatencyModel("b", probes=probes).to_dict())
+    assert len(run_probes(layer, lambda *_: 0.1, counts=(8, 16, 48, 64))) == 1  # 2 input counts: no sweep

@@ -290,9 +290,12 @@ def test_selection_and_pareto_front():
 
     rows = [_measured(accuracy=a, val_accuracy=a, fps=f, energy_mj_per_inference=e)
             for a, f, e in ((0.90, 100.0, 5.0), (0.85, 300.0, 2.0), (0.80, 250.0, 1.0), (0.79, 240.0, 3.0))]
-    assert select(rows, Goals()) == 1  # no goals: the fastest
-    assert select(rows, Goals(fps=200)) == 1  # two meet 200 fps: the more accurate of them
-    assert select(rows, Goals(fps=90)) == 0
+    for r in rows:
+        r.latency_ms_p50 = 1000.0 / r.fps
+    assert select(rows, None) == 1  # no time target: the fastest
+    assert select(rows, 1000.0 / 200) == 1  # three meet 5 ms: the most accurate of them
+    assert select(rows, 1000.0 / 90) == 0  # all meet it: the most accurate
+    assert select(rows, 1.0) == 1  # none meets it: the fastest within the brake
     front = pareto_front(rows)
     assert front["axes"][-1].startswith("energy") and front["points_considered"] == 4
     # Row 2 survives only through energy (slower and less accurate than row 1, but cheaper); row 3 is dominated.

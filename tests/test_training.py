@@ -13,7 +13,6 @@ from torch import nn
 from host_trainer.loop import training
 from host_trainer.loop.training import (
     TrainConfig,
-    cut_fraction,
     lr_at,
     recalibrate_batchnorm,
     recovery,
@@ -37,24 +36,20 @@ def _net(classes=4):
                          nn.Linear(8 * 64, classes))
 
 
-def test_recovery_starts_at_a_peak_scaled_to_the_cut():
-    cfg = TrainConfig(epochs=1, seed=0, lr=0.05)
+def test_recovery_scales_its_peak_and_length_with_the_importance_lost():
+    cfg = TrainConfig(epochs=2, seed=0, lr=0.05, batch_size=10)
     assert lr_at(0, 100, cfg) == pytest.approx(0.05 / 5)  # the full schedule warms up over 5 steps
-    mild, deep, none = recovery(cfg, 0.2), recovery(cfg, 0.9), recovery(cfg, 0.0)
+    full = training.LOST_FULL
+    mild, deep, none = (recovery(cfg, lost, images=1000) for lost in (0.25 * full, 2 * full, 0.0))
     assert mild.warmup_fraction == 0 and lr_at(0, 100, mild) == pytest.approx(mild.lr)  # no warm-up
-    assert mild.lr == pytest.approx(0.05 * 0.2 * training.RECOVERY_GAIN)
-    assert deep.lr == pytest.approx(0.05 * min(1.0, 0.9 * training.RECOVERY_GAIN))
+    assert mild.lr == pytest.approx(0.05 * 0.25) and deep.lr == pytest.approx(0.05)
     assert none.lr == pytest.approx(0.05 * training.RECOVERY_FLOOR)
+    assert deep.epochs == 2 and mild.epochs == none.epochs == 2 * training.MIN_RECOVERY_FRACTION
+    assert recovery(cfg, 0.75 * full, images=1000).epochs == pytest.approx(1.5)
+    # never fewer than MIN_RECOVERY_STEPS steps (a small set: 5 steps an epoch), nor more than --epochs
+    assert recovery(cfg, 0.0, images=50).epochs == 2
+    assert recovery(TrainConfig(epochs=8, seed=0, batch_size=10), 0.0, 50).epochs == training.MIN_RECOVERY_STEPS / 5
     assert lr_at(99, 100, mild) < 1e-3 * mild.lr  # still cosine to zero
-
-
-def test_cut_fraction_counts_synapses():
-    parent, child = _net(), _net()
-    with torch.no_grad():
-        child[0].weight[:4] = 0  # half the conv's synapses
-    conv, lin = parent[0].weight.numel(), parent[4].weight.numel()
-    assert cut_fraction(parent, child) == pytest.approx((conv / 2) / (conv + lin))
-    assert cut_fraction(parent, parent) == 0.0
 
 
 def test_recalibration_estimates_batchnorm_statistics_and_leaves_weights_alone():
@@ -202,7 +197,7 @@ def test_a_mobilenet_style_offspring_recovers_only_with_batchnorm_reestimated(mo
             child, masks = compact(parent, plan.masks, groups, plan.keep, example)
             if not reestimate:
                 monkeypatch.setattr(training, "recalibrate_batchnorm", lambda *args, **kw: None)
-            train(child, masks, data.train, recovery(TrainConfig(epochs=0.5, seed=1), cut_fraction(parent, child)),
+            train(child, masks, data.train, recovery(TrainConfig(epochs=0.5, seed=1), 0.2, len(data.train.x)),
                   task)
             monkeypatch.undo()
             scores.append(task.evaluate(child, data.val).accuracy)

@@ -1,8 +1,10 @@
-"""Probe jobs: one layer alone, benchmarked on the board at many output-channel counts.
+"""Probe jobs: one layer alone, benchmarked on the board at many channel counts, on each axis.
 
 The counts straddle every candidate alignment (8, 9, 15, 16, 17, ...), so the curve's steps show which
 alignment the board's kernels use. The probed layer is the convolution that took the most time in the
-parent's profile, at its real input size and input channels; only its output channels vary. Each probe
+parent's profile, at its real input size. Two sweeps: its output channels at its real input channels, and
+its input channels (the same counts, up to its own) at its real output channels; the two alignments may
+differ, and together they give the board's fixed cost per layer (host_trainer/latency/model.py). Each probe
 is an ordinary fp16 ONNX job, measured like an offspring (so a TensorRT board builds an engine for each).
 """
 
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from host_trainer.latency.model import Probe
+from host_trainer.latency.model import INPUT, Probe
 from host_trainer.method.export import to_onnx_bytes
 from host_trainer.method.masks import prunable_layers
 
 PROBE_COUNTS = (1, 2, 4, 6, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32, 33, 40, 47, 48, 49, 56, 63, 64)
+MIN_SWEEP = 3  # fewer counts cannot show an alignment: such a sweep is not run
 OUTPUT = "output"
 
 # (job name, fp16 ONNX bytes, input shape without batch) -> the layer's time in ms on the board
@@ -33,14 +36,19 @@ class ProbeLayer:
     stride: tuple[int, int]
     padding: tuple[int, int]
     spatial: tuple[int, int]  # input height, width
+    outputs: int = 0  # the layer's own output channels: the input sweep's (0: no input sweep)
 
-    def network(self, outputs: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(self.inputs, outputs, self.kernel, self.stride, self.padding),
+    def network(self, outputs: int, inputs: int | None = None) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(inputs or self.inputs, outputs, self.kernel, self.stride, self.padding),
                              nn.ReLU())
+
+    def shape(self, inputs: int | None = None) -> tuple[int, int, int]:
+        """The network's input shape without batch, at `inputs` channels (default: the layer's own)."""
+        return (inputs or self.inputs, *self.spatial)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (self.inputs, *self.spatial)
+        return self.shape()
 
 
 def input_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -78,18 +86,29 @@ def probe_layer(model: nn.Module, example: torch.Tensor, layer_ms: dict[str, flo
     if not isinstance(conv, nn.Conv2d):  # never: convs holds Conv2d only (narrows the type)
         return None
     return ProbeLayer(name=name, inputs=conv.in_channels, kernel=_pair(conv.kernel_size),
-                      stride=_pair(conv.stride), padding=_pair(conv.padding), spatial=_pair(sizes[name][1:]))
+                      stride=_pair(conv.stride), padding=_pair(conv.padding), spatial=_pair(sizes[name][1:]),
+                      outputs=conv.out_channels)
 
 
 def run_probes(layer: ProbeLayer, runner: ProbeRunner, counts: tuple[int, ...] = PROBE_COUNTS,
-               prefix: str = "probe") -> Probe:
-    """Benchmark the layer at each count (fixed weights: only the time matters)."""
-    times = []
-    for count in counts:
-        torch.manual_seed(count)
-        onnx_bytes = to_onnx_bytes(layer.network(count), layer.input_shape, "fp16", OUTPUT)
-        times.append(float(runner(f"{prefix}.{layer.name}.c{count}", onnx_bytes, layer.input_shape)))
-    return Probe(layer=layer.name, inputs=layer.inputs, counts=list(counts), ms=times)
+               prefix: str = "probe") -> list[Probe]:
+    """The output sweep (jobs `<prefix>.<layer>.c<count>`), then the input sweep at the counts up to the
+    layer's own input channels (`.i<count>`) when there are MIN_SWEEP of them and the layer's outputs are known.
+    Fixed weights: only the time matters."""
+    times = [_time(layer, runner, f"{prefix}.{layer.name}.c{c}", c, None) for c in counts]
+    sweeps = [Probe(layer=layer.name, inputs=layer.inputs, counts=list(counts), ms=times, outputs=layer.outputs)]
+    inputs = [c for c in counts if c <= layer.inputs]
+    if layer.outputs > 0 and len(set(inputs)) >= MIN_SWEEP:
+        times = [_time(layer, runner, f"{prefix}.{layer.name}.i{c}", layer.outputs, c) for c in inputs]
+        sweeps.append(Probe(layer=layer.name, inputs=layer.inputs, counts=inputs, ms=times, axis=INPUT,
+                            outputs=layer.outputs))
+    return sweeps
+
+
+def _time(layer: ProbeLayer, runner: ProbeRunner, name: str, outputs: int, inputs: int | None) -> float:
+    torch.manual_seed(outputs * 1000 + (inputs or 0))
+    onnx_bytes = to_onnx_bytes(layer.network(outputs, inputs), layer.shape(inputs), "fp16", OUTPUT)
+    return float(runner(name, onnx_bytes, layer.shape(inputs)))
 
 
 def _pair(value) -> tuple[int, int]:

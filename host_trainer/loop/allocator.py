@@ -1,15 +1,17 @@
-"""The loop's side of device-aware allocation: learn from every measurement, price every cut.
+"""The loop's side of device-aware allocation: learn from every measurement, spend every cut in milliseconds.
 
 `observe` files each measured offspring's per-layer profile into the board's latency model
-(host_trainer/latency/); `counts` turns the parent's profile into per-group cluster counts for one
-offspring (host_trainer/method/allocation.py). Before the first device-aware offspring, a board whose
-model has no probe curve yet gets probe jobs once, unless probing is off. Without a profile of the parent
-(an older board, or profiling off), the offspring falls back to magnitude allocation and says so.
+(host_trainer/latency/); `cut` turns the parent's profile, its Taylor importance and α into per-group cluster
+counts for one offspring (host_trainer/method/allocation.py): remove ΔT = (1 − α) · T_parent of predicted board
+time at the least importance lost. Before the first device-aware offspring, a board whose model has no probe
+curve yet gets probe jobs once, unless probing is off. Without a profile of the parent (an older board, or
+profiling off), the offspring falls back to magnitude allocation and says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +20,59 @@ import structlog
 import torch
 from torch import nn
 
+from host_trainer.config import EvolveConfig
 from host_trainer.fleet.measurers import DeviceError, Measurer
-from host_trainer.latency.groups import group_costs
-from host_trainer.latency.model import LatencyModel
+from host_trainer.latency.groups import group_costs, network_ms, parent_ms
+from host_trainer.latency.model import LatencyModel, Observation
 from host_trainer.latency.probes import probe_layer, run_probes
 from host_trainer.latency.store import LatencyBook
-from host_trainer.method.allocation import allocate
+from host_trainer.method import allocation as rule
 from host_trainer.method.compaction import ClusterGroup
 from host_trainer.method.synthesis import cluster_strength
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 
-SPREAD = 0.5  # offspring k > 0: per-group gains scaled by exp(0.5·z), z ~ N(0, 1) from the offspring's seed
 LOCAL = "local"  # the device id of in-process measurements
 log = structlog.get_logger("host_trainer")
 
 
 @dataclass(frozen=True)
 class Allocation:
-    """How one offspring's cut is spread: counts per group root (None: magnitude), and why."""
+    """How one offspring's cut is spread: counts per group root (None: magnitude), and what was predicted."""
 
     counts: dict[str, int] | None
     how: str  # "device" or "magnitude"
     alignment: int | None = None
     note: str = ""
+    target_ms: float | None = None      # ΔT asked for, in the latency model's ms
+    predicted_ms: float | None = None   # the offspring's predicted time (joint prediction)
+    parent_ms: float | None = None      # the parent's time in the same model
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"allocation": self.how, "alignment": self.alignment, "cut_target_ms": self.target_ms,
+                "predicted_ms": self.predicted_ms, "predicted_parent_ms": self.parent_ms,
+                "cut": dict(self.counts) if self.counts else None, **self.extra}
+
+
+@dataclass(frozen=True)
+class CutRequest:
+    """What one offspring's device-aware cut depends on besides the parent."""
+
+    alpha: float
+    seed: int
+    k: int
+    attempt: int
+    importance: Mapping[str, np.ndarray]
+    rejected: Sequence[Mapping[str, int]] = ()  # counts of this parent's rejected offspring
 
 
 class DeviceAllocator:
-    def __init__(self, cfg: Any, run_path: Path, measurer: Measurer, example: torch.Tensor,
+    def __init__(self, cfg: EvolveConfig, run_path: Path, measurer: Measurer, example: torch.Tensor,
                  view: RunView = NULL) -> None:
-        self.device_aware = getattr(cfg, "allocation", "device") == "device"
-        self.probes = bool(getattr(cfg, "probes", True))
-        self.book = LatencyBook(run_path, getattr(cfg, "latency_model", ""))
+        self.device_aware = cfg.allocation == "device"
+        self.probes = cfg.probes
+        self.book = LatencyBook(run_path, cfg.latency_model)
         self.measurer, self.example, self.view = measurer, example, view
         self.probed: set[str] = set()
 
@@ -64,8 +87,8 @@ class DeviceAllocator:
         name, shape = max(observed.layers.items(), key=lambda item: item[1].ms)
         return {"slowest_layer": name, "slowest_layer_share": shape.ms / total}
 
-    def counts(self, parent: GenerationRecord, model: nn.Module, groups: list[ClusterGroup], alpha_c: float,
-               seed: int, k: int) -> Allocation:
+    def cut(self, parent: GenerationRecord, model: nn.Module, groups: list[ClusterGroup],
+            request: CutRequest) -> Allocation:
         if not self.device_aware:
             return Allocation(None, "magnitude")
         latency = self.book.for_device(device_of(parent))
@@ -73,11 +96,7 @@ class DeviceAllocator:
         if observed is None or not any(s.ms > 0 for s in observed.layers.values()):
             return Allocation(None, "magnitude", note="no per-layer profile of the parent from the board")
         self._probe_once(latency, model, {n: s.ms for n, s in observed.layers.items()})
-        strengths = {g.root: cluster_strength(model, g) for g in groups}
-        costs = group_costs(latency, observed, groups, strengths)
-        rng = np.random.default_rng([seed, k, 1])
-        counts = allocate(costs, alpha_c, latency.alignment, rng, SPREAD if k > 0 else 0.0)
-        return Allocation(counts, "device", latency.alignment, f"alignment from {latency.alignment_source}")
+        return spend(latency, observed, model, groups, request)
 
     def _probe_once(self, latency: LatencyModel, model: nn.Module, layer_ms: dict[str, float]) -> None:
         if not self.probes or latency.probes or latency.device in self.probed:
@@ -88,13 +107,55 @@ class DeviceAllocator:
             return
         self.view.note(f"probing {layer.name} on {latency.device} at several channel counts (once per board)")
         try:
-            probe = run_probes(layer, self.measurer.probe, prefix=f"probe.{latency.device}")
+            probes = run_probes(layer, self.measurer.probe, prefix=f"probe.{latency.device}")
         except DeviceError as exc:
             log.warning("probe_failed", device=latency.device, error=str(exc))
             return
-        latency.add_probe(probe)
+        latency.add_probes(probes)
         self.book.save(latency.device)
         log.info("probed", device=latency.device, layer=layer.name, alignment=latency.alignment)
+
+
+def spend(latency: LatencyModel, observed: Observation, model: nn.Module, groups: list[ClusterGroup],
+          request: CutRequest) -> Allocation:
+    """Solve the generation's knapsack (method/allocation.py) on this parent, with joint-time correction."""
+    costs = group_costs(latency, observed, groups)
+    before = parent_ms(observed)
+    target = (1.0 - request.alpha) * before
+    rng = np.random.default_rng([request.seed, request.k, 1])
+    share = rule.SHARE_CAP * 0.5 ** request.attempt
+    options = {}
+    for cost, group in zip(costs, _matching(costs, groups)):
+        order = np.argsort(cluster_strength(model, group), kind="stable")  # heredity drops the weakest first
+        noisy = rule.perturb(request.importance[group.root], rule.temperature(request.alpha), rng)
+        rejected = [r[group.root] for r in request.rejected if group.root in r]
+        options[cost.root] = rule.group_options(cost, noisy[order], share, rejected)
+    asked, counts = target, dict[str, int]()
+    for _ in range(rule.JOINT_ROUNDS):
+        counts, met = rule.solve(options, asked)
+        saving = before - network_ms(latency, observed, groups, counts)
+        if saving >= target * (1 - 1e-6) or not met:
+            break
+        # Pairs of shrinking layers save less together than apart: ask for the rest, and a little more, so the
+        # next solve does not land just short again on the saving grid.
+        asked += (target - saving) + 0.01 * target
+    predicted = network_ms(latency, observed, groups, counts)
+    note = "" if before - predicted >= target * (1 - 1e-6) else "the budget could not be met within the caps"
+    return Allocation(counts, "device", latency.alignment, note, target, predicted, before)
+
+
+def _matching(costs: list[rule.GroupCost], groups: list[ClusterGroup]) -> list[ClusterGroup]:
+    by_root = {g.root: g for g in groups}
+    return [by_root[c.root] for c in costs]
+
+
+def importance_lost(importance: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarray]) -> float:
+    """The share of the network's total Taylor importance in the clusters an offspring dropped."""
+    total = sum(float(v.sum()) for v in importance.values())
+    kept = sum(float(importance[root][np.asarray(idx, dtype=int)].sum()) for root, idx in keep.items()
+               if root in importance)
+    dropped = total - kept - sum(float(v.sum()) for r, v in importance.items() if r not in keep)
+    return max(0.0, dropped) / total if total > 0 else 0.0
 
 
 def device_of(record: GenerationRecord) -> str:

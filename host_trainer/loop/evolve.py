@@ -29,26 +29,24 @@ from host_trainer.errors import UserError
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop import distributed
-from host_trainer.loop.allocator import Allocation, DeviceAllocator
+from host_trainer.loop.allocator import DeviceAllocator
+from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
 from host_trainer.loop.runstore import RunDir, atomic_write_json
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,
     TrainConfig,
-    cut_fraction,
     fine_tune,
     recovery,
     train,
     train_until_plateau,
 )
-from host_trainer.method.compaction import cluster_groups, compact
 from host_trainer.method.export import sha256, to_onnx_bytes
 from host_trainer.method.masks import apply_masks, dense_masks
 from host_trainer.method.restriction import restrict
 from host_trainer.method.size import size_metrics
-from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
-from host_trainer.models.registry import build_model, fixed_layers
+from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, load_weights
 from host_trainer.progress import NULL, RunView, Step
 from host_trainer.record import GenerationRecord
@@ -102,6 +100,7 @@ class Evolution:
         self.records: list[GenerationRecord] = []
         self.train_split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
         self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
+        self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator)
 
     # ---- the run -------------------------------------------------------------------------
     def run_all(self, parent: Member | None = None) -> list[GenerationRecord]:
@@ -180,11 +179,10 @@ class Evolution:
             survivors = []
             for k in range(self.cfg.offspring):
                 seed = offspring_seed(self.cfg.seed, generation, attempt, k, self.cfg.offspring)
-                child, masks, loss, allocation = self._offspring(parent, generation, seed, alpha, k)
+                child, masks, loss, fields = self._offspring(parent, fitness, generation, seed, alpha, k, attempt)
                 candidate = self._finish(child, masks, generation, parent.generation, seed, alpha, loss, attempt)
                 candidate.record.update({"offspring": k, "speed_pressure": speed_pressure(self.goals, fitness),
-                                         "target_gap": self.goals.gap(fitness), "allocation": allocation.how,
-                                         "alignment": allocation.alignment})
+                                         "target_gap": self.goals.gap(fitness), **fields})
                 reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
                 if reason is None:
                     survivors.append(candidate)
@@ -228,7 +226,7 @@ class Evolution:
     def _select(self, measured: list[Candidate]) -> Candidate | None:
         if not measured:
             return None
-        winner = select([c.record for c in measured], self.goals)
+        winner = select([c.record for c in measured], measured[0].record.time_target_ms)
         for i, candidate in enumerate(measured):
             if i != winner:
                 self._reject(candidate.record, f"not the fittest of {self.cfg.offspring} offspring")
@@ -241,37 +239,37 @@ class Evolution:
         log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
 
     # ---- one offspring ---------------------------------------------------------------------
-    def _offspring(self, parent: Member, generation: int, seed: int, alpha: tuple[float, float], k: int = 0):
-        """Synthesise, compact and train one offspring; how many clusters each group keeps comes from the
-        board's latency model (device allocation) or from α alone (magnitude)."""
+    def _offspring(self, parent: Member, fitness: GenerationRecord, generation: int, seed: int,
+                   alpha: tuple[float, float], k: int, attempt: int):
+        """Breed (loop/breeding.py) and train one offspring; its record fields besides the metrics."""
         cfg = self.cfg
-        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
-        groups = cluster_groups(parent.model, self.example, fixed_layers(parent.model))
-        allocation: Allocation = self.allocator.counts(self._accepted(parent.generation), parent.model, groups,
-                                                       alpha[0], seed, k)
-        plan = plan_offspring(parent.model, groups, parent.masks, scfg, np.random.default_rng(seed),
-                              counts=allocation.counts)
-        child, masks = compact(parent.model, plan.masks, groups, plan.keep, self.example)
+        bred = self.breeder.breed(parent.model, parent.masks, fitness, seed, alpha, k, attempt,
+                                  failed_cuts(self.records, fitness.model_sha256))
+        child, masks = bred.model, bred.masks
         if cfg.init == "reinit":
             torch.manual_seed(seed)
             child = ckpt.build_architecture(self._architecture(child))
         apply_masks(child, masks)
         teacher = parent.model if cfg.distill > 0 else None
-        loss = self._train(child, masks, generation, cfg.epochs, seed, teacher, cut_fraction(parent.model, child))
-        return child, masks, loss, allocation
+        tcfg = recovery(self._train_config(seed, cfg.epochs), bred.lost, splits.images_in(self.train_split))
+        loss = self._train_with(child, masks, generation, tcfg, teacher)
+        target = alpha[0] * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
+        fields = {**bred.allocation.to_record(), "parent_sha256": fitness.model_sha256,
+                  "importance_lost": bred.lost, "epochs_trained": tcfg.epochs, "time_target_ms": target}
+        return child, masks, loss, fields
 
     def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
-               teacher: nn.Module | None = None, cut: float | None = None, final: bool = False) -> float:
-        """Train for `epochs` on the full schedule; an offspring, given its `cut` (the fraction of its parent's
-        synapses it lost), on the recovery schedule; the final fine-tune on its own (loop/training.py)."""
+               final: bool = False) -> float:
+        """Train for `epochs` on the full schedule (generation 0 with a number of epochs), or the final
+        fine-tune on its own (loop/training.py)."""
         tcfg = self._train_config(seed, epochs)
-        if cut is not None:
-            tcfg = recovery(tcfg, cut)
-        elif final:
-            tcfg = fine_tune(tcfg)
+        return self._train_with(model, masks, generation, fine_tune(tcfg) if final else tcfg)
+
+    def _train_with(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, tcfg: TrainConfig,
+                    teacher: nn.Module | None = None) -> float:
         with self.view.step(f"gen {generation}: training") as bar, \
                 self._on_every_rank("fixed", model, masks, tcfg, generation, teacher):
-            return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, epochs))
+            return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, tcfg.epochs))
 
     def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
                        generation: int, teacher: nn.Module | None = None) -> contextlib.AbstractContextManager:

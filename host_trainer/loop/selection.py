@@ -1,9 +1,11 @@
 """Choosing among K offspring, and the Pareto front of accuracy × fps × energy.
 
-Selection (documented in docs/method.md): among the offspring within the accuracy tolerance,
-- when goals are given and some offspring meet them, the most accurate of those wins (the
-  speed is already enough; accuracy is what is left to keep);
-- otherwise the fastest wins (highest measured fps on the first device), ties broken by accuracy.
+Selection (documented in docs/method.md, "Selection"): among the offspring within the accuracy brake,
+- those whose measured p50 latency is at or under the generation's time target (α_c × the parent's measured
+  p50: the cut the generation asked for, achieved) compete on accuracy: the most accurate on validation wins,
+  ties to the faster;
+- when none meets it, the fastest wins, ties to the more accurate.
+Without a measured latency (the parent had none), the fastest by fps wins.
 The Pareto front keeps every measured offspring that no other beats on all of accuracy (higher),
 fps (higher) and energy per inference (lower; left out while any point has no power meter).
 """
@@ -12,18 +14,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from host_trainer.loop.controller import Goals
 from host_trainer.record import GenerationRecord
 
 FRONT_KEYS = ("generation", "attempt", "offspring", "accuracy", "val_accuracy", "fps", "energy_mj_per_inference",
               "params", "synapses", "model_sha256", "device_id", "accepted")
 
 
-def select(records: list[GenerationRecord], goals: Goals) -> int:
-    """Index of the winning record among survivors (all within tolerance)."""
-    meeting = [i for i, r in enumerate(records) if goals.any() and goals.met(r)]
+def select(records: list[GenerationRecord], time_target_ms: float | None) -> int:
+    """Index of the winning record among survivors (all within the brake)."""
+    def latency(i: int) -> float:
+        value = records[i].latency_ms_p50
+        return float(value) if value is not None else float("inf")
+
+    meeting = [i for i in range(len(records)) if time_target_ms is not None and latency(i) <= time_target_ms]
     if meeting:
-        return max(meeting, key=lambda i: (records[i].val_accuracy or 0.0, records[i].fps or 0.0))
+        return max(meeting, key=lambda i: (records[i].val_accuracy or 0.0, -latency(i)))
     return max(range(len(records)), key=lambda i: (records[i].fps or 0.0, records[i].val_accuracy or 0.0))
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from host_trainer.data.splits import images_in, loader_workers, streamed
 from host_trainer.data.stream_loader import make_loader
 from host_trainer.loop import distributed
-from host_trainer.method.masks import apply_masks, prunable_layers
+from host_trainer.method.masks import apply_masks
 from host_trainer.tasks.base import Task
 
 # --gen0-epochs auto (docs/method.md, "Training"): evaluate once an epoch; decay after PATIENCE epochs without a
@@ -48,10 +48,15 @@ PATIENCE = 3
 CAP_EPOCHS = 60
 DECAY_FRACTION = 0.25
 AUTO_WARMUP_EPOCHS = 0.25  # the linear warm-up of generation 0 with auto
-# The offspring's recovery (docs/method.md, "Recovery"): peak learning rate = lr · clip(cut · RECOVERY_GAIN,
-# RECOVERY_FLOOR, 1), where cut is the fraction of the parent's synapses the offspring lost.
-RECOVERY_GAIN = 1.0
+# The offspring's recovery (docs/method.md, "Recovery") scales with what the cut lost, r = clip(lost / LOST_FULL,
+# 0, 1), lost being the share of the parent's Taylor importance in the dropped clusters: peak learning rate
+# lr · max(RECOVERY_FLOOR, r), and epochs · max(MIN_RECOVERY_FRACTION, r), never under MIN_RECOVERY_STEPS steps.
+LOST_FULL = 0.2
 RECOVERY_FLOOR = 0.1
+MIN_RECOVERY_FRACTION = 0.5
+MIN_RECOVERY_STEPS = 30
+TAYLOR_BATCHES = 16  # seeded training batches the parent's Taylor importance is averaged over
+TAYLOR_BATCH_SIZE = 32
 FINAL_LR_SCALE = 0.3  # the final fine-tune (--final-epochs): no warm-up, peak lr · FINAL_LR_SCALE
 BN_BATCHES = 20  # training batches that re-estimate BatchNorm's running statistics
 
@@ -73,22 +78,19 @@ class TrainConfig:
 OnStep = Callable[[int, int, float, "float | None"], None]
 
 
-def recovery(cfg: TrainConfig, cut: float) -> TrainConfig:
-    """An offspring's schedule: no warm-up, and a peak learning rate in proportion to how much it lost."""
-    scale = min(1.0, max(RECOVERY_FLOOR, cut * RECOVERY_GAIN))
-    return dataclasses.replace(cfg, lr=cfg.lr * scale, warmup_fraction=0.0)
+def recovery(cfg: TrainConfig, lost: float, images: int) -> TrainConfig:
+    """An offspring's schedule: no warm-up, a peak learning rate and a length in proportion to what it lost
+    (`lost`: the share of the parent's importance in the clusters it dropped); at least MIN_RECOVERY_STEPS steps."""
+    r = min(1.0, max(0.0, lost / LOST_FULL))
+    epochs = cfg.epochs * max(MIN_RECOVERY_FRACTION, r)
+    per_epoch = math.ceil(images / cfg.batch_size)
+    epochs = max(epochs, min(cfg.epochs, MIN_RECOVERY_STEPS / max(1, per_epoch)))
+    return dataclasses.replace(cfg, lr=cfg.lr * max(RECOVERY_FLOOR, r), warmup_fraction=0.0, epochs=epochs)
 
 
 def fine_tune(cfg: TrainConfig) -> TrainConfig:
     """The final fine-tune's schedule: no warm-up, a third of the peak learning rate (docs/method.md)."""
     return dataclasses.replace(cfg, lr=cfg.lr * FINAL_LR_SCALE, warmup_fraction=0.0)
-
-
-def cut_fraction(parent: nn.Module, child: nn.Module) -> float:
-    """The fraction of the parent's synapses (non-zero Conv/Linear weights) the child does not have."""
-    def synapses(model: nn.Module) -> int:
-        return sum(int(torch.count_nonzero(m.weight)) for m in prunable_layers(model).values())
-    return 1.0 - synapses(child) / max(1, synapses(parent))
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -315,3 +317,20 @@ class _Order:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def scoring_batches(data: Any, task: Task, seed: int, count: int = TAYLOR_BATCHES,
+                    batch_size: int = TAYLOR_BATCH_SIZE) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """`count` training batches in an order seeded by `seed`, un-augmented, with their labels: what the parent's
+    Taylor importance is measured on (host_trainer/method/importance.py)."""
+    count = min(count, math.ceil(images_in(data) / batch_size))
+    if streamed(data):
+        loader = make_loader(data, batch_size, train=True, seed=seed, augment=None, workers=loader_workers())
+        for _, batch in zip(range(count), loader):
+            yield batch.x, task.batch_labels(batch)
+        return
+    x, labels = torch.from_numpy(data.x), task.labels(data)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    for i in range(count):
+        idx = order[i * batch_size: (i + 1) * batch_size]
+        yield x[idx], [t[idx] for t in labels]

@@ -1,91 +1,133 @@
-"""Device-aware allocation: how many clusters each coupling group keeps, given one overall α.
+"""Device-aware allocation: spend one generation's cut in milliseconds of the board's time.
 
-The rule (docs/method.md, "Device-aware allocation"), greedy like NetAdapt but on measured times:
-1. Every group starts with all its live clusters; the overall budget keeps round(α · Σ N_g) clusters.
-2. A group may only step to counts the board computes differently: multiples of the board's alignment a, never
-   below a (the board's smallest efficient step; a group smaller than a may go down to one cluster, the model's
-   own floor), and in one generation never below α² · N_g (so no group is wiped out by one draw) unless that
-   forbids even its first step down.
-3. Repeatedly take the step with the most predicted milliseconds saved per unit of importance lost, where a
-   group's importance lost is the share of its synaptic strength in its weakest clusters being cut (the
-   ones heredity most likely drops). Ties and zero-gain steps go to the least importance lost.
-4. Stop at the budget; a step that would overshoot it by more than the remaining excess is not taken. When
-   every group is at its floor, the offspring keeps more than α: the board cannot go faster by cutting more.
-Offspring k > 0 perturb each group's gains by a seeded log-normal factor (`spread`), so K offspring spend the
-same cut differently and the board's measurements choose among them.
+The rule (docs/method.md, "Device-aware allocation"):
+1. The generation removes ΔT = (1 − α) · T_parent of *predicted board time*; α comes from the controller
+   (headroom, speed gap, halving on a retry), T_parent is the parent's time in the board's latency model.
+2. Each coupling group g may keep one count from its ladder (the counts the board computes differently:
+   host_trainer/latency/). Keeping n of N_g clusters loses the importance of the N_g − n clusters heredity
+   drops first (the weakest by synaptic strength), each scored by first-order Taylor (method/importance.py),
+   one scale for the whole network.
+3. Choose one count per group minimising the importance lost, subject to the predicted saving ≥ ΔT: a grouped
+   knapsack, solved exactly by dynamic programming over the saving in ΔT/RESOLUTION units. No group loses more
+   than a bounded share of its own importance per generation (`share_cap`, halved on each retry).
+4. Groups are priced as if each alone changed; the network's joint time (a layer whose inputs and outputs both
+   shrink saves less than the two savings added) is checked after the solve, and the solve is repeated with the
+   shortfall added until the joint prediction meets ΔT.
+5. The synthesis stays stochastic (the seed's method): every cluster's importance is perturbed by seeded Gumbel
+   noise at a temperature tied to the cut (`temperature`), so offspring, attempts and generations draw different
+   cuts; a retry also pays `RETRY_PENALTY` times the importance for cutting a group as deep as a rejected cut did.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-MIN_KEEP_POWER = 2  # a group keeps at least α² of its clusters per generation (0.64 at α 0.8)
+RESOLUTION = 400       # the knapsack's saving axis: ΔT in this many units
+SHARE_CAP = 0.5        # most of a group's own importance one generation may take (first attempt)
+RETRY_PENALTY = 4.0    # importance multiplier for cutting a group at least as deep as a rejected cut did
+NOISE_GAIN = 2.0       # Gumbel temperature = NOISE_GAIN · (1 − α): a deeper cut explores more
+JOINT_ROUNDS = 6       # re-solves that add the joint prediction's shortfall to ΔT
 
 
 @dataclass(frozen=True)
 class GroupCost:
-    """One group as the allocation sees it."""
+    """One coupling group as the solver sees it (host_trainer/latency/groups.py builds these)."""
 
     root: str
-    strength: np.ndarray            # per live cluster, Σ|w| (any positive scale)
-    ms: Callable[[int], float]      # predicted time of the group's layers with n clusters kept
+    size: int                       # live clusters now
+    ladder: tuple[int, ...]         # counts the group may keep, largest (= size) first
+    ms: Callable[[int], float]      # predicted ms of the group's layers with n kept (other groups at the parent's)
 
 
-def allowed_counts(size: int, alignment: int) -> list[int]:
-    """Counts a group may step to, largest first: its size and the multiples of the board's alignment a.
+@dataclass(frozen=True)
+class Cut:
+    """The solver's answer: clusters to keep per group root, and what it predicts."""
 
-    Below a the board computes a full step anyway (a probe of ONNX Runtime on x86 takes as long for 1 as for
-    16 channels, and longer for 15 than for 16), so a group of at least a clusters keeps at least a: that is
-    the board's smallest efficient step. A group smaller than a may go down to one cluster.
-    """
-    a = max(1, int(alignment))
-    if size < a:
-        return list(range(size, 0, -1))
-    return sorted({size} | set(range(a, size, a)), reverse=True)
-
-
-def allocate(groups: list[GroupCost], alpha: float, alignment: int, rng: np.random.Generator | None = None,
-             spread: float = 0.0) -> dict[str, int]:
-    """Clusters to keep per group root (see the module docstring for the rule)."""
-    state = _Greedy(groups, alpha, alignment, rng, spread)
-    target = round(alpha * sum(state.sizes.values()))
-    keep = dict(state.sizes)
-    while sum(keep.values()) > target:
-        excess = sum(keep.values()) - target
-        moves = [m for m in (state.move(root, n) for root, n in keep.items())
-                 if m is not None and (keep[m[1]] - m[2]) - excess <= excess]
-        if not moves:
-            break
-        _, root, count = max(moves)
-        keep[root] = count
-    return keep
+    counts: dict[str, int]
+    target_ms: float           # ΔT asked for
+    predicted_saving_ms: float  # by the joint prediction when given, else the sum over groups
+    importance_lost: float      # noisy importance, as optimised
+    met: bool                   # whether the prediction reaches ΔT
+    notes: tuple[str, ...] = field(default=())
 
 
-class _Greedy:
-    """The per-group facts the greedy rule looks up at every step."""
+@dataclass(frozen=True)
+class Option:
+    """One ladder step of one group: keep `count`, saving `saving` ms, losing `cost` importance."""
 
-    def __init__(self, groups: list[GroupCost], alpha: float, alignment: int, rng: np.random.Generator | None,
-                 spread: float) -> None:
-        self.groups = {g.root: g for g in groups}
-        self.sizes = {g.root: int(g.strength.size) for g in groups}
-        self.ladders = {r: allowed_counts(n, alignment) for r, n in self.sizes.items()}
-        self.floors = {r: min(max(1, math.ceil(alpha ** MIN_KEEP_POWER * n)), (self.ladders[r][1:] or [n])[0])
-                       for r, n in self.sizes.items()}
-        self.noise = {r: float(np.exp(spread * rng.standard_normal())) if rng is not None and spread else 1.0
-                      for r in self.groups}
-        self.ordered = {g.root: np.sort(g.strength.astype(np.float64)) for g in groups}  # weakest first
-        self.totals = {r: float(s.sum()) or 1.0 for r, s in self.ordered.items()}
+    count: int
+    saving: float
+    cost: float
 
-    def move(self, root: str, n: int) -> tuple[tuple[float, float, str], str, int] | None:
-        """(sort key, root, next count) for group `root` stepping down from n, or None at its floor."""
-        nxt = next((c for c in self.ladders[root] if c < n), None)
-        if nxt is None or nxt < self.floors[root]:
-            return None
-        size = self.sizes[root]
-        lost = float(self.ordered[root][size - n: size - nxt].sum()) / self.totals[root]  # weakest still kept
-        gain = max(0.0, self.groups[root].ms(n) - self.groups[root].ms(nxt)) * self.noise[root]
-        return (gain / (lost + 1e-12), -lost, root), root, nxt
+
+def temperature(alpha: float) -> float:
+    return NOISE_GAIN * max(0.0, 1.0 - alpha)
+
+
+def perturb(importance: np.ndarray, temp: float, rng: np.random.Generator | None) -> np.ndarray:
+    """importance · exp(T·(G − γ)), G ~ Gumbel(0, 1): a multiplicative, mean-centred Gumbel perturbation."""
+    values = np.asarray(importance, dtype=np.float64)
+    if rng is None or temp <= 0 or values.size == 0:
+        return values.copy()
+    gumbel = rng.gumbel(0.0, 1.0, values.shape) - np.euler_gamma
+    return values * np.exp(temp * gumbel)
+
+
+def group_options(group: GroupCost, lost_first: np.ndarray, share_cap: float,
+                  rejected: Sequence[int] = ()) -> list[Option]:
+    """The group's ladder as knapsack options. `lost_first`: its clusters' importance in the order heredity
+    drops them (weakest first). Steps past `share_cap` of the group's importance are not offered; a step at
+    least as deep as a rejected cut costs RETRY_PENALTY times more."""
+    total = float(lost_first.sum())
+    prefix = np.concatenate([[0.0], np.cumsum(lost_first)])
+    base = group.ms(group.size)
+    options = []
+    for count in group.ladder:
+        if count > group.size or count < 1:
+            continue
+        lost = float(prefix[group.size - count])
+        if count < group.size and total > 0 and lost > share_cap * total + 1e-12:
+            continue
+        penalty = RETRY_PENALTY if any(count <= r < group.size for r in rejected) else 1.0
+        options.append(Option(count, max(0.0, base - group.ms(count)), lost * penalty))
+    return options or [Option(group.size, 0.0, 0.0)]
+
+
+def solve(options: Mapping[str, list[Option]], target: float,
+          resolution: int = RESOLUTION) -> tuple[dict[str, int], bool]:
+    """Grouped knapsack: one option per group, Σ saving ≥ target, least Σ cost. Exact on the saving grid
+    (savings floored to target/resolution units, so a chosen set always meets the target in real ms).
+    When no choice reaches the target: the choice with the largest saving (least cost among those), and False."""
+    roots = list(options)
+    if target <= 0:
+        return {r: max(o.count for o in options[r]) for r in roots}, True
+    unit = target / resolution
+    states = np.arange(resolution + 1)
+    best = np.full(resolution + 1, math.inf)  # best[s]: least cost with a saving of s units (s = resolution: ≥)
+    best[0] = 0.0
+    trail: list[tuple[np.ndarray, np.ndarray]] = []  # per group: option index and previous state, per state
+    for root in roots:
+        nxt = np.full(resolution + 1, math.inf)
+        pick = np.full(resolution + 1, -1, dtype=np.int64)
+        prev = np.zeros(resolution + 1, dtype=np.int64)
+        for i, opt in enumerate(options[root]):
+            units = min(resolution, int(math.floor(opt.saving / unit + 1e-9)))
+            dest = np.minimum(states + units, resolution)
+            cost = best + opt.cost
+            for s_from in np.argsort(cost, kind="stable")[::-1]:  # cheapest last: it wins shared destinations
+                d = dest[s_from]
+                if cost[s_from] < nxt[d]:
+                    nxt[d], pick[d], prev[d] = cost[s_from], i, s_from
+        best = nxt
+        trail.append((pick, prev))
+    met = bool(math.isfinite(best[resolution]))
+    s = resolution if met else int(np.flatnonzero(np.isfinite(best)).max())
+    counts: dict[str, int] = {}
+    for root, (pick, prev) in zip(reversed(roots), reversed(trail)):
+        counts[root] = options[root][int(pick[s])].count
+        s = int(prev[s])
+    return {r: counts[r] for r in roots}, met

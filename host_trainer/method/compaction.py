@@ -62,7 +62,7 @@ def cluster_groups(model: nn.Module, example: torch.Tensor, fixed: list[nn.Modul
             module, handler = item.dep.target.module, getattr(item.dep.handler, "__name__", "")
             if isinstance(module, PRUNABLE) and handler == "prune_out_channels":
                 members.append(names[module])
-                consistent &= _out_channels(module) == size and list(item.idxs) == list(range(size))
+                consistent &= _out_channels(module) == size and _identity(item, size)
             elif isinstance(module, PRUNABLE) and handler == "prune_in_channels":
                 consumers.append(names[module])
         if not consistent:
@@ -72,6 +72,13 @@ def cluster_groups(model: nn.Module, example: torch.Tensor, fixed: list[nn.Modul
         consumers = sorted(set(consumers) - set(members), key=order.__getitem__)
         groups.append(ClusterGroup(root=names[root], members=tuple(members), size=size, consumers=tuple(consumers)))
     return sorted(groups, key=lambda g: order[g.members[0]])
+
+
+def _identity(item, size: int) -> bool:
+    """Does this member map the root's channel i to its own channel i, for every i? (Torch-Pruning may list the
+    pairs in any order, so they are compared as pairs, not as a sequence.)"""
+    pairs = {(int(i), int(r)) for i, r in zip(item.idxs, getattr(item, "root_idxs", item.idxs))}
+    return len(item.idxs) == size and pairs == {(i, i) for i in range(size)}
 
 
 def _out_channels(module: nn.Module) -> int:

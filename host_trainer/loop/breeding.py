@@ -1,0 +1,81 @@
+"""One offspring from its parent: importance, the cut, synthesis and compaction (docs/method.md, "One generation").
+
+The parent's Taylor importance (method/importance.py) is measured once per parent on a fixed, seeded set of
+training batches and reused by every attempt and offspring drawn from it. The cut comes from the allocator
+(device: a latency budget in board milliseconds; magnitude: α per group), heredity then draws which clusters
+survive, and compaction removes the rest physically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from host_trainer.config import EvolveConfig
+from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
+from host_trainer.loop.training import scoring_batches
+from host_trainer.method.compaction import cluster_groups, compact
+from host_trainer.method.importance import taylor_importance
+from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
+from host_trainer.models.registry import fixed_layers
+from host_trainer.record import GenerationRecord
+from host_trainer.tasks.base import Task
+
+IMPORTANCE_SEED = 7919  # the importance batches' order: fixed, so a resumed run scores the parent alike
+
+
+@dataclass
+class Bred:
+    """A compacted, untrained offspring and how it was cut."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    allocation: Allocation
+    lost: float  # share of the parent's importance in the dropped clusters
+
+
+class Breeder:
+    def __init__(self, cfg: EvolveConfig, train_split: Any, task: Task, example: torch.Tensor,
+                 allocator: DeviceAllocator) -> None:
+        self.cfg, self.train_split, self.task, self.example = cfg, train_split, task, example
+        self.allocator = allocator
+        self._scores: dict[str, dict[str, np.ndarray]] = {}  # parent's model sha256 → importance per group root
+
+    def importance(self, fitness: GenerationRecord, model: nn.Module, groups: list) -> dict[str, np.ndarray]:
+        key = str(fitness.model_sha256)
+        if key not in self._scores:
+            batches = scoring_batches(self.train_split, self.task, IMPORTANCE_SEED)
+            self._scores = {key: taylor_importance(model, groups, self.example, batches, self._loss)}
+        return self._scores[key]
+
+    def _loss(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(outputs, labels, None)
+
+    def breed(self, parent_model: nn.Module, parent_masks: dict[str, torch.Tensor], fitness: GenerationRecord,
+              seed: int, alpha: tuple[float, float], k: int, attempt: int,
+              rejected: Sequence[Mapping[str, int]]) -> Bred:
+        cfg = self.cfg
+        groups = cluster_groups(parent_model, self.example, fixed_layers(parent_model))
+        importance = self.importance(fitness, parent_model, groups)
+        request = CutRequest(alpha[0], seed, k, attempt, importance, rejected)
+        allocation = self.allocator.cut(fitness, parent_model, groups, request)
+        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
+        plan = plan_offspring(parent_model, groups, parent_masks, scfg, np.random.default_rng(seed),
+                              counts=allocation.counts)
+        child, masks = compact(parent_model, plan.masks, groups, plan.keep, self.example)
+        return Bred(child, masks, allocation, importance_lost(importance, plan.keep))
+
+
+def failed_cuts(records: Sequence[GenerationRecord], parent_sha256: str | None) -> list[dict[str, int]]:
+    """The cuts of this parent's offspring that the accuracy brake (or a diverged loss) rejected, from the
+    records alone, so a resumed run penalises the same cuts an uninterrupted one does."""
+    if not parent_sha256:
+        return []
+    return [dict(r.cut) for r in records
+            if not r.accepted and r.cut and r.parent_sha256 == parent_sha256 and r.reject_reason
+            and not r.reject_reason.startswith(("not the fittest", "device error"))]
