@@ -54,7 +54,9 @@ class GenerationRecord:
                                          "or magnitude")
     alignment: int | None = _f("int", "channels", "device allocation: the board's channel step it snapped counts to")
     parent_sha256: str | None = _f("str", "hex", "sha256 of the parent's ONNX model (what the cut was made from)")
-    cut: dict | None = _f("dict", "clusters", "device allocation: clusters kept per coupling group (root module)")
+    cut: dict | None = _f("dict", "clusters", "device allocation: clusters kept per coupling group (root module); 0 "
+                                              "where the residual block holding the group was removed whole")
+    removed_blocks: list | None = _f("list", "", "device allocation: residual blocks removed whole (module names)")
     cut_target_ms: float | None = _f("float", "ms", "device allocation: the predicted board time the generation "
                                                     "was to remove, ΔT = (1 − α_c) · the parent's predicted time")
     predicted_ms: float | None = _f("float", "ms", "device allocation: this offspring's time in the board's "

@@ -12,7 +12,7 @@ layer at the counts of the group it belongs to and of the groups it reads, plus 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -100,14 +100,17 @@ def _pricer(latency: LatencyModel, parent: Observation, group: ClusterGroup,
 
 
 def network_ms(latency: LatencyModel, parent: Observation, groups: list[ClusterGroup],
-               counts: dict[str, int]) -> float:
+               counts: dict[str, int], removed: Collection[str] = ()) -> float:
     """The whole network's predicted ms when each group keeps counts[root] (default: its size): every layer
     with its outputs at its own group's count and its inputs at the counts of the groups it reads (a
-    depthwise convolution's inputs are its outputs), plus the parent's time outside any layer."""
+    depthwise convolution's inputs are its outputs), plus the parent's time outside any layer. Layers named in
+    `removed` (inside a residual block removed whole, method/depth.py) cost nothing."""
     owner = {m: g for g in groups for m in g.members}
     feeds = _feeds(groups)
     total = parent.other_ms
     for name, shape in parent.layers.items():
+        if name in removed:
+            continue
         group = owner.get(name)
         outputs = counts.get(group.root, group.size) if group is not None else shape.outputs
         inputs = outputs if shape.depthwise and group is not None else _inputs(shape, feeds.get(name, []), counts)

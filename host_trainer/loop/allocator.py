@@ -28,6 +28,7 @@ from host_trainer.latency.probes import probe_layer, run_probes
 from host_trainer.latency.store import LatencyBook
 from host_trainer.method import allocation as rule
 from host_trainer.method.compaction import ClusterGroup
+from host_trainer.method.depth import Block
 from host_trainer.method.synthesis import cluster_strength
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
@@ -47,12 +48,15 @@ class Allocation:
     target_ms: float | None = None      # ΔT asked for, in the latency model's ms
     predicted_ms: float | None = None   # the offspring's predicted time (joint prediction)
     parent_ms: float | None = None      # the parent's time in the same model
+    removed: tuple[str, ...] = ()       # residual blocks removed whole (method/depth.py)
+    chosen: dict[str, int] | None = None  # the solver's answer as recorded: 0 for a removed block's group
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         return {"allocation": self.how, "alignment": self.alignment, "cut_target_ms": self.target_ms,
                 "predicted_ms": self.predicted_ms, "predicted_parent_ms": self.parent_ms,
-                "cut": dict(self.counts) if self.counts else None, **self.extra}
+                "cut": dict(self.chosen or self.counts or {}) or None,
+                "removed_blocks": list(self.removed) if self.how == "device" else None, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class CutRequest:
     attempt: int
     importance: Mapping[str, np.ndarray]
     rejected: Sequence[Mapping[str, int]] = ()  # counts of this parent's rejected offspring
+    blocks: Sequence[Block] = ()                 # residual blocks that may go whole
+    block_importance: Mapping[str, float] = field(default_factory=dict)  # their measured loss increase
 
 
 class DeviceAllocator:
@@ -130,18 +136,64 @@ def spend(latency: LatencyModel, observed: Observation, model: nn.Module, groups
         noisy = rule.perturb(request.importance[group.root], rule.temperature(request.alpha), rng)
         rejected = [r[group.root] for r in request.rejected if group.root in r]
         options[cost.root] = rule.group_options(cost, noisy[order], share, rejected)
-    asked, counts = target, dict[str, int]()
+    depth = Depth(request, groups, observed, {c.root: c.size for c in costs})
+    depth.offer(options)
+    asked, chosen, counts = target, dict[str, int](), dict[str, int]()
+    removed: tuple[str, ...] = ()
     for _ in range(rule.JOINT_ROUNDS):
-        counts, met = rule.solve(options, asked)
-        saving = before - network_ms(latency, observed, groups, counts)
+        chosen, met = rule.solve(options, asked)
+        counts, removed = depth.split(chosen)
+        saving = before - network_ms(latency, observed, groups, counts, depth.layers(removed))
         if saving >= target * (1 - 1e-6) or not met:
             break
         # Pairs of shrinking layers save less together than apart: ask for the rest, and a little more, so the
         # next solve does not land just short again on the saving grid.
         asked += (target - saving) + 0.01 * target
-    predicted = network_ms(latency, observed, groups, counts)
+    predicted = network_ms(latency, observed, groups, counts, depth.layers(removed))
     note = "" if before - predicted >= target * (1 - 1e-6) else "the budget could not be met within the caps"
-    return Allocation(counts, "device", latency.alignment, note, target, predicted, before)
+    return Allocation(counts, "device", latency.alignment, note, target, predicted, before, removed, chosen)
+
+
+class Depth:
+    """Whole residual blocks as knapsack options (docs/method.md, "Depth"): a block whose own channels form one
+    coupling group is an extra option of that group (count REMOVE); a block with none is a group of its own
+    (`block:<name>`, keep or remove); a block with several is not offered. Priced at its full measured time,
+    at its measured loss increase (times the retry penalty when a rejected cut removed it)."""
+
+    REMOVE = 0
+    PREFIX = "block:"
+
+    def __init__(self, request: CutRequest, groups: list[ClusterGroup], observed: Observation,
+                 sizes: Mapping[str, int]) -> None:
+        self.request, self.sizes, self.keys = request, dict(sizes), {}
+        self.blocks = {b.name: b for b in request.blocks}
+        for block in request.blocks:
+            inner = [g.root for g in groups if set(g.members) <= set(block.layers)]
+            if len(inner) <= 1 and block.name in request.block_importance:
+                self.keys[block.name] = inner[0] if inner else self.PREFIX + block.name
+        self.saving = {b: sum(observed.layers[n].ms for n in self.blocks[b].layers if n in observed.layers)
+                       for b in self.keys}
+
+    def offer(self, options: dict[str, list[rule.Option]]) -> None:
+        for block, key in self.keys.items():
+            if key.startswith(self.PREFIX):
+                options[key] = [rule.Option(1, 0.0, 0.0)]
+            if key not in options:
+                continue
+            penalty = rule.RETRY_PENALTY if any(r.get(key) == self.REMOVE for r in self.request.rejected) else 1.0
+            cost = self.request.block_importance[block] * penalty
+            options[key].append(rule.Option(self.REMOVE, self.saving[block], cost))
+
+    def split(self, chosen: Mapping[str, int]) -> tuple[dict[str, int], tuple[str, ...]]:
+        """(counts per group root, removed blocks): a removed block's own group keeps its clusters (they go with
+        the block)."""
+        removed = tuple(b for b, key in self.keys.items() if chosen.get(key) == self.REMOVE)
+        counts = {root: (self.sizes.get(root, 1) if n == self.REMOVE else n) for root, n in chosen.items()
+                  if not root.startswith(self.PREFIX)}
+        return counts, removed
+
+    def layers(self, removed: Sequence[str]) -> set[str]:
+        return {n for b in removed for n in self.blocks[b].layers}
 
 
 def _matching(costs: list[rule.GroupCost], groups: list[ClusterGroup]) -> list[ClusterGroup]:

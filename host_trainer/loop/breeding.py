@@ -20,7 +20,9 @@ from host_trainer.config import EvolveConfig
 from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
 from host_trainer.loop.training import scoring_batches
 from host_trainer.method.compaction import cluster_groups, compact
+from host_trainer.method.depth import Block, removable_blocks, removal_loss, remove_blocks
 from host_trainer.method.importance import taylor_importance
+from host_trainer.method.masks import prunable_layers
 from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.models.registry import fixed_layers
 from host_trainer.record import GenerationRecord
@@ -39,18 +41,31 @@ class Bred:
     lost: float  # share of the parent's importance in the dropped clusters
 
 
+@dataclass
+class Scores:
+    """What is measured once per parent: Taylor importance per group root, and the removable residual blocks
+    with their measured loss increase."""
+
+    importance: dict[str, np.ndarray]
+    blocks: list[Block]
+    block_importance: dict[str, float]
+
+
 class Breeder:
     def __init__(self, cfg: EvolveConfig, train_split: Any, task: Task, example: torch.Tensor,
                  allocator: DeviceAllocator) -> None:
         self.cfg, self.train_split, self.task, self.example = cfg, train_split, task, example
         self.allocator = allocator
-        self._scores: dict[str, dict[str, np.ndarray]] = {}  # parent's model sha256 → importance per group root
+        self._scores: dict[str, Scores] = {}  # the parent's model sha256 → its scores (the latest parent only)
 
-    def importance(self, fitness: GenerationRecord, model: nn.Module, groups: list) -> dict[str, np.ndarray]:
+    def scores(self, fitness: GenerationRecord, model: nn.Module, groups: list) -> Scores:
         key = str(fitness.model_sha256)
         if key not in self._scores:
-            batches = scoring_batches(self.train_split, self.task, IMPORTANCE_SEED)
-            self._scores = {key: taylor_importance(model, groups, self.example, batches, self._loss)}
+            batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED))
+            importance = taylor_importance(model, groups, self.example, batches, self._loss)
+            blocks = removable_blocks(model, self.example, fixed_layers(model)) if self.allocator.device_aware \
+                else []
+            self._scores = {key: Scores(importance, blocks, removal_loss(model, blocks, batches, self._loss))}
         return self._scores[key]
 
     def _loss(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
@@ -61,14 +76,21 @@ class Breeder:
               rejected: Sequence[Mapping[str, int]]) -> Bred:
         cfg = self.cfg
         groups = cluster_groups(parent_model, self.example, fixed_layers(parent_model))
-        importance = self.importance(fitness, parent_model, groups)
-        request = CutRequest(alpha[0], seed, k, attempt, importance, rejected)
+        scores = self.scores(fitness, parent_model, groups)
+        request = CutRequest(alpha[0], seed, k, attempt, scores.importance, rejected, scores.blocks,
+                             scores.block_importance)
         allocation = self.allocator.cut(fitness, parent_model, groups, request)
         scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
         plan = plan_offspring(parent_model, groups, parent_masks, scfg, np.random.default_rng(seed),
                               counts=allocation.counts)
         child, masks = compact(parent_model, plan.masks, groups, plan.keep, self.example)
-        return Bred(child, masks, allocation, importance_lost(importance, plan.keep))
+        lost = importance_lost(scores.importance, plan.keep)
+        if allocation.removed:
+            remove_blocks(child, allocation.removed)
+            masks = {name: masks[name] for name in prunable_layers(child)}
+            total = sum(float(v.sum()) for v in scores.importance.values())
+            lost += sum(scores.block_importance[b] for b in allocation.removed) / total if total > 0 else 0.0
+        return Bred(child, masks, allocation, lost)
 
 
 def failed_cuts(records: Sequence[GenerationRecord], parent_sha256: str | None) -> list[dict[str, int]]:

@@ -1,7 +1,8 @@
 """Self-describing checkpoints: JSON metadata plus a numpy `.npz` of tensors, no pickled objects.
 
-`checkpoint.json` holds the architecture (the model reference, the data shape and the width of
-every Conv/Linear layer), the generation, the parent and the seed. `weights.npz` holds the state
+`checkpoint.json` holds the architecture (the model reference, the data shape, the width of every
+Conv/Linear layer and any residual blocks removed whole), the generation, the parent and the seed.
+`weights.npz` holds the state
 dict and the synapse masks (`mask:<layer>`). Loading rebuilds the dense model, cuts each coupling
 group to its stored width with the dependency graph, then loads the stored values exactly.
 """
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from host_trainer.method.compaction import shrink_to_widths, widths
+from host_trainer.method.depth import remove_blocks, removed_blocks
 from host_trainer.models.registry import build_model, fixed_layers
 
 FORMAT = "edge-evolver-checkpoint/1"
@@ -33,14 +35,17 @@ class Checkpoint:
 
 
 def architecture(model: nn.Module, model_ref: str, num_classes: int, input_shape: tuple[int, ...]) -> dict:
-    return {"model": model_ref, "num_classes": num_classes, "input_shape": list(input_shape),
+    arch = {"model": model_ref, "num_classes": num_classes, "input_shape": list(input_shape),
             "widths": widths(model)}
+    removed = removed_blocks(model)
+    return {**arch, "removed": removed} if removed else arch
 
 
 def build_architecture(arch: dict) -> nn.Module:
     """A model with the stored architecture (weights not loaded yet)."""
     shape = tuple(arch["input_shape"])
     model = build_model(arch["model"], int(arch["num_classes"]), shape)  # type: ignore[arg-type]
+    remove_blocks(model, arch.get("removed", []))  # before the widths: a removed block's layers have none
     example = torch.zeros((1, *shape))
     return shrink_to_widths(model, arch["widths"], example, fixed_layers(model))
 
