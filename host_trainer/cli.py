@@ -77,7 +77,7 @@ def evolve(
                                           help="Continue this run directory from its last completed generation."),
     max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop",
                                               "Largest validation-accuracy drop vs generation 0, in points."),
-    distill: Optional[float] = _opt("distill", "--distill", "Weight of distillation from the parent's outputs "
+    distill: Optional[float] = _opt("distill", "--distill", "Weight of distillation from generation 0's outputs "
                                     "(0 = off)."),
     train_subset: Optional[int] = _opt("train_subset", "--train-subset",
                                        "Train on the first N training images only (0 = all)."),

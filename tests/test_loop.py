@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from host_trainer.loop.controller import FULL_GAP, MIN_SPEED_PRESSURE, Goals, speed_pressure
 from host_trainer.record import GenerationRecord
@@ -371,3 +372,33 @@ def test_a_damaged_kept_result_is_measured_again(tmp_path):
     fleet = Fleet(FleetConfig(broker="mqtt://127.0.0.1:1"), "run-1", results_dir=tmp_path)
     (tmp_path / "run-1.g000.a0.local.json").write_text("[1, 2]")
     assert fleet._stored("run-1.g000.a0.local", "abc") is None
+
+
+def test_distillation_learns_from_generation_zero(tmp_path, monkeypatch):
+    from host_trainer.config import EvolveConfig
+    from host_trainer.fleet.measurers import LocalMeasurer
+    from host_trainer.loop import evolve
+    from host_trainer.loop.checkpoint import read_checkpoint
+    from host_trainer.loop.runstore import RunDir
+    from host_trainer.models.registry import build_model
+    from host_trainer.tasks.registry import load_data, make_task
+
+    cfg = EvolveConfig(model="mlp", dataset="digits", generations=2, epochs=0.5, gen0_epochs=1, final_epochs=0,
+                       max_accuracy_drop=100, distill=0.5, no_mqtt=True, bench_min_seconds=0.05,
+                       bench_min_iterations=10).validate()
+    data = load_data("classify", "digits", seed=0, image_size=32)
+    task = make_task("classify", data, build_model("mlp", data.num_classes, data.input_shape), cfg.distill)
+    teachers = []
+    real_train = evolve.train
+
+    def spy(model, masks, split, tcfg, task_, teacher=None, on_step=None):
+        teachers.append(None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()})
+        return real_train(model, masks, split, tcfg, task_, teacher, on_step)
+
+    monkeypatch.setattr(evolve, "train", spy)
+    run = RunDir(tmp_path)
+    records = evolve.Evolution(cfg, data, run, LocalMeasurer(cfg), task).run_all()
+    gen0 = read_checkpoint(run.gen_dir(0)).model.state_dict()
+    offspring = teachers[1:]  # the first call trains generation 0 itself, with no teacher
+    assert teachers[0] is None and len(offspring) == sum(1 for r in records if r.generation > 0)
+    assert all(t is not None and all(torch.equal(t[k], gen0[k]) for k in gen0) for t in offspring)

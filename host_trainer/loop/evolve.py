@@ -101,6 +101,7 @@ class Evolution:
         self.train_split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
         self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
         self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator)
+        self._gen0: nn.Module | None = None  # the distillation teacher (--distill), loaded when first needed
 
     # ---- the run -------------------------------------------------------------------------
     def run_all(self, parent: Member | None = None) -> list[GenerationRecord]:
@@ -250,13 +251,19 @@ class Evolution:
             torch.manual_seed(seed)
             child = ckpt.build_architecture(self._architecture(child))
         apply_masks(child, masks)
-        teacher = parent.model if cfg.distill > 0 else None
+        teacher = self._teacher() if cfg.distill > 0 else None
         tcfg = recovery(self._train_config(seed, cfg.epochs), bred.lost, splits.images_in(self.train_split))
         loss = self._train_with(child, masks, generation, tcfg, teacher)
         target = alpha[0] * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
         fields = {**bred.allocation.to_record(), "parent_sha256": fitness.model_sha256,
                   "importance_lost": bred.lost, "epochs_trained": tcfg.epochs, "time_target_ms": target}
         return child, masks, loss, fields
+
+    def _teacher(self) -> nn.Module:
+        """Generation 0, the most accurate network of the lineage, read once (a resumed run reads it back)."""
+        if self._gen0 is None:
+            self._gen0 = ckpt.read_checkpoint(self.run.gen_dir(0)).model
+        return self._gen0
 
     def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
                final: bool = False) -> float:

@@ -196,7 +196,7 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: Trai
     """Train in place at fp32 for `cfg.epochs`; masked synapses are held at zero after every step. Returns the
     last loss (NaN: training stopped there, and the caller rejects the offspring).
 
-    `teacher` (the parent, for distillation) is run on every batch when given; the task weighs its outputs.
+    `teacher` (generation 0, for distillation) is run on every batch when given; the task weighs its outputs.
     """
     steps = _Steps(model, masks, data, cfg, task, teacher)
     total = total_steps(images_in(data), cfg)
