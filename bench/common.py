@@ -82,3 +82,20 @@ def save(name: str, payload: dict, table: str) -> None:
     (OUT / f"{name}.md").write_text(table + "\n")
     print(table)
     print(f"\nwritten: {OUT / (name + '.json')}, {OUT / (name + '.md')}")
+
+
+def interleaved_rounds(models: dict[str, bytes], rounds: int = 5, threads: int = 1,
+                       min_seconds: float = 1.0) -> dict[str, list[float]]:
+    """Like interleaved_latency (A B C A B C ..., batch 1, ONNX Runtime), but every round's p50 in ms per model,
+    so the caller takes the median over rounds itself (bench/pareto.py); without the per-layer
+    profiling pass, which the timed window does not need."""
+    settings = BenchSettings(batch=1, min_iterations=200, min_seconds=min_seconds)
+    out: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, data in models.items():
+            result = measure_model(data, backend="onnxruntime", settings=settings,
+                                   options={"threads": threads, "profile": False})
+            if not result.ok:
+                raise RuntimeError(f"{name}: {result.code}: {result.message}")
+            out[name].append(result.to_dict()["latency_ms_p50"])
+    return out

@@ -1,5 +1,6 @@
-"""The models of bench/pareto.py besides ours: the converged generation 0 (cached on disk), Torch-Pruning L1 at
-a MAC target, fine-tuning with the project's own training loop, and one model's row (accuracy, size, fp16 ONNX).
+"""The models of bench/pareto.py besides ours: the converged generation 0 (cached on disk), Torch-Pruning (L1
+uniform, Taylor global) solved for a measured speed-up, fine-tuning with the project's own training loop, and one
+model's row (accuracy, size, fp16 ONNX).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pareto_rules as rules
 import torch
 import torch_pruning as tp
-from pareto_rules import ratio_grid, solve_ratio
+from common import interleaved_rounds
+from pareto_rules import median_of_rounds, solve_speedup
 from torch import nn
 
 from host_trainer.config import EvolveConfig
-from host_trainer.loop.training import TrainConfig, train
+from host_trainer.loop.training import Plateau, TrainConfig, train, train_until_plateau
 from host_trainer.method.export import to_onnx_bytes
 from host_trainer.method.masks import dense_masks
 from host_trainer.method.restriction import restrict
@@ -28,6 +31,7 @@ from host_trainer.tasks.base import Task
 
 PRECISION = "fp16"  # every model is restricted to it before evaluation and export
 GEN0_FILE, GEN0_INFO = "gen0.pt", "gen0.json"
+TAYLOR_BATCHES, TAYLOR_SEED = 8, 2000  # the batches Taylor importance is accumulated over, their order
 FINETUNE_SEED = 1000  # fine-tuning order differs from any generation's but is fixed per seed (as bench/peers.py)
 _STARTED = time.perf_counter()
 
@@ -39,27 +43,20 @@ def say(message: str) -> None:
 
 
 def converge(model: nn.Module, data: Any, train_split: Any, task: Task, cfg: EvolveConfig, seed: int,
-             cap: int, patience: int) -> list[float]:
-    """Train one epoch at a time until validation accuracy has not improved for `patience` epochs (at most `cap`);
-    the model keeps the best epoch's weights. Returns the validation accuracy after every epoch.
+             cap: int, patience: int) -> Plateau:
+    """The project's own schedule for a converged generation 0 (loop/training.train_until_plateau): one warm-up,
+    the peak learning rate held while validation accuracy improves, a decay once it has not for `patience` epochs,
+    at most `cap` epochs, the best weights kept. One schedule, no warm restarts."""
+    epochs = [0]
 
-    Each call of the loop's train() is one warm-up + cosine cycle over one epoch (a warm restart, as in SGDR),
-    so every evaluated state sits at the end of a decay, where it is comparable with the others."""
-    masks, history = dense_masks(model), []
-    best, best_acc, since = None, -math.inf, 0
-    for epoch in range(cap):
-        train(model, masks, train_split, TrainConfig(epochs=1, seed=seed + epoch, batch_size=cfg.batch_size,
-                                                     lr=cfg.lr), task)
-        history.append(task.evaluate(model, data.val).accuracy)
-        say(f"  gen 0 epoch {epoch + 1}: validation {history[-1] * 100:.2f}")
-        if history[-1] > best_acc:
-            best, best_acc, since = copy.deepcopy(model.state_dict()), history[-1], 0
-            continue
-        since += 1
-        if since >= patience:
-            break
-    model.load_state_dict(best)
-    return history
+    def score(m: nn.Module) -> float:
+        acc = task.evaluate(m, data.val).accuracy
+        say(f"  gen 0 epoch {epochs[0]}: validation {acc * 100:.2f}")
+        epochs[0] += 1
+        return acc
+
+    tcfg = TrainConfig(epochs=cap, seed=seed, batch_size=cfg.batch_size, lr=cfg.lr)
+    return train_until_plateau(model, dense_masks(model), train_split, tcfg, task, score, patience=patience, cap=cap)
 
 
 def generation_zero(folder: Path, plan: dict, data: Any, train_split: Any, cfg: EvolveConfig,
@@ -77,44 +74,69 @@ def generation_zero(folder: Path, plan: dict, data: Any, train_split: Any, cfg: 
     torch.manual_seed(plan["seed"])
     model = build_model(cfg.model, data.num_classes, data.input_shape)
     started = time.perf_counter()
-    history = converge(model, data, train_split, make_task(model), cfg, plan["seed"], plan["cap"], plan["patience"])
+    plateau = converge(model, data, train_split, make_task(model), cfg, plan["seed"], plan["cap"], plan["patience"])
+    if not math.isfinite(plateau.loss):
+        raise RuntimeError(f"generation 0 diverged (loss {plateau.loss}) at epoch {plateau.epochs}")
     # Restricted before saving: ours restricts generation 0 again (a no-op), so both start from the same values.
     restrict(model, PRECISION)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
-    info = {"plan": plan, "val_history": history, "epochs": len(history),
-            "best_epoch": history.index(max(history)) + 1, "wall_s": time.perf_counter() - started}
+    info = {"plan": plan, "val_history": list(plateau.history), "epochs": plateau.epochs,
+            "best_epoch": plateau.best_epoch, "best_val": plateau.best_score, "wall_s": time.perf_counter() - started}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     return model, info, True
 
 
-def prune(model: nn.Module, example: torch.Tensor, ratio: float, round_to: int | None) -> nn.Module:
-    """Torch-Pruning L1: MagnitudeImportance(p=1), the same ratio in every layer (global_pruning=False); the
-    task's output layers stay whole. A copy; eval mode, so tracing leaves BatchNorm's statistics alone."""
+def taylor_gradients(model: nn.Module, train_split: Any, task: Task, seed: int, batches: int = TAYLOR_BATCHES,
+                     batch_size: int = 64) -> list[torch.Tensor | None]:
+    """The loss gradient of every parameter, summed over `batches` fixed training batches (seeded, unshifted),
+    in training mode on a copy: what GroupTaylorImportance reads at pruner.step(). Computed once per model."""
+    work = copy.deepcopy(model).train()
+    x, labels = torch.from_numpy(train_split.x), task.labels(train_split)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + TAYLOR_SEED))
+    work.zero_grad(set_to_none=True)
+    for i in range(min(batches, math.ceil(len(x) / batch_size))):
+        idx = order[i * batch_size: (i + 1) * batch_size]
+        task.loss(work(x[idx]), [t[idx] for t in labels], None).backward()
+    return [None if p.grad is None else p.grad.detach().clone() for p in work.parameters()]
+
+
+def prune(model: nn.Module, example: torch.Tensor, variant: tuple[str, int | None], ratio: float,
+          grads: list[torch.Tensor | None] | None = None) -> nn.Module:
+    """Torch-Pruning at `ratio` (a copy; eval mode, so tracing leaves BatchNorm's statistics alone); the task's
+    output layers stay whole. ("l1", round_to): MagnitudeImportance(p=1), the same ratio in every layer
+    (global_pruning=False). ("taylor", round_to): GroupTaylorImportance over `grads` (taylor_gradients), one
+    global ranking (global_pruning=True)."""
+    kind, round_to = variant
     pruned = copy.deepcopy(model).eval()
-    tp.pruner.MetaPruner(pruned, example, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=False,
+    if kind == "taylor":
+        for param, grad in zip(pruned.parameters(), grads or []):
+            param.grad = None if grad is None else grad.clone()
+    importance = tp.importance.MagnitudeImportance(p=1) if kind == "l1" else tp.importance.GroupTaylorImportance()
+    tp.pruner.MetaPruner(pruned, example, importance=importance, global_pruning=kind == "taylor",
                          pruning_ratio=ratio, ignored_layers=fixed_layers(pruned), round_to=round_to).step()
+    pruned.zero_grad(set_to_none=True)
     return pruned
 
 
-def solve_ratios(model: nn.Module, example: torch.Tensor, points: tuple[float, ...],
-                 round_tos: tuple[int | None, ...]) -> dict[tuple[float, int | None], tuple[float, float]]:
-    """{(point, round_to): (ratio, achieved MAC factor)}. With a uniform ratio the channel counts, hence the MACs,
-    do not depend on the weights, so one model's answer holds for every seed."""
-    dense = tp.utils.count_ops_and_params(model.eval(), example)[0]
-    out = {}
-    for round_to in round_tos:
-        memo: dict[float, float] = {}
+def solve_ratios(model: nn.Module, example: torch.Tensor, points: tuple[float, ...], variant: tuple[str, int | None],
+                 export: Callable[[nn.Module], bytes], timing: tuple[int, float, tuple[float, ...], int],
+                 grads: list | None = None) -> dict[float, tuple[float, float]]:
+    """{point: (ratio, measured speed-up)}: the ratio of `variant` whose measured speed-up over `model` is nearest
+    each point (pareto_rules.solve_speedup over `timing` = (rounds, min_seconds, grid, refine)). Dense is timed once
+    (median of 2x the rounds), each probe alone (the median of its rounds' p50): a guide; the one timing decides
+    the table."""
+    rounds, min_seconds, grid, refine = timing
+    dense = median_of_rounds(interleaved_rounds({"dense": export(model)}, 2 * rounds, 1, min_seconds))["dense"]
+    seen: dict[float, float] = {}
 
-        def factor(ratio: float, round_to: int | None = round_to, memo: dict = memo) -> float:
-            if ratio not in memo:
-                memo[ratio] = dense / tp.utils.count_ops_and_params(prune(model, example, ratio, round_to),
-                                                                    example)[0]
-            return memo[ratio]
+    def speedup(ratio: float) -> float:
+        onnx = export(prune(model, example, variant, ratio, grads))
+        value = dense / median_of_rounds(interleaved_rounds({"m": onnx}, rounds, 1, min_seconds))["m"]
+        say(f"    {rules.tp_name(variant)} ratio {ratio:.4f}: {value:.2f}x")
+        return value
 
-        for point in points:
-            out[(point, round_to)] = solve_ratio(factor, point, ratio_grid())
-    return out
+    return {point: solve_speedup(speedup, point, grid, seen, refine) for point in points}
 
 
 def finetune(model: nn.Module, train_split: Any, task: Task, cfg: EvolveConfig, epochs: float,

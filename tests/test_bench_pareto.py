@@ -165,7 +165,7 @@ def test_goals_one_line_each_and_the_verdict() -> None:
     assert lines[2] == ("- goal: glyphs: >= 10x measured speed-up over dense within 1 point: met (classify: mean "
                         "10.20x (per seed: 10.50x at -0.80 (gen 14), 9.90x at -0.80 (gen 14)))")
     assert "not met (detect: a seed has no generation within 1 point)" in lines[3]
-    assert "classify: 3x +0.50 points, 1.10x loses; detect: 3x +0.50 points, 1.10x holds" in lines[4]
+    assert "classify: 3x +0.50 points, 1.10x loses; detect: 3x +0.50 points, 1.10x does not lose" in lines[4]
     line = rules.verdict_line("pareto", goals, {t: rules.summary(v["points"]) for t, v in tasks.items()})
     assert line == ("pareto: 1 of 5 goals met; ours holds 3 of 4 budget points against Torch-Pruning at equal or "
                     "better accuracy; best speed ratio at equal accuracy 1.30x (classify 2 of 2, 1.30x, detect 1 of "
