@@ -383,13 +383,14 @@ def test_monitor_shows_every_device(served, broker):
 
 
 def test_job_timeout_restarts_the_measuring_process(broker, tmp_path):
-    daemon = Daemon(broker.url, str(tmp_path), "slow1", "--job-timeout-s", "2").start()
+    # 5 s: the second job (a small conv, default benchmark) must fit in it even on a loaded machine.
+    daemon = Daemon(broker.url, str(tmp_path), "slow1", "--job-timeout-s", "5").start()
     watcher = Collector(broker.url, ["edge-evolver/devices/slow1/+"])
     try:
         watcher.wait_for(status_is("online"), timeout=60)
         late = submit(watcher, "too-long", conv_model(), device="slow1",
                       bench={"min_iterations": 10, "min_seconds": 20.0, "max_seconds": 30.0, "warmup_s": 0.0})
-        assert (late["status"], late["code"]) == ("error", "TIMEOUT") and "2 s" in late["message"]
+        assert (late["status"], late["code"]) == ("error", "TIMEOUT") and "5 s" in late["message"]
         assert submit(watcher, "next-one", conv_model(), device="slow1")["status"] == "ok"
     finally:
         daemon.kill()
