@@ -204,9 +204,8 @@ def _matching(costs: list[rule.GroupCost], groups: list[ClusterGroup]) -> list[C
 def importance_lost(importance: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarray]) -> float:
     """The share of the network's total Taylor importance in the clusters an offspring dropped."""
     total = sum(float(v.sum()) for v in importance.values())
-    kept = sum(float(importance[root][np.asarray(idx, dtype=int)].sum()) for root, idx in keep.items()
-               if root in importance)
-    dropped = total - kept - sum(float(v.sum()) for r, v in importance.items() if r not in keep)
+    dropped = sum(float(importance[root].sum() - importance[root][np.asarray(idx, dtype=int)].sum())
+                  for root, idx in keep.items() if root in importance)
     return max(0.0, dropped) / total if total > 0 else 0.0
 
 

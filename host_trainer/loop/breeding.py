@@ -19,7 +19,7 @@ from torch import nn
 from host_trainer.config import EvolveConfig
 from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
 from host_trainer.loop.training import scoring_batches
-from host_trainer.method.compaction import cluster_groups, compact
+from host_trainer.method.compaction import ClusterGroup, cluster_groups, compact
 from host_trainer.method.depth import Block, removable_blocks, removal_loss, remove_blocks
 from host_trainer.method.importance import taylor_importance
 from host_trainer.method.masks import prunable_layers
@@ -43,9 +43,10 @@ class Bred:
 
 @dataclass
 class Scores:
-    """What is measured once per parent: Taylor importance per group root, and the removable residual blocks
-    with their measured loss increase."""
+    """What is worked out once per parent: its coupling groups, Taylor importance per group root, and the
+    removable residual blocks with their measured loss increase."""
 
+    groups: list[ClusterGroup]
     importance: dict[str, np.ndarray]
     blocks: list[Block]
     block_importance: dict[str, float]
@@ -58,14 +59,17 @@ class Breeder:
         self.allocator = allocator
         self._scores: dict[str, Scores] = {}  # the parent's model sha256 → its scores (the latest parent only)
 
-    def scores(self, fitness: GenerationRecord, model: nn.Module, groups: list) -> Scores:
+    def scores(self, fitness: GenerationRecord, model: nn.Module) -> Scores:
+        """The parent's scores, worked out on its first offspring and reused by every attempt and k after it."""
         key = str(fitness.model_sha256)
         if key not in self._scores:
+            groups = cluster_groups(model, self.example, fixed_layers(model))
             batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED))
             importance = taylor_importance(model, groups, self.example, batches, self._loss)
             blocks = removable_blocks(model, self.example, fixed_layers(model)) if self.allocator.device_aware \
                 else []
-            self._scores = {key: Scores(importance, blocks, removal_loss(model, blocks, batches, self._loss))}
+            self._scores = {key: Scores(groups, importance, blocks, removal_loss(model, blocks, batches,
+                                                                                  self._loss))}
         return self._scores[key]
 
     def _loss(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
@@ -75,8 +79,8 @@ class Breeder:
               seed: int, alpha: tuple[float, float], k: int, attempt: int,
               rejected: Sequence[Mapping[str, int]]) -> Bred:
         cfg = self.cfg
-        groups = cluster_groups(parent_model, self.example, fixed_layers(parent_model))
-        scores = self.scores(fitness, parent_model, groups)
+        scores = self.scores(fitness, parent_model)
+        groups = scores.groups
         request = CutRequest(alpha[0], seed, k, attempt, scores.importance, rejected, scores.blocks,
                              scores.block_importance)
         allocation = self.allocator.cut(fitness, parent_model, groups, request)
