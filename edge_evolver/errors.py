@@ -60,10 +60,16 @@ def printable(text: str, limit: int = MAX_TEXT) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
+def one_line(text: str) -> str:
+    """``text`` with anything unprintable (newlines included) as '?': a message quotes values a sender chose."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 class EdgeError(Exception):
     """A failure with a machine-readable ``code`` and a one-line human ``message``."""
 
     def __init__(self, code: str, message: str) -> None:
+        message = one_line(message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -134,7 +134,7 @@ def _tensor(entry: Any, body: memoryview, offset: int, job_id: str) -> Tuple[str
     _require(count <= MAX_ELEMENTS, f"tensor '{shown}' has {count} elements, above {MAX_ELEMENTS}", job_id,
              ErrorCode.BAD_SHAPE)
     expected = count * dtype.itemsize
-    _require(size == expected, f"tensor '{shown}' size {size} != {expected} for {dtype.name}{shape}", job_id)
+    _require(size == expected, f"tensor '{shown}' size {size!r} != {expected} for {dtype.name}{shape}", job_id)
     _require(offset + size <= len(body), f"tensor '{shown}' runs past the end of the payload", job_id)
     raw = body[offset:offset + size]
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)

@@ -21,6 +21,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .errors import one_line
+
 PROTOCOL_VERSION = 1
 DEFAULT_PREFIX = "edge-evolver"
 MAGIC = b"EEJ1"
@@ -131,6 +133,7 @@ class FrameError(Exception):
     """A job payload that cannot be accepted; ``job_id`` is set when the header was readable."""
 
     def __init__(self, code: str, message: str, job_id: Optional[str] = None) -> None:
+        message = one_line(message)  # it quotes header values a sender chose; the refusal stays one line
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -360,6 +360,8 @@ def test_header_text_never_breaks_the_one_line_message(text):
     header["tensors"][0].update(name=text, size=3)
     codes = check(seal_raw(_dump(header), BODY))
     assert codes == [ErrorCode.INVALID_FRAME] * 2
+    header["tensors"][0].update(name="x", size=text)  # a size that is a string, quoted back in the refusal
+    assert check(seal_raw(_dump(header), BODY)) == [ErrorCode.INVALID_FRAME] * 2
     header = dict(HEADER, auth=AUTH, model={"size": len(MODEL), "sha256": text})
     assert check(seal_raw(_dump(header), BODY)) == [ErrorCode.SHA_MISMATCH] * 2
     block = json.dumps({"alg": "ed25519", "key_id": text, "sig": base64.b64encode(b"s" * 64).decode()}).encode()
