@@ -29,11 +29,14 @@ Sizing (2 cores, idle, measured 2026-12-07: vgg-small 0.69 s per 128-image step 
 step, dense; pruned to ~3x / ~10x they train in ~0.6x / ~0.4x of that; a validation pass 3.2 s / 2.1 s, a test pass
 4.8 s / 5.3 s; an offspring of ours costs ~16-19 s besides its training: two test passes, one validation pass, export,
 the in-process benchmark, the Taylor scores). Every budget is counted in epochs of the training subset, so what costs
-is steps. Classification trains on 4,000 images (32 steps, ~25 s an epoch with validation) with 0.6 epochs per
-offspring (19 steps); detection on 1,600 (25 steps, ~28 s) with 1.0 epoch (25 steps); 16 generations each, enough
-for ~10x at alpha 0.8 (~20 % less time per accepted generation). Estimated per classification seed ~2,000 s (ours
-2 x ~500 s with ~30 % rejected offspring, Torch-Pruning and control fine-tuning ~650 s, solving ~150 s, the one
-timing ~200 s), detection ~3,100 s: about 2 hours with generation 0 already trained. Generation 0 (cap 60,
+is steps. Classification trains on 4,000 images (32 steps, ~25 s an epoch with validation) with 1.2 epochs per
+offspring (38 steps); detection on 1,600 (25 steps, ~28 s) with 2.0 epochs (50 steps); 8 generations each. Fewer,
+longer generations: at 0.6 epochs (19 steps) per offspring a 20 % cut cost ~1.6 validation points that the
+recovery could not win back, so the lineages stalled at the accuracy brake (seed 0: 18 of 31 offspring rejected);
+8 x 1.2 epochs spends the same 9.6 epochs and kept every offspring in a trial. Solved ratios and fine-tuned
+Torch-Pruning rows are kept per seed (tp_ratios.json, finetuned.json) keyed by what they depend on, so a rerun, or
+a run of the next seed started beside this one, does not compute them again; only the one timing is always new.
+Generation 0 (cap 60,
 patience 3) is trained ahead with --gen0-only: classification seed 0 took 25 epochs (hold until epoch 20, a 5-epoch
 decay; validation 92.2 %), 25 min on a machine shared with other jobs, ~11 min idle; detection ~15-25 min idle.
 Taylor with round_to=8 (--taylor8) would add ~12 min, so it is left out by default. Run it on an otherwise idle
@@ -84,6 +87,29 @@ from host_trainer.tasks.registry import load_data, make_task
 ALLOCATIONS = {"device": rules.OURS, "magnitude": rules.ABLATION}
 SEEDS = {"classify": (0, 1), "detect": (0,)}
 ARGS_FILE = "bench_args.json"  # beside a finished run: the exact evolve options it was made with
+RATIOS_FILE, FINETUNED_FILE = "tp_ratios.json", "finetuned.json"  # per seed: solved ratios, fine-tuned rows
+
+
+class Cache:
+    """A JSON object on disk, written whole and atomically after every entry: what a rerun (or a run of another
+    seed at the same time) need not compute again. Entries are keyed by everything they depend on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.entries.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self.entries[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def gen0_sha(args: argparse.Namespace, task_name: str, seed: int) -> str:
+    return hashlib.sha256((args.out / f"{task_name}-seed{seed}" / GEN0_FILE).read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +122,7 @@ class Budget:
 
 
 # Sizing: see the module docstring.
-BUDGETS = {("classify", False): Budget(16, 0.6, 4000, 60, 3), ("detect", False): Budget(16, 1.0, 1600, 60, 3),
+BUDGETS = {("classify", False): Budget(8, 1.2, 4000, 60, 3), ("detect", False): Budget(8, 2.0, 1600, 60, 3),
            ("classify", True): Budget(2, 0.5, 1000, 3, 1), ("detect", True): Budget(2, 1.0, 200, 3, 1)}
 
 
@@ -207,10 +233,11 @@ def ours_rows(lineages: dict[str, Ours], picks: dict, p50: dict[str, float]) -> 
     return rows
 
 
-def peer_rows(gen0, pruned: dict, budgets: dict[float, float], ctx: Context, seed: int,
+def peer_rows(gen0, pruned: dict, budgets: dict[float, float], ctx: Context, cache: Cache, seed: int,
               p50: dict[str, float]) -> list[dict]:
     """Generation 0, the dense control and every Torch-Pruning model fine-tuned for its point's budget: their rows
-    (test accuracy after the fp16 restriction; latency from the one timing)."""
+    (test accuracy after the fp16 restriction; latency from the one timing). A fine-tune's row is kept in `cache`
+    by its starting model and budget (training is deterministic), so a rerun only times again."""
     longest = max(budgets.values())
     jobs = [("dense", rules.DENSE, None, gen0, b"dense", 0.0, None),
             ("dense", rules.CONTROL, None, copy.deepcopy(gen0), b"dense", longest, None)]
@@ -220,12 +247,14 @@ def peer_rows(gen0, pruned: dict, budgets: dict[float, float], ctx: Context, see
     for key, method, point, model, start, epochs, ratio in jobs:
         # A variant that cannot get nearer a point is the same model with the same budget and seed as at the point
         # before: fine-tuned once (training is deterministic).
-        same = (hashlib.sha256(start).hexdigest(), epochs)
-        if same not in done:
+        same = f"{hashlib.sha256(start).hexdigest()} {epochs:.6f}"
+        done.setdefault(same, cache.get(same))
+        if done[same] is None:
             if epochs:
                 say(f"  fine-tuning {method}{f' at {point:g}x' if point else ''} for {epochs:.3g} epochs")
             done[same] = describe(finetune(model, ctx.train_split, ctx.task, ctx.cfg, epochs, seed), ctx.data,
                                   ctx.task)[0]
+            cache.put(same, done[same])
         rows.append({**done[same], "key": key, "method": method, "point": point, "budget_epochs": epochs,
                      "p50_us": p50[key], "ratio": None if ratio is None else ratio[0],
                      "solved_speedup": None if ratio is None else ratio[1]})
@@ -279,12 +308,16 @@ def solve_peers(task_name: str, seed: int, ctx: Context, gen0, ratios: dict, arg
     pruned = {}
     for variant in variants(args):
         solved = ratios.get(variant) if variant[0] == "l1" else None
-        if solved is None:
+        cache = Cache(args.out / f"{task_name}-seed{seed}" / RATIOS_FILE)
+        key = f"{variant} {timing[2:]} {'' if variant[0] == 'l1' else gen0_sha(args, task_name, seed)}"
+        solved = solved or {float(p): tuple(v) for p, v in cache.get(key, {}).items()}
+        if not solved:
             say(f"{task_name} seed {seed}: solving {rules.tp_name(variant)} for "
                 f"{', '.join(f'{p:g}' for p in rules.POINTS)}x measured speed-up")
             solved = solve_ratios(gen0, ctx.example, rules.POINTS, variant, export, timing, grads)
-            if variant[0] == "l1":
-                ratios[variant] = solved
+        cache.put(key, {str(p): list(v) for p, v in solved.items()})
+        if variant[0] == "l1":
+            ratios[variant] = solved
         for point, (ratio, speedup) in solved.items():
             model = prune(gen0, ctx.example, variant, ratio, grads)
             pruned[(point, variant)] = (model, export(model), (ratio, speedup))
@@ -299,7 +332,8 @@ def run_seed(task_name: str, seed: int, args: argparse.Namespace, budget: Budget
     picks, timing = match(onnx_of(gen0, ctx.data, ctx.task), pruned, lineages, args)
     p50, device = timing["p50_us"], lineages["device"]
     budgets = {p: device.budget(g) for p, g in picks["device"].items()}
-    rows = peer_rows(gen0, pruned, budgets, ctx, seed, p50) + ours_rows(lineages, picks, p50)
+    cache = Cache(args.out / f"{task_name}-seed{seed}" / FINETUNED_FILE)
+    rows = peer_rows(gen0, pruned, budgets, ctx, cache, seed, p50) + ours_rows(lineages, picks, p50)
     for row in rows:
         row.update({"seed": seed, "dense_p50_us": p50["dense"]})
     curve = {r.generation: (r.accuracy * 100, p50[f"device {r.generation}"]) for r in device.lineage
@@ -345,8 +379,8 @@ def parse() -> argparse.Namespace:
                                                              "says: a smoke run in minutes")
     parser.add_argument("--gen0-only", action="store_true", help="only train (or find) every generation 0")
     parser.add_argument("--fresh", action="store_true", help="train generation 0 again (and so evolve ours again)")
-    parser.add_argument("--generations", type=int, help="ours' generations [16; --quick: 2]")
-    parser.add_argument("--epochs", type=float, help="epochs per offspring [classify 0.6, detect 1; --quick 0.5, 1]")
+    parser.add_argument("--generations", type=int, help="ours' generations [8; --quick: 2]")
+    parser.add_argument("--epochs", type=float, help="epochs per offspring [classify 1.2, detect 2; --quick 0.5, 1]")
     parser.add_argument("--train-subset", type=int, help="first N training images [4000, detect 1600; --quick: "
                                                          "1000, 200]")
     parser.add_argument("--cap", type=int, help="most epochs of generation 0 [60; --quick: 3]")
