@@ -23,7 +23,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
 VENV36 := .venv-py36
 
 .PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
-        bench-detect bench-pareto bench-pareto-quick bench-security bench-load \
+        bench-detect bench-pareto bench-pareto-quick bench-evolve-ab bench-security bench-load \
         bench-ddp bench-data bench-fleet clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -128,6 +128,10 @@ bench-pareto: $(STAMP)
 # The same as a smoke run: one seed, 2 generations, small subsets, minutes per task; writes bench/out/pareto_quick.*
 bench-pareto-quick: $(STAMP)
 	$(BIN)/python bench/pareto.py --quick $(ARGS)
+
+# `make evolve` as it is against the same command with --allocation magnitude, side by side: writes bench/out/evolve_ab.*
+bench-evolve-ab: $(STAMP) broker
+	$(BIN)/python bench/evolve_ab.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) $(VENV36) runs .pytest_cache

@@ -1,0 +1,108 @@
+"""Benchmark 8: `make evolve` with its default allocation against the same command with --allocation magnitude.
+
+Runs the real CLI twice, exactly as `make evolve` does (`host-trainer evolve` on its defaults: generation 0 trained
+until it plateaus, the embedded Mosquitto and a local daemon measuring every offspring over MQTT), once as it is
+(device-aware allocation) and once with `--allocation magnitude`. Both start at the same time, so whatever else
+the machine does hits both alike. Then generation 0 and each run's final generation are timed again *in this one
+process*, interleaved, ONNX Runtime on 1 intra-op thread, batch 1, --rounds rounds (the median of the per-round
+p50s).
+
+Goal (issue: the default must not lose to its own ablation): the default run ends faster than the magnitude run,
+at equal or better test accuracy (within 0.3 points, the tolerance of bench/pareto_rules.py).
+
+    python bench/evolve_ab.py                                  # both runs (~10-12 min each, side by side)
+    python bench/evolve_ab.py --reuse RUN_DEFAULT RUN_MAGNITUDE # only time two existing runs again
+    python bench/evolve_ab.py -- --seed 1                      # options after -- go to both runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import OUT, ROOT, interleaved_latency, markdown, save
+
+TOLERANCE = 0.3  # accuracy points that count as equal
+ARMS = {"default": [], "magnitude": ["--allocation", "magnitude"]}
+
+
+def evolve_both(extra: list[str]) -> dict[str, tuple[Path, float]]:
+    """Both arms side by side; {arm: (run directory, wall seconds)}."""
+    started, procs, before = time.perf_counter(), {}, {}
+    for arm, options in ARMS.items():
+        folder = OUT / "evolve_ab" / arm
+        folder.mkdir(parents=True, exist_ok=True)
+        before[arm] = set(folder.iterdir())
+        cmd = [sys.executable, "-m", "host_trainer", "evolve", "--run-dir", str(folder), *options, *extra]
+        procs[arm] = subprocess.Popen(cmd, cwd=ROOT)
+    runs = {}
+    for arm, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"error: the {arm} run exited with status {proc.returncode}")
+        (run,) = set((OUT / "evolve_ab" / arm).iterdir()) - before[arm]
+        runs[arm] = (run, time.perf_counter() - started)
+    return runs
+
+
+def final_of(run: Path):
+    from host_trainer.loop.runstore import RunDir
+    from host_trainer.record import lineage as lineage_of
+
+    records = RunDir(run).records()
+    lineage = lineage_of(records)
+    return records, lineage[0], lineage[-1]
+
+
+def summarize(runs: dict[str, tuple[Path, float | None]], rounds: int) -> tuple[dict, str]:
+    read = {arm: final_of(run) for arm, (run, _w) in runs.items()}
+    models = {"gen0": (runs["default"][0] / read["default"][1].onnx_path).read_bytes()}
+    models.update({arm: (runs[arm][0] / last.onnx_path).read_bytes() for arm, (_r, _f, last) in read.items()})
+    lat = interleaved_latency(models, rounds=rounds, threads=1)
+    rows, result = [], {"rounds": rounds, "gen0_p50_us": lat["gen0"]["p50_ms"] * 1000, "arms": {}}
+    for arm, (records, first, last) in read.items():
+        p50 = lat[arm]["p50_ms"] * 1000
+        arm_result = {"run_dir": str(runs[arm][0]), "wall_s": runs[arm][1], "generations": last.generation,
+                      "rejected": sum(not r.accepted for r in records), "macs": [first.macs, last.macs],
+                      "accuracy": [first.accuracy, last.accuracy], "p50_us": p50,
+                      "speedup": result["gen0_p50_us"] / p50, "daemon_fps": [first.fps, last.fps]}
+        result["arms"][arm] = arm_result
+        rows.append({"arm": arm, "wall": "(reused)" if runs[arm][1] is None else f"{runs[arm][1] / 60:.1f} min",
+                     "gens": last.generation, "rej": arm_result["rejected"],
+                     "mac": f"{first.macs / last.macs:.1f}× ({first.macs / 1e6:.2f} → {last.macs / 1e6:.2f} M)",
+                     "lat": f"{result['gen0_p50_us']:.0f} → {p50:.0f} µs", "spd": f"{arm_result['speedup']:.2f}×",
+                     "acc": f"{first.accuracy * 100:.2f} → {last.accuracy * 100:.2f}%"})
+    result["goal"] = goal(result["arms"])
+    table = markdown(rows, [("allocation", "arm", "s"), ("wall time", "wall", "s"), ("last generation", "gens", "d"),
+                            ("rejected", "rej", "d"), ("MACs", "mac", "s"), ("batch-1 p50 (1 thread)", "lat", "s"),
+                            ("measured speed-up", "spd", "s"), ("test accuracy", "acc", "s")])
+    backend = lat["gen0"]["backend_version"]
+    return result, f"{table}\n\nonnxruntime {backend} (CPU), 1 intra-op thread, {rounds} interleaved rounds\n\n" \
+                   f"{result['goal']}"
+
+
+def goal(arms: dict) -> str:
+    d, m = arms["default"], arms["magnitude"]
+    gain = (d["accuracy"][1] - m["accuracy"][1]) * 100
+    faster = m["p50_us"] / d["p50_us"]
+    met = faster > 1.0 and gain >= -TOLERANCE
+    return (f"evolve_ab: the default {'beats' if met else 'does not beat'} --allocation magnitude: "
+            f"{faster:.2f}x its speed, {gain:+.2f} accuracy points")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", type=Path, nargs=2, metavar=("RUN_DEFAULT", "RUN_MAGNITUDE"),
+                        help="time two existing runs again instead of evolving")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("extra", nargs="*", help="options after -- go to both runs")
+    args = parser.parse_args()
+    runs = dict(zip(ARMS, ((r, None) for r in args.reuse))) if args.reuse else evolve_both(args.extra)
+    result, table = summarize(runs, args.rounds)
+    save("evolve_ab", result, table)
+
+
+if __name__ == "__main__":
+    main()
