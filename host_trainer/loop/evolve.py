@@ -26,13 +26,14 @@ from torch import nn
 from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
+from host_trainer.files import atomic_write_json
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop import distributed
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
-from host_trainer.loop.runstore import RunDir, atomic_write_json
+from host_trainer.loop.runstore import RunDir
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,

@@ -19,26 +19,15 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from edge_evolver.files import atomic_write
 from host_trainer.errors import UserError
+from host_trainer.files import atomic_write_bytes, atomic_write_json
 from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
 CONFIG, GENERATIONS, EVENTS = "config.json", "generations.jsonl", "events.jsonl"
 # Temporary names a killed run leaves: generation folders and atomic writes (`.tmp-`), and the atomic
 # writes of 0.1 (`.<file name>.<random>`).
 TEMPORARY = (".gen-", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", ".pareto.json.")
-FILE_MODE = 0o644  # run files are meant to be shared and read
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), data, mode=FILE_MODE)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_records(path: Path) -> list[GenerationRecord]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host_trainer.loop.runstore import atomic_write_bytes
+from host_trainer.files import atomic_write_bytes
 from host_trainer.record import lineage as lineage_of
 from host_trainer.report.figures import plot_precision_recall, plot_synapses_fps
 from host_trainer.report.fleet_figures import fleet_figures

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, TextIO, cast
 
 import structlog
 
-from ..errors import EdgeError, ErrorCode
+from .errors import EdgeError, ErrorCode
 
 LEVELS = {
     "debug": logging.DEBUG,
