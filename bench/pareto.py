@@ -339,7 +339,8 @@ def run_seed(task_name: str, seed: int, args: argparse.Namespace, budget: Budget
         row.update({"seed": seed, "dense_p50_us": p50["dense"]})
     curve = {r.generation: (r.accuracy * 100, p50[f"device {r.generation}"]) for r in device.lineage
              if f"device {r.generation}" in p50}
-    how = [r.allocation for r in device.records if r.generation > 0 and not r.carried_over and not r.final_tune]
+    how = [r.allocation for r in device.records
+           if r.generation > 0 and not (r.carried_over or r.final_tune or r.rest)]
     return {"seed": seed, "gen0": info, "runs": {a: str(o.run) for a, o in lineages.items()},
             "device_run_allocations": {str(h): how.count(h) for h in set(how)},
             "offspring": {a: sum(r.generation > 0 and not r.carried_over for r in o.records)
