@@ -18,8 +18,9 @@ seed 0):
    process (every session open at once, 20 ms bursts of each model in turn, so the machine's drift hits all alike),
    ONNX Runtime CPU, 1 intra-op thread, batch 1, --rounds (>= 5) rounds; a model's latency is the median over
    rounds of its per-round p50. It serves the matching and the table. At each point ours (each allocation) is
-   the generation closest to, at or below if possible, the fastest Torch-Pruning variant there (a generation the
-   accepted final fine-tune trained on is represented by the fine-tuned one: same architecture);
+   the generation closest to, at or below if possible, the fastest Torch-Pruning variant there (the
+   generations of one architecture (a rest, the final fine-tune and the generation they trained on) are
+   represented by the last of them: the same network on the board, only trained longer);
 5. fine-tuning budget: ours' (device-aware) budget at a point is the sum of `epochs_trained` of every record up to
    its picked generation (rejected offspring and the final fine-tune included, carried-over ones not); every
    Torch-Pruning model at that point is fine-tuned (the project's `train`) for it, the dense control for the largest.
@@ -171,11 +172,20 @@ class Ours:
 
     def models(self, alloc: str) -> dict[str, bytes]:
         """The generations ours may be picked from, by timing key: every generation > 0 that trained (a carried-over
-        one is its parent), except the one the accepted final fine-tune trained on: that is the same architecture,
-        and the run's own output is the fine-tuned one (its 3 epochs count in the budget)."""
-        tuned = {r.parent for r in self.lineage if r.final_tune}
-        return {f"{alloc} {r.generation}": (self.run / r.onnx_path).read_bytes() for r in self.lineage
-                if r.generation > 0 and not r.carried_over and r.generation not in tuned}
+        one is its parent), each architecture once, by its last generation. Generations of one architecture (a
+        rest, the final fine-tune and the generation they trained on) differ only in training: the same network on
+        the board, so timing noise must not choose among them; the run's output is the last one (its epochs count
+        in the budget)."""
+        last: dict[str, Any] = {}
+        for r in self.lineage:
+            if r.generation > 0 and not r.carried_over:
+                last[self.architecture(r.generation)] = r
+        return {f"{alloc} {r.generation}": (self.run / r.onnx_path).read_bytes() for r in last.values()}
+
+    def architecture(self, generation: int) -> str:
+        """The generation's architecture (its checkpoint's model, input and widths), as comparable text."""
+        meta = json.loads((self.run / f"gen-{generation:03d}" / "checkpoint.json").read_text())
+        return json.dumps(meta["architecture"], sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)

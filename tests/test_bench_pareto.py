@@ -180,3 +180,28 @@ def test_goals_of_one_task_and_a_lower_bound() -> None:
     assert ">=1.40x" in rules.goal_line(goals[1])
     assert rules.verdict_line("pareto", goals, {"classify": rules.summary(task["points"])}).startswith(
         "pareto: 4 of 4 goals met; ours holds 2 of 2 budget points")
+
+
+def test_ours_is_timed_once_per_architecture_by_its_last_generation(tmp_path):
+    """A rest, the final fine-tune and the generation they trained on are one network on the board: only the last
+    of them is timed and can be picked; a carried-over generation is never timed."""
+    import json
+
+    import pareto
+
+    from host_trainer.loop.runstore import RunDir
+    from host_trainer.record import GenerationRecord
+
+    widths = {0: 64, 1: 48, 2: 32, 3: 32, 4: 32, 5: 32}  # 3: rest of 2, 4: carried over, 5: the final fine-tune
+    records = [GenerationRecord(generation=g, parent=g - 1 if g else None, accepted=True,
+                                onnx_path=f"gen-{g:03d}/model.onnx", rest=g == 3, carried_over=g == 4,
+                                final_tune=g == 5) for g in widths]
+    for g, width in widths.items():
+        folder = tmp_path / f"gen-{g:03d}"
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(f"onnx {g}".encode())
+        (folder / "checkpoint.json").write_text(json.dumps({"architecture": {"model": "m", "widths": {"a": width}}}))
+    RunDir(tmp_path).write_records(records)
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1.0}))
+    models = pareto.Ours.read(tmp_path).models("device")
+    assert models == {"device 1": b"onnx 1", "device 5": b"onnx 5"}
