@@ -90,10 +90,14 @@ def evolve(
     broker: Optional[str] = _opt("broker", "--broker", "mqtt://host:port of the fleet; without it, an embedded "
                                  "broker and a local daemon."),
     device: Optional[List[str]] = typer.Option(None, "--device", envvar=_env("device"),
-                                               help="Measure on this device id (repeat for several)."),
+                                               help="Measure on this board: its device id (repeat for several). "
+                                                    "Where training runs is --train-device."),
     any_device: bool = typer.Option(False, "--any-device", envvar=_env("any_device"),
                                     help="Send jobs to <prefix>/jobs: one board of each shared-subscription group."),
     prefix: Optional[str] = _opt("prefix", "--prefix", "MQTT topic prefix."),
+    train_device: Optional[str] = _opt("train_device", "--train-device", "Where training runs: auto (CUDA when "
+                                       "torch sees it, else the CPU), cpu, cuda or cuda:N; under torchrun cuda is "
+                                       "cuda:LOCAL_RANK. With --resume, replaces the run's."),
     no_mqtt: bool = typer.Option(False, "--no-mqtt", envvar=_env("no_mqtt"),
                                  help="Measure in this process instead (no devices, no power)."),
     job_timeout_s: Optional[float] = _opt("job_timeout_s", "--job-timeout-s",
@@ -145,7 +149,8 @@ def evolve(
                  max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
                  final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
                  probes=False if no_probes else None, keys_dir=_text(keys_dir), insecure=insecure or None,
-                 ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file))
+                 ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file),
+                 train_device=train_device)
     nproc = default_of("nproc_per_node") if nproc_per_node is None else nproc_per_node
     timeout_s = default_of("dist_timeout_s") if dist_timeout_s is None else dist_timeout_s
     if nproc < 1 or not timeout_s > 0:
@@ -227,7 +232,7 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
             if resume is not None:
                 from host_trainer.loop.session import resume_run
 
-                finished = resume_run(resume, given["generations"], terminal)
+                finished = resume_run(resume, given["generations"], terminal, given["train_device"])
             else:
                 from host_trainer.loop.session import start_run
 

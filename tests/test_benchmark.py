@@ -18,9 +18,10 @@ from edge_evolver.backends.onnxruntime_backend import (
     clean_message,
     ort_dtype,
 )
+from edge_evolver.backends.tensors import MAX_ELEMENTS, TensorSpec, resolve_shape
 from edge_evolver.errors import MODEL_REJECTION_CODES, EdgeError, ErrorCode
 from edge_evolver.measure.benchmark import RESULT_KEYS, BenchSettings, run_benchmark, summarize, throughput
-from edge_evolver.measure.inputs import MAX_ELEMENTS, TensorSpec, resolve_shape, synthesize_inputs
+from edge_evolver.measure.inputs import synthesize_inputs
 from edge_evolver.measure.pipeline import ENGINE_KEYS, POWER_KEYS, measure_model
 
 onnx = pytest.importorskip("onnx")

@@ -1,4 +1,6 @@
-"""Explicit backend registry.
+"""The runtimes, by name, and what the measuring code and a runtime speak: ``base.py`` (``Backend``,
+``Engine``), ``tensors.py`` (input and output descriptions, shapes, feeds), ``model_policy.py`` (the opset
+domains and versions each backend allows) and ``profiling.py`` (the per-layer profiling pass).
 
 Backends are named by import path, not imported here, so ``import edge_evolver.backends``
 never touches onnxruntime or tensorrt (a Jetson may lack one, and importing tensorrt

@@ -18,10 +18,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
-from ..measure.inputs import TensorSpec
-from ..measure.model_policy import MAX_ONNX_OPSET, ModelPolicy
-from ..measure.profile import ProfileSettings, RawProfile
 from .base import Backend, Engine
+from .model_policy import MAX_ONNX_OPSET, ModelPolicy
+from .profiling import ProfileSettings, RawProfile
+from .tensors import TensorSpec
 
 DEFAULT_THREADS = 1
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]

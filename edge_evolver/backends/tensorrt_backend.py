@@ -25,15 +25,15 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
-from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
-from ..measure.model_policy import ModelPolicy
-from ..measure.profile import ProfileSettings, RawProfile
 from . import _cuda, _trt_profile
 from ._trt_io import BindingsIo as BindingsIo
 from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage
 from ._trt_io import IoTensor as IoTensor
 from ._trt_io import TensorAddressIo as TensorAddressIo
 from .base import Backend, Engine
+from .model_policy import ModelPolicy
+from .profiling import ProfileSettings, RawProfile
+from .tensors import TensorSpec, check_feeds, resolve_shape
 
 DEFAULT_WORKSPACE_MB = 256  # TX1/Nano share 4 GiB between CPU and GPU
 MAX_MESSAGE = 400

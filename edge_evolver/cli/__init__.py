@@ -4,5 +4,4 @@
 - mqtt_commands.py  `serve` (the daemon), `monitor` (a live table of the fleet) and `pack` (a job file)
 - monitor.py        the fleet table `monitor` and `host-trainer watch` draw from the MQTT topics
 - support.py        one-line errors for every usage mistake (shared with `host-trainer`)
-- logs.py           structlog set up once: JSON lines off a TTY, a readable console on one
 """

@@ -17,11 +17,11 @@ import typer
 from .. import __version__
 from ..backends import available_backends, resolve_backend
 from ..errors import EdgeError, ErrorCode
+from ..logs import configure_logging
 from ..measure.benchmark import BenchSettings
 from ..measure.engine_cache import EngineCache
 from ..measure.pipeline import MeasureRequest, MeasureResult, measure_model
 from .keys import keys_app
-from .logs import configure_logging
 from .mqtt_commands import register as register_mqtt_commands
 from .support import fail as _fail
 from .support import run_app

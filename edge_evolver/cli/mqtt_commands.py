@@ -17,9 +17,9 @@ import typer
 
 from ..backends import resolve_backend
 from ..errors import EdgeError, ErrorCode
+from ..logs import configure_logging
 from ..mqtt import MqttConnection, TlsFiles, parse_broker_url
 from ..protocol import DEFAULT_PREFIX, Topics
-from .logs import configure_logging
 from .monitor import MonitorState, changed_rows, render_table, row_json, row_line, subscriptions, tick_until
 from .support import fail as _fail
 

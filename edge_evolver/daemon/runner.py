@@ -105,7 +105,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
     # systemd signals the whole cgroup on stop; the parent decides what happens to a job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from ..cli.logs import configure_logging
+    from ..logs import configure_logging
 
     configure_logging(params.get("log_level", "info"))
     lock = threading.Lock()

@@ -23,6 +23,7 @@ from edge_evolver.trust.jobs import ANY_GROUP, JobSigner
 from edge_evolver.trust.keys import PublicKey, add_trusted, ensure_signing_key, load_signing_key, read_trusted
 from edge_evolver.trust.results import check_result
 from host_trainer.errors import UserError
+from host_trainer.rundir import BOARD_KEYS
 
 log = structlog.get_logger("host_trainer.trust")
 
@@ -90,7 +91,7 @@ class HostTrust:
         checks its results later without this host's keys dir."""
         if self.keys_dir is None or not valid_device_id(device_id):
             return
-        source, target = board_file(self.keys_dir, device_id), Path(run_dir) / "board-keys" / f"{device_id}.pub"
+        source, target = board_file(self.keys_dir, device_id), Path(run_dir) / BOARD_KEYS / f"{device_id}.pub"
         try:
             data = source.read_bytes()
             if not target.exists() or target.read_bytes() != data:

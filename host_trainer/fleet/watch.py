@@ -19,7 +19,6 @@ import time
 import uuid
 from typing import Any
 
-from edge_evolver.cli.logs import configure_logging
 from edge_evolver.cli.monitor import COLUMNS as DEVICE_HEADERS
 from edge_evolver.cli.monitor import (
     MonitorState,
@@ -31,6 +30,7 @@ from edge_evolver.cli.monitor import (
     subscriptions,
     tick_until,
 )
+from edge_evolver.logs import configure_logging
 from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
 from edge_evolver.protocol import Topics, loads
 from host_trainer.record import COLUMNS, WATCH_COLUMNS, GenerationRecord

@@ -1,4 +1,4 @@
-"""The run: generation after generation, and the run directory that survives any kill.
+"""The run: generation after generation, written into the run directory (host_trainer/rundir.py).
 
 - session.py     start and resume a run: every input checked before anything is written
 - evolve.py      the generation loop: synthesise, compact, train, restrict, export, measure, select, land
@@ -6,5 +6,5 @@
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)
-- runstore.py    the run directory: atomic writes, the records, resume bookkeeping
+- runstore.py    `RunDir` under its old name, for the bench/ scripts only
 """

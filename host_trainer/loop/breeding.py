@@ -3,7 +3,8 @@
 The parent's Taylor importance (method/importance.py) is measured once per parent on a fixed, seeded set of
 training batches and reused by every attempt and offspring drawn from it. The cut comes from the allocator
 (device: a latency budget in board milliseconds; magnitude: α per group), heredity then draws which clusters
-survive, and compaction removes the rest physically.
+survive, and compaction removes the rest physically. Scoring runs on the training device (`--train-device`);
+synthesis and compaction on the CPU, where the parent rests.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.models.registry import fixed_layers
 from host_trainer.record import GenerationRecord
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed
 
 IMPORTANCE_SEED = 7919  # the importance batches' order: fixed, so a resumed run scores the parent alike
 
@@ -54,22 +56,24 @@ class Scores:
 
 class Breeder:
     def __init__(self, cfg: EvolveConfig, train_split: Any, task: Task, example: torch.Tensor,
-                 allocator: DeviceAllocator) -> None:
+                 allocator: DeviceAllocator, device: torch.device = CPU) -> None:
         self.cfg, self.train_split, self.task, self.example = cfg, train_split, task, example
-        self.allocator = allocator
+        self.allocator, self.device = allocator, device
         self._scores: dict[str, Scores] = {}  # the parent's model sha256 → its scores (the latest parent only)
 
     def scores(self, fitness: GenerationRecord, model: nn.Module) -> Scores:
-        """The parent's scores, worked out on its first offspring and reused by every attempt and k after it."""
+        """The parent's scores, worked out on its first offspring and reused by every attempt and k after it.
+        The graphs are traced on the CPU; the losses and gradients are computed on the training device."""
         key = str(fitness.model_sha256)
         if key not in self._scores:
             groups = cluster_groups(model, self.example, fixed_layers(model))
-            batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED))
-            importance = taylor_importance(model, groups, self.example, batches, self._loss)
             blocks = removable_blocks(model, self.example, fixed_layers(model)) if self.allocator.device_aware \
                 else []
-            self._scores = {key: Scores(groups, importance, blocks, removal_loss(model, blocks, batches,
-                                                                                  self._loss))}
+            batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED, device=self.device))
+            with placed(self.device, model):
+                importance = taylor_importance(model, groups, self.example, batches, self._loss)
+                block_importance = removal_loss(model, blocks, batches, self._loss)
+            self._scores = {key: Scores(groups, importance, blocks, block_importance)}
         return self._scores[key]
 
     def _loss(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 `host-trainer evolve` under `torchrun` finds RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT in its environment and joins one process group: gloo on CPU, and `cpu:gloo,cuda:nccl` when CUDA and
-NCCL are there (the trainer's tensors live on the CPU today, so gloo carries them either way). Rank 0 leads: it
+NCCL are there. Training on CUDA (`--train-device`, host_trainer/torch_device.py), each local rank takes
+cuda:LOCAL_RANK and NCCL carries what lives there (DDP's gradients, BatchNorm buffers, the loss); gloo carries the
+CPU tensors (a network sent with an order, `agree`, checksums) on either device. Rank 0 leads: it
 synthesises, exports, measures and writes the run directory; every other rank follows its orders and only
 trains. An order ({"op": "setup" | "train" | "stop" | "abort", ...}, JSON) travels through torchrun's own
 key-value store, not a collective: a follower waits as long as rank 0 measures (which may take longer than the
@@ -35,6 +37,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from host_trainer.errors import UserError
+from host_trainer.torch_device import device_of
 
 # Set by `--nproc-per-node N` to a file rank 0 creates once it has printed its one error line; without it the
 # launcher prints one naming the rank that failed first.
@@ -83,7 +86,7 @@ def world() -> World:
 
 
 def backend() -> str:
-    """gloo for CPU tensors; with CUDA and NCCL, NCCL for CUDA tensors too (untested here: no GPU)."""
+    """gloo for CPU tensors; with CUDA and NCCL, NCCL for CUDA tensors too (NCCL not run here: no GPU)."""
     if torch.cuda.is_available() and dist.is_nccl_available():
         return "cpu:gloo,cuda:nccl"
     return "gloo"
@@ -281,7 +284,7 @@ def share(spec: list[list[Any]], tensors: dict[str, torch.Tensor] | None = None)
         kind = getattr(torch, dtype)
         wire = torch.uint8 if kind == torch.bool else kind
         if tensors is not None and _world.leader:
-            t = tensors[name].detach().to(wire).contiguous().clone()
+            t = tensors[name].detach().cpu().to(wire).contiguous().clone()  # on the CPU on every rank: gloo
         else:
             t = torch.empty(shape, dtype=wire)
         dist.broadcast(t, src=0)
@@ -297,10 +300,13 @@ def sync_buffers(model: nn.Module) -> None:
 
 
 def wrap(model: nn.Module) -> nn.Module:
-    """The model under DistributedDataParallel (gradients averaged over ranks), or itself on one process."""
+    """The model under DistributedDataParallel (gradients averaged over ranks), or itself on one process. On CUDA
+    DDP is given the model's own device (cuda:LOCAL_RANK)."""
     if not _world.active:
         return model
-    return nn.parallel.DistributedDataParallel(model)  # buffers: rank 0's, synced at every forward
+    device = device_of(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)  # buffers: rank 0's, synced at every forward
 
 
 def mean(value: torch.Tensor) -> float:

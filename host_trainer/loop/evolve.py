@@ -32,7 +32,6 @@ from host_trainer.loop import distributed
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
-from host_trainer.loop.runstore import RunDir, atomic_write_json
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,
@@ -50,12 +49,13 @@ from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, load_weights
 from host_trainer.progress import NULL, RunView, Step
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import MODEL, RunDir, onnx_path
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed
 
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
                 "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
-PARETO = "pareto.json"
 log = structlog.get_logger("host_trainer")
 
 
@@ -92,7 +92,10 @@ class Candidate:
 
 class Evolution:
     def __init__(self, cfg: EvolveConfig, data: Any, run: RunDir, measurer: Measurer, task: Task,
-                 view: RunView = NULL):
+                 view: RunView = NULL, device: torch.device = CPU):
+        """`device`: where networks train, are scored and evaluated (`--train-device`, resolved by the session);
+        between those steps every network rests on the CPU."""
+        self.device = device
         self.cfg, self.data, self.run, self.measurer, self.task, self.view = cfg, data, run, measurer, task, view
         self.example = torch.zeros((1, *data.input_shape))
         self.goals = Goals(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
@@ -100,7 +103,7 @@ class Evolution:
         self.records: list[GenerationRecord] = []
         self.train_split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
         self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
-        self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator)
+        self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator, device)
         self._gen0: nn.Module | None = None  # the distillation teacher (--distill), loaded when first needed
 
     # ---- the run -------------------------------------------------------------------------
@@ -285,12 +288,14 @@ class Evolution:
                                          teacher)
 
     def _train_config(self, seed: int, epochs: float = 0.0) -> TrainConfig:
-        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
+        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
+                           device=str(self.device))
 
     def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
                 seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0) -> Candidate:
         """Restrict precision, evaluate before and after, and start the offspring's record."""
-        with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"):
+        with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"), \
+                placed(self.device, model):
             before = self.task.evaluate(model, self.data.test)
             restrict(model, self.cfg.precision_format)
             apply_masks(model, masks)
@@ -349,19 +354,19 @@ class Evolution:
     def _land(self, candidate: Candidate) -> None:
         """Write the generation folder, then its record (folder first), the Pareto front, the progress."""
         member, record = candidate.member, candidate.record
-        record.onnx_path = f"gen-{member.generation:03d}/model.onnx"
+        record.onnx_path = onnx_path(member.generation)
         meta = {"generation": member.generation, "parent": record.parent, "seed": candidate.seed,
                 "architecture": self._architecture(member.model), "config": self.cfg.to_dict(),
                 "metrics": {k: getattr(record, k) for k in ("synapses", "clusters", "params", "macs", "accuracy")}}
 
         def fill(folder: Path) -> None:
             ckpt.write_checkpoint(folder, member.model, member.masks, meta)
-            (folder / "model.onnx").write_bytes(candidate.onnx)
+            (folder / MODEL).write_bytes(candidate.onnx)
 
         self.run.commit_generation(member.generation, fill)
         self.records.append(record)
         self.run.write_records(self.records)
-        atomic_write_json(self.run.path / PARETO, pareto_front([r for r in self.records if r.fps is not None]))
+        self.run.write_pareto(pareto_front([r for r in self.records if r.fps is not None]))
         self.view.generation(record)
         self.measurer.publish(record)
         log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})

@@ -25,14 +25,15 @@ from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop import distributed
 from host_trainer.loop.evolve import Evolution, resume_member
-from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
 from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, file_sha256, load_weights
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import CONFIG, EMBEDDED, EVENTS, RESULTS, RunDir
 from host_trainer.tasks.base import Task
 from host_trainer.tasks.registry import load_data, make_task
+from host_trainer.torch_device import resolve, use
 
 log = structlog.get_logger("host_trainer")
 
@@ -45,16 +46,18 @@ class Finished:
     records: list[GenerationRecord]
 
 
-def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tuple[Any, Task]:
-    """Load the data, build the model (with --weights, loaded into it) and the task once, so that bad input
-    fails before any write."""
+def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tuple[Any, Task, torch.device]:
+    """Resolve where this rank trains, load the data, build the model (with --weights, loaded into it) and the
+    task once, so that bad input (a CUDA device torch cannot see, too) fails before any write."""
+    world = distributed.world()
+    device = use(resolve(cfg.train_device, world.local_rank, world.local_size))
     torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
     model = build_model(cfg.model, data.num_classes, data.input_shape)
     if cfg.weights and check_weights:
         check_unchanged(cfg.weights, cfg.weights_sha256)
         load_weights(model, cfg.weights, cfg.model)
-    return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model)
+    return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model), device
 
 
 def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
@@ -62,7 +65,7 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
         cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     if cfg.broker and not cfg.no_mqtt:
         open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
-    data, task = _prepare(cfg, view)
+    data, task, device = _prepare(cfg, view)
     cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     cfg.world_size = distributed.world().size
     distributed.order({"op": "setup", "config": cfg.to_dict()})  # under torchrun: the other ranks load the data
@@ -75,13 +78,16 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
     run = RunDir(path)
     run.write_config(cfg.to_dict())
     log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
-             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid())
+             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid(),
+             train_device=str(device))
     view.note(f"run directory: {path}")
     with measuring(cfg, path, task, view) as measurer:
-        return Finished(path, Evolution(cfg, data, run, measurer, task, view).run_all())
+        return Finished(path, Evolution(cfg, data, run, measurer, task, view, device).run_all())
 
 
-def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Finished:
+def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_device: str | None = None) -> Finished:
+    """Continue a run directory. `train_device` (--train-device, where given) replaces config.json's: a run may
+    move to another machine."""
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise UserError(f"not a run directory (no {CONFIG}): {path}")
@@ -95,16 +101,18 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
         cfg.world_size = size
         run.write_config(cfg.to_dict())
     records = run.completed_records()
-    data, task = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
+    cfg.train_device = cfg.train_device if train_device is None else train_device
+    data, task, device = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
     distributed.order({"op": "setup", "config": cfg.to_dict()})
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
     events.attach_run_log(path / EVENTS)
-    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations)
+    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations,
+             train_device=str(device))
     view.note(f"run directory: {path} (resuming after generation {last})")
     with measuring(cfg, path, task, view) as measurer:
-        evolution = Evolution(cfg, data, run, measurer, task, view)
+        evolution = Evolution(cfg, data, run, measurer, task, view, device)
         evolution.records = records
         return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
 
@@ -116,22 +124,22 @@ def follow_run() -> bool:
     if message["op"] != "setup":
         return message["op"] == "stop"
     cfg = EvolveConfig.from_dict(message["config"])
-    data, task = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
+    data, task, device = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
     split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
     while (message := distributed.next_order())["op"] == "train":
         with distributed.guarded(f"training generation {message['generation']}"):
-            _follow_training(message, split, task)
+            _follow_training(message, split, task, device)
     return message["op"] == "stop"
 
 
-def _follow_training(message: dict, split: Any, task: Task) -> None:
+def _follow_training(message: dict, split: Any, task: Task, device: torch.device) -> None:
     model = ckpt.build_architecture(message["architecture"])
     masks = distributed.load_network(model, distributed.share(message["spec"]))
     teacher = None
     if message.get("teacher"):
         teacher = ckpt.build_architecture(message["teacher"])
         teacher.load_state_dict(distributed.share(message["teacher_spec"]))
-    tcfg = TrainConfig(**message["train"])
+    tcfg = TrainConfig(**{**message["train"], "device": str(device)})  # this rank's own device (cuda:LOCAL_RANK)
     if message["kind"] == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
         train_until_plateau(model, masks, split, tcfg, task, lambda _m: 0.0)
     else:
@@ -145,7 +153,7 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
     if cfg.no_mqtt:
         yield LocalMeasurer(cfg, view)
         return
-    local = None if cfg.broker else LocalFleet(run_path / "embedded", cfg.bench_threads, cfg.prefix, view).start()
+    local = None if cfg.broker else LocalFleet(run_path / EMBEDDED, cfg.bench_threads, cfg.prefix, view).start()
     fleet = None
     ttl_s = max(3600.0, 2 * cfg.job_timeout_s * (cfg.job_retries + 1))  # covers every resend of a job
     trust = local.trust(ttl_s) if local else open_trust(cfg.keys_dir, cfg.insecure, ttl_s)
@@ -157,7 +165,7 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
             any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
             job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
             bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
-        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results", progress=view, trust=trust,
+        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / RESULTS, progress=view, trust=trust,
                       tls=tls).start()
         yield FleetMeasurer(fleet, task)
     finally:

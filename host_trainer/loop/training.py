@@ -21,6 +21,11 @@ Under torchrun (loop/distributed.py, docs/distributed.md) every rank draws the s
 images from the same seeded permutation and trains on its share of it (`distributed.shard`) under
 DistributedDataParallel; steps, and so the learning-rate schedule, count global batches. On one process each
 `distributed` call is a no-op and training is what it always was.
+
+Where: `TrainConfig.device` (`--train-device`, host_trainer/torch_device.py). Each training, BatchNorm
+recalibration and scoring pass takes the model (and masks, teacher, batches) to that device for its duration and
+leaves it where it was; streamed batches come from pinned memory there with non-blocking copies when it is CUDA.
+The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves: bit for bit as before.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from host_trainer.data.stream_loader import make_loader
 from host_trainer.loop import distributed
 from host_trainer.method.masks import apply_masks
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed, to_device
 
 # --gen0-epochs auto (docs/method.md, "Training"): evaluate once an epoch; decay after PATIENCE epochs without a
 # better validation score, over DECAY_FRACTION of the epochs trained so far (at least one); never past CAP.
@@ -71,6 +77,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero; 0: start at the peak
     augment_shift: int = 2         # random translation in pixels (0 = off); cheap and helps glyphs
+    device: str = "cpu"            # where it trains (a torch device; every rank puts its own in)
+
+    @property
+    def on(self) -> torch.device:
+        return torch.device(self.device)
 
 
 # on_step(step, total_steps, loss, batch_score) is called after every optimiser step; batch_score is the
@@ -131,6 +142,8 @@ class _Steps:
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
                  teacher: nn.Module | None = None):
         torch.manual_seed(cfg.seed)
+        self.device = cfg.on  # the model and teacher are there already (`placed` by the caller)
+        masks = {name: mask.to(self.device) for name, mask in masks.items()}
         self.model, self.masks, self.cfg, self.task, self.teacher = model, masks, cfg, task, teacher
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.data, self.streamed = data, streamed(data)
@@ -153,7 +166,8 @@ class _Steps:
             order = torch.randperm(len(self.x), generator=self.gen)
             for start in range(0, len(order), self.cfg.batch_size):
                 idx = distributed.shard(order[start: start + self.cfg.batch_size])
-                yield _shift(self.x[idx], self.shift, self.gen), [t[idx] for t in self.labels]
+                x = to_device(self.x[idx], self.device)
+                yield _shift(x, self.shift, self.gen), [to_device(t[idx], self.device) for t in self.labels]
 
     def _streamed_batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
         """The same seeded permutation and shares, but the images decoded and augmented per batch by a
@@ -162,7 +176,8 @@ class _Steps:
         order = _Order()
         world = distributed.world()
         loader = make_loader(self.data, math.ceil(self.cfg.batch_size / world.size), train=True, seed=self.cfg.seed,
-                             sampler=order, workers=loader_workers(world.local_size))
+                             sampler=order, workers=loader_workers(world.local_size),
+                             pin_memory=self.device.type == "cuda")
         epoch = 0
         while True:
             perm = torch.randperm(images_in(self.data), generator=self.gen)
@@ -171,7 +186,8 @@ class _Steps:
             loader.set_epoch(epoch)
             epoch += 1
             for batch in loader:
-                yield batch.x, self.task.batch_labels(batch)
+                yield (to_device(batch.x, self.device),
+                       [to_device(t, self.device) for t in self.task.batch_labels(batch)])
 
     def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
         """One optimiser step at `lr`; masked synapses back to zero. (loss over every rank, the batch's score)."""
@@ -197,18 +213,20 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: Trai
     last loss (NaN: training stopped there, and the caller rejects the offspring).
 
     `teacher` (generation 0, for distillation) is run on every batch when given; the task weighs its outputs.
+    Both train on `cfg.device` and are back where they were afterwards.
     """
-    steps = _Steps(model, masks, data, cfg, task, teacher)
-    total = total_steps(images_in(data), cfg)
-    last = float("nan")
-    for step, (x, labels) in zip(range(total), steps.batches()):
-        last, score = steps.step(x, labels, lr_at(step, total, cfg))
-        if on_step is not None:
-            on_step(step + 1, total, last, score)
-        if not math.isfinite(last):
-            return last
-    recalibrate_batchnorm(model, data, cfg)
-    return last
+    with placed(cfg.on, model, teacher):
+        steps = _Steps(model, masks, data, cfg, task, teacher)
+        total = total_steps(images_in(data), cfg)
+        last = float("nan")
+        for step, (x, labels) in zip(range(total), steps.batches()):
+            last, score = steps.step(x, labels, lr_at(step, total, cfg))
+            if on_step is not None:
+                on_step(step + 1, total, last, score)
+            if not math.isfinite(last):
+                return last
+        recalibrate_batchnorm(model, data, cfg)
+        return last
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,13 @@ def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: 
     """Warm up, hold the peak learning rate until `score(model)` (validation accuracy, once an epoch) has not
     improved for `patience` epochs, then decay to zero over DECAY_FRACTION of the epochs so far, all within
     `cap` epochs. The model ends with the best weights seen, the starting ones included (weights the user
-    gave are never made worse)."""
+    gave are never made worse). It trains (and `score` sees it) on `cfg.device`."""
+    with placed(cfg.on, model):
+        return _plateau(model, masks, data, cfg, task, score, on_step, patience, cap)
+
+
+def _plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
+             score: Callable[[nn.Module], float], on_step: OnStep | None, patience: int, cap: int) -> Plateau:
     steps = _Steps(model, masks, data, cfg, task)
     batches, per_epoch = steps.batches(), steps.per_epoch
     warm = max(1, round(per_epoch * AUTO_WARMUP_EPOCHS))
@@ -272,10 +296,16 @@ def _plateau_lr(peak: float, step: int, per_epoch: int, warm: int, decay: tuple[
 def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches: int = BN_BATCHES) -> None:
     """Estimate every BatchNorm's running mean and variance again, as an equal average over up to `batches`
     training batches (in a seeded order, unshifted), with the weights as they are. No BatchNorm: nothing to do.
-    Under torchrun every rank does the same over the same batches, then takes rank 0's statistics bit for bit."""
+    Under torchrun every rank does the same over the same batches, then takes rank 0's statistics bit for bit.
+    Runs on `cfg.device`."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    with placed(cfg.on, model):
+        _recalibrate(model, norms, data, cfg, batches)
+
+
+def _recalibrate(model: nn.Module, norms: list[nn.Module], data: Any, cfg: TrainConfig, batches: int) -> None:
     was_training = model.training
     model.eval()
     momenta = [m.momentum for m in norms]
@@ -284,7 +314,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
         m.momentum = None  # a cumulative average over the batches below
         m.train()
     for x in _bn_batches(data, cfg, batches):
-        model(x)
+        model(to_device(x, cfg.on))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -296,7 +326,8 @@ def _bn_batches(data: Any, cfg: TrainConfig, batches: int) -> Iterator[torch.Ten
     count = min(batches, math.ceil(images_in(data) / cfg.batch_size))
     if streamed(data):
         loader = make_loader(data, cfg.batch_size, train=True, seed=cfg.seed + 1, augment=None,
-                             workers=loader_workers(distributed.world().local_size))
+                             workers=loader_workers(distributed.world().local_size),
+                             pin_memory=cfg.on.type == "cuda")
         for _, batch in zip(range(count), loader):
             yield batch.x
         return
@@ -320,12 +351,20 @@ class _Order:
 
 
 def scoring_batches(data: Any, task: Task, seed: int, count: int = TAYLOR_BATCHES,
-                    batch_size: int = TAYLOR_BATCH_SIZE) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """`count` training batches in an order seeded by `seed`, un-augmented, with their labels: what the parent's
-    Taylor importance is measured on (host_trainer/method/importance.py)."""
+                    batch_size: int = TAYLOR_BATCH_SIZE,
+                    device: torch.device = CPU) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """`count` training batches in an order seeded by `seed`, un-augmented, with their labels, on `device`: what
+    the parent's Taylor importance is measured on (host_trainer/method/importance.py)."""
+    for x, labels in _scoring_batches(data, task, seed, count, batch_size, device.type == "cuda"):
+        yield to_device(x, device), [to_device(t, device) for t in labels]
+
+
+def _scoring_batches(data: Any, task: Task, seed: int, count: int, batch_size: int,
+                     pin: bool) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     count = min(count, math.ceil(images_in(data) / batch_size))
     if streamed(data):
-        loader = make_loader(data, batch_size, train=True, seed=seed, augment=None, workers=loader_workers())
+        loader = make_loader(data, batch_size, train=True, seed=seed, augment=None, workers=loader_workers(),
+                             pin_memory=pin)
         for _, batch in zip(range(count), loader):
             yield batch.x, task.batch_labels(batch)
         return
