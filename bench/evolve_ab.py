@@ -48,8 +48,8 @@ def evolve_both(extra: list[str]) -> dict[str, tuple[Path, float]]:
 
 
 def final_of(run: Path):
-    from host_trainer.loop.runstore import RunDir
     from host_trainer.record import lineage as lineage_of
+    from host_trainer.rundir import RunDir
 
     records = RunDir(run).records()
     lineage = lineage_of(records)

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from common import ROOT, markdown, save  # also puts the repository on sys.path
 
+from host_trainer.rundir import EVENTS, GENERATIONS
+
 # (name, device, TF32 allowed); the first CUDA configuration is the one whose power is read
 CONFIGS = [("cpu", "cpu", False), ("cuda", "cuda:0", False), ("cuda, again", "cuda:0", False),
            ("cuda, TF32 on", "cuda:0", True)]
@@ -148,9 +150,9 @@ def evolve_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise_run(run: Path) -> dict[str, Any]:
-    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run / GENERATIONS).read_text().splitlines() if line.strip()]
     exported = [r for r in rows if r.get("onnx_parity_ok") is not None]
-    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in (run / EVENTS).read_text().splitlines() if line.strip()]
     started = next((e for e in events if e.get("event") == "run started"), {})
     return {"rows": len(rows), "accepted": sum(1 for r in rows if r.get("accepted")),
             "generations": max((r["generation"] for r in rows), default=-1),

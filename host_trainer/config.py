@@ -163,10 +163,10 @@ class EvolveConfig:
         return self.image_size or int(DETECT_DEFAULTS["image_size"] if detect else _FIELD_DEFAULTS["image_size"])
 
     @classmethod
-    def from_dict(cls, data: dict) -> EvolveConfig:
-        """A config.json as written by any version (0.1 said `precision` for `precision_format`; older ones have
-        no `final_epochs`); a value of the wrong type is a one-line UserError naming it, unknown keys are
-        ignored."""
+    def from_dict(cls, data: dict, source: str = "the run's configuration") -> EvolveConfig:
+        """A run's configuration as written by any version (0.1 said `precision` for `precision_format`; older
+        ones have no `final_epochs`); a value of the wrong type is a one-line UserError naming it and `source`
+        (where it was read), unknown keys are ignored."""
         data = dict(data)
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
@@ -175,9 +175,9 @@ class EvolveConfig:
         for key, value in known.items():
             if key == "gen0_epochs":  # a number (every version), or "auto"
                 if value != AUTO and not _number(value):
-                    raise UserError(f"config.json: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
+                    raise UserError(f"{source}: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
             elif not _same_kind(value, _FIELD_DEFAULTS[key]):
-                raise UserError(f"config.json: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
+                raise UserError(f"{source}: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
         return cls(**known)
 
 

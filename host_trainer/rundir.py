@@ -8,7 +8,13 @@
     <run>/results/              every device result the fleet kept, <job id>.json (fleet/jobs.py)
     <run>/board-keys/           the enrolled keys of the boards that signed them (fleet/trust.py, `keys verify`)
     <run>/latency/              one latency model per device, <device>.json (latency/store.py)
-    <run>/embedded/             the embedded fleet's broker, daemon and keys (fleet/local_fleet.py lays it out)
+    <run>/embedded/             the embedded fleet (fleet/local_fleet.py, fleet/trust.py):
+        broker/                 the Mosquitto's configuration and state
+        edge/                   the local daemon's --state-dir (spool, results, engine cache: the board's names)
+        edge.log                the local daemon's output
+        pids.json               the broker's and the daemon's process ids, to stop them after a SIGKILL
+        host-keys/              this run's host key and the board keys it enrolled
+        edge-keys/              the local daemon's --keys-dir (board.key, trusted-hosts: the board's names)
     <run>/report.md, *.png      `host-trainer report` (report/)
 
 Nothing else spells these names. Every write is atomic, so a kill at any instant leaves only complete
@@ -34,6 +40,9 @@ from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
 CONFIG, GENERATIONS, EVENTS, PARETO = "config.json", "generations.jsonl", "events.jsonl", "pareto.json"
 RESULTS, BOARD_KEYS, LATENCY, EMBEDDED = "results", "board-keys", "latency", "embedded"
+# Inside embedded/: the broker, the daemon's state and log, their process ids, the two sides' keys.
+EMBEDDED_BROKER, EMBEDDED_STATE, EMBEDDED_LOG, EMBEDDED_PIDS = "broker", "edge", "edge.log", "pids.json"
+EMBEDDED_HOST_KEYS, EMBEDDED_BOARD_KEYS = "host-keys", "edge-keys"
 GENERATION = "gen-"  # + the generation number in three digits: gen-003
 MODEL, CHECKPOINT, WEIGHTS = "model.onnx", "checkpoint.json", "weights.npz"  # in a generation folder
 REPORT, SYNAPSES_PNG, PRECISION_PNG = "report.md", "synapses_fps.png", "precision_recall.png"

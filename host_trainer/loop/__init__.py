@@ -6,5 +6,4 @@
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)
-- runstore.py    `RunDir` under its old name, for the bench/ scripts only
 """

@@ -92,7 +92,7 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
     if not (path / CONFIG).is_file():
         raise UserError(f"not a run directory (no {CONFIG}): {path}")
     run = RunDir(path)
-    cfg = EvolveConfig.from_dict(run.read_config())
+    cfg = EvolveConfig.from_dict(run.read_config(), str(path / CONFIG))
     size = distributed.world().size
     if size != cfg.world_size:  # the shards change, so the next generations differ from an uninterrupted run
         log.warning("world size changed", was=cfg.world_size, now=size)
