@@ -305,7 +305,8 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
         _recalibrate(model, norms, data, cfg, batches)
 
 
-def _recalibrate(model: nn.Module, norms: list[nn.Module], data: Any, cfg: TrainConfig, batches: int) -> None:
+def _recalibrate(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], data: Any, cfg: TrainConfig,
+                 batches: int) -> None:
     was_training = model.training
     model.eval()
     momenta = [m.momentum for m in norms]
