@@ -61,8 +61,13 @@ def printable(text: str, limit: int = MAX_TEXT) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` with anything unprintable (newlines included) as '?': a message quotes values a sender chose."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+    """``text`` on one line: whitespace (newlines included) as a space, anything else unprintable as '?'.
+
+    A message quotes values a sender chose, so it must never carry a line break or a control character.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
 
 
 class EdgeError(Exception):

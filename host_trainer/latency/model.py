@@ -29,8 +29,9 @@ import numpy as np
 from edge_evolver.files import atomic_write
 
 ALIGNMENTS = (1, 2, 4, 8, 16, 32)
-TIE = 1.05  # a larger alignment must fit at least 5% better than a smaller one to be preferred
+TIE = 1.2  # alignments whose fit errors are within this factor of the best one cannot be told apart
 LADDER_MARGIN = 0.05  # a count below the alignment joins a ladder only if its probe was this much faster
+NOISE_MARGIN = 2.0  # ... and at least this many times the sweep's own scatter faster (a busy board's noise)
 MIN_WIDTH = 0.01  # share of a: floor of a measured effective width (a zero width would divide by zero)
 OUTPUT, INPUT = "output", "input"  # probe axes
 SCHEMA = 1
@@ -190,8 +191,9 @@ class LatencyModel:
 
     def measured_below(self, size: int) -> list[int]:
         """Probed output counts c < min(size, a_out), largest first, whose measured time is lower by more than
-        LADDER_MARGIN than the time at a_out and than every larger count already taken (and than `size`'s own
-        when that is below a_out and probed): the steps the board really takes below its alignment."""
+        LADDER_MARGIN, and by more than NOISE_MARGIN times the sweeps' scatter, than the time at a_out and than every
+        larger count already taken (and than `size`'s own when that is below a_out and probed): the steps the
+        board really takes below its alignment, not a lucky sample on a busy board."""
         a = self.alignment
         ratios: dict[int, list[float]] = {}
         for t in _sweeps(self.probes, OUTPUT):
@@ -200,12 +202,24 @@ class LatencyModel:
                     ratios.setdefault(c, []).append(ms / t[a])
         curve = {c: sum(r) / len(r) for c, r in ratios.items()}
         reference = min(1.0, curve.get(size, 1.0)) if size < a else 1.0
+        margin = max(LADDER_MARGIN, NOISE_MARGIN * self.scatter())
         taken = []
         for c in sorted((c for c in curve if c < min(size, a)), reverse=True):
-            if curve[c] < reference * (1 - LADDER_MARGIN):
+            if curve[c] < reference * (1 - margin):
                 taken.append(c)
                 reference = curve[c]
         return taken
+
+    def scatter(self) -> float:
+        """The output sweeps' relative scatter about their fit at and above a_out, where the model must hold:
+        how much a probe's time moves for reasons other than its channels (0 without such a sweep)."""
+        a = self.alignment
+        errors = []
+        for t in _sweeps(self.probes, OUTPUT):
+            above = sorted(c for c in t if c >= a)
+            if len(above) >= 3 and len({step(c, a) for c in above}) >= 2:
+                errors.append(_linear_fit_error([float(step(c, a)) for c in above], [t[c] for c in above]))
+        return max(errors) if errors else 0.0
 
     # ---- storage -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -251,12 +265,15 @@ def cost(inputs: int, outputs: int, a: int, depthwise: bool = False) -> float:
 
 
 def pick_alignment(errors: dict[int, float]) -> int:
-    """The best-fitting alignment; a smaller one wins unless a larger one fits clearly (TIE) better."""
-    best = min(ALIGNMENTS, key=lambda a: (errors[a], a))
-    for a in ALIGNMENTS:
-        if a < best and errors[a] <= errors[best] * TIE + 1e-12:
-            return a
-    return best
+    """The largest alignment that fits as well as the best one (within TIE).
+
+    The risk is one-sided. Keeping channels on multiples of a larger alignment than the board's costs at most
+    a few channels of granularity; assuming a smaller one than the board's leaves widths such as 15 or 47 that
+    it computes as 16 or 48, and lets the solver chase savings that do not exist. On a busy board every
+    alignment fits about equally badly: then this keeps the steps, where preferring the smallest gave a = 1.
+    """
+    best = min(errors.values())
+    return max(a for a in ALIGNMENTS if errors[a] <= best * TIE + 1e-12)
 
 
 def _sweeps(probes: list[Probe], axis: str) -> list[dict[int, float]]:

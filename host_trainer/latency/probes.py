@@ -10,6 +10,7 @@ is an ordinary fp16 ONNX job, measured like an offspring (so a TensorRT board bu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from host_trainer.method.masks import prunable_layers
 
 PROBE_COUNTS = (1, 2, 4, 6, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32, 33, 40, 47, 48, 49, 56, 63, 64)
 MIN_SWEEP = 3  # fewer counts cannot show an alignment: such a sweep is not run
+ROUNDS = 2  # passes over each sweep; each count keeps its fastest (a busy board measured once shows no steps)
 OUTPUT = "output"
 
 # (job name, fp16 ONNX bytes, input shape without batch) -> the layer's time in ms on the board
@@ -91,18 +93,36 @@ def probe_layer(model: nn.Module, example: torch.Tensor, layer_ms: dict[str, flo
 
 
 def run_probes(layer: ProbeLayer, runner: ProbeRunner, counts: tuple[int, ...] = PROBE_COUNTS,
-               prefix: str = "probe") -> list[Probe]:
+               prefix: str = "probe", rounds: int = ROUNDS) -> list[Probe]:
     """The output sweep (jobs `<prefix>.<layer>.c<count>`), then the input sweep at the counts up to the
     layer's own input channels (`.i<count>`) when there are MIN_SWEEP of them and the layer's outputs are known.
-    Fixed weights: only the time matters."""
-    times = [_time(layer, runner, f"{prefix}.{layer.name}.c{c}", c, None) for c in counts]
+    Each sweep runs `rounds` times, every other round in reverse order, and keeps each count's fastest time:
+    load on the board only ever adds time, and a drift over the sweep then shows on both ends of it, not as a
+    step. Fixed weights: only the time matters."""
+    times = _sweep(counts, rounds, lambda c, r: _time(layer, runner, _name(prefix, layer, "c", c, r), c, None))
     sweeps = [Probe(layer=layer.name, inputs=layer.inputs, counts=list(counts), ms=times, outputs=layer.outputs)]
-    inputs = [c for c in counts if c <= layer.inputs]
+    inputs = tuple(c for c in counts if c <= layer.inputs)
     if layer.outputs > 0 and len(set(inputs)) >= MIN_SWEEP:
-        times = [_time(layer, runner, f"{prefix}.{layer.name}.i{c}", layer.outputs, c) for c in inputs]
-        sweeps.append(Probe(layer=layer.name, inputs=layer.inputs, counts=inputs, ms=times, axis=INPUT,
+        times = _sweep(inputs, rounds,
+                       lambda c, r: _time(layer, runner, _name(prefix, layer, "i", c, r), layer.outputs, c))
+        sweeps.append(Probe(layer=layer.name, inputs=layer.inputs, counts=list(inputs), ms=times, axis=INPUT,
                             outputs=layer.outputs))
     return sweeps
+
+
+def _sweep(counts: tuple[int, ...], rounds: int, time: Callable[[int, int], float]) -> list[float]:
+    """Each count's fastest time over `rounds` passes, odd passes in reverse order."""
+    best = [math.inf] * len(counts)
+    for r in range(max(1, rounds)):
+        order = range(len(counts)) if r % 2 == 0 else reversed(range(len(counts)))
+        for i in order:
+            best[i] = min(best[i], time(counts[i], r))
+    return best
+
+
+def _name(prefix: str, layer: ProbeLayer, axis: str, count: int, round_: int) -> str:
+    """The job name: `<prefix>.<layer>.<axis><count>`, with `.r<round>` after the first round."""
+    return f"{prefix}.{layer.name}.{axis}{count}" + (f".r{round_}" if round_ else "")
 
 
 def _time(layer: ProbeLayer, runner: ProbeRunner, name: str, outputs: int, inputs: int | None) -> float:
