@@ -304,7 +304,7 @@ def test_layer_time_round_trips_and_refuses_what_is_not_one():
 
 
 def test_error_lines_are_one_short_line():
-    assert error_line(EdgeError(ErrorCode.INTERNAL, "no\nlayers")) == "no?layers"  # EdgeError's own one_line
+    assert error_line(EdgeError(ErrorCode.INTERNAL, "no\nlayers")) == "no layers"
     assert error_line(RuntimeError("no\nlayers")) == "RuntimeError: no layers"
     assert error_line(RuntimeError("x" * 1000)).startswith("RuntimeError: xxx") and len(error_line(
         RuntimeError("x" * 1000))) == 300
