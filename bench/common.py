@@ -85,17 +85,55 @@ def save(name: str, payload: dict, table: str) -> None:
 
 
 def interleaved_rounds(models: dict[str, bytes], rounds: int = 5, threads: int = 1,
-                       min_seconds: float = 1.0) -> dict[str, list[float]]:
-    """Like interleaved_latency (A B C A B C ..., batch 1, ONNX Runtime), but every round's p50 in ms per model,
-    so the caller takes the median over rounds itself (bench/pareto.py); without the per-layer
-    profiling pass, which the timed window does not need."""
-    settings = BenchSettings(batch=1, min_iterations=200, min_seconds=min_seconds)
+                       min_seconds: float = 1.0, burst_s: float = 0.02) -> dict[str, list[float]]:
+    """Every round's p50 in ms per model (batch 1, ONNX Runtime, `threads` intra-op threads); the caller takes the
+    median over rounds (bench/pareto.py).
+
+    Finely interleaved, because this VM drifts by +-25 % over minutes: every model's session is built once and kept
+    open, and each round runs `burst_s` bursts of every model in turn (the order reversed on every other pass) until
+    each has had `min_seconds`. A model's samples in a round are thus spread over the whole round, so a slow minute
+    hits every model alike; timing one model per second (a session per model per round, as before) let the same
+    file read 713 us in one run and 948 us in the next, and moved the generations bench/pareto.py picked."""
+    engines, feeds = _open_sessions(models, threads)
     out: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
     for _ in range(rounds):
-        for name, data in models.items():
-            result = measure_model(data, backend="onnxruntime", settings=settings,
-                                   options={"threads": threads, "profile": False})
-            if not result.ok:
-                raise RuntimeError(f"{name}: {result.code}: {result.message}")
-            out[name].append(result.to_dict()["latency_ms_p50"])
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        spent = dict.fromkeys(names, 0.0)
+        flip = False
+        while min(spent.values()) < min_seconds:
+            for name in reversed(names) if flip else names:
+                spent[name] += _burst(engines[name], feeds[name], burst_s, samples[name])
+            flip = not flip
+        for name in names:
+            out[name].append(statistics.median(samples[name]))
+    for engine in engines.values():
+        engine.close()
     return out
+
+
+def _open_sessions(models: dict[str, bytes], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One ONNX Runtime engine per model (the daemon's backend and session settings), its seeded random feeds, and
+    a 0.2 s warm-up each."""
+    from edge_evolver.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from edge_evolver.measure.inputs import synthesize_inputs
+
+    backend = OnnxRuntimeBackend()
+    engines, feeds = {}, {}
+    for name, data in models.items():
+        engines[name], _plan = backend.build(data, {"threads": threads})
+        feeds[name] = synthesize_inputs(engines[name].inputs, 1, seed=0)
+        _burst(engines[name], feeds[name], 0.2, [])
+    return engines, feeds
+
+
+def _burst(engine: Any, feeds: Any, seconds: float, into: list[float]) -> float:
+    """Run `engine` back to back for at least `seconds` (and at least once); appends each run's ms to `into` and
+    returns the seconds spent."""
+    began = now = time.perf_counter()
+    while True:
+        engine.infer(feeds)
+        then, now = now, time.perf_counter()
+        into.append((now - then) * 1000.0)
+        if now - began >= seconds:
+            return now - began

@@ -74,7 +74,7 @@ def final_of(run: Path):
 
 
 def summarize(runs: dict[str, tuple[Path, float | None]], rounds: int,
-              arms: dict[str, list[str]] | None = None) -> tuple[dict, str]:
+              arms: dict[str, list[str]]) -> tuple[dict, str]:
     read = {arm: final_of(run) for arm, (run, _w) in runs.items()}
     models = {"gen0": (runs[DEFAULT][0] / read[DEFAULT][1].onnx_path).read_bytes()}
     models.update({arm: (runs[arm][0] / last.onnx_path).read_bytes() for arm, (_r, _f, last) in read.items()})
@@ -92,7 +92,7 @@ def summarize(runs: dict[str, tuple[Path, float | None]], rounds: int,
                      "mac": f"{first.macs / last.macs:.1f}× ({first.macs / 1e6:.2f} → {last.macs / 1e6:.2f} M)",
                      "lat": f"{result['gen0_p50_us']:.0f} → {p50:.0f} µs", "spd": f"{arm_result['speedup']:.2f}×",
                      "acc": f"{first.accuracy * 100:.2f} → {last.accuracy * 100:.2f}%"})
-    result["goal"] = "\n".join(goal(result["arms"], arm, options) for arm, options in (arms or ABLATION).items())
+    result["goal"] = "\n".join(goal(result["arms"], arm, options) for arm, options in arms.items())
     table = markdown(rows, [("arm", "arm", "s"), ("wall time", "wall", "s"), ("last generation", "gens", "d"),
                             ("rejected", "rej", "d"), ("MACs", "mac", "s"), ("batch-1 p50 (1 thread)", "lat", "s"),
                             ("measured speed-up", "spd", "s"), ("test accuracy", "acc", "s")])

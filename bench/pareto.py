@@ -12,11 +12,12 @@ seed 0):
 3. Torch-Pruning: L1 uniform (MagnitudeImportance(p=1), global_pruning=False) with round_to None and 8, and Taylor
    global (GroupTaylorImportance, global_pruning=True, gradients summed over 8 fixed seeded training batches; round_to
    None, and 8 with --taylor8). Each variant's ratio is solved (a grid scan, then bisection) until its measured
-   speed-up over dense (1 thread, batch 1; dense timed once, each probe the median of --solve-rounds rounds) is
+   speed-up over dense (1 thread, batch 1; each probe timed interleaved with dense, --solve-rounds rounds) is
    nearest 3x, 6x and 10x; L1 once per task (its channel counts do not depend on the weights), Taylor per seed;
 4. one timing: generation 0, every Torch-Pruning model and every generation of both lineages, interleaved in this
-   process, ONNX Runtime CPU, 1 intra-op thread, batch 1, --rounds (>= 5) rounds; a model's latency is the median
-   over rounds of its per-round p50. It serves the matching and the table. At each point ours (each allocation) is
+   process (every session open at once, 20 ms bursts of each model in turn, so the machine's drift hits all alike),
+   ONNX Runtime CPU, 1 intra-op thread, batch 1, --rounds (>= 5) rounds; a model's latency is the median over
+   rounds of its per-round p50. It serves the matching and the table. At each point ours (each allocation) is
    the generation closest to, at or below if possible, the fastest Torch-Pruning variant there (a generation the
    accepted final fine-tune trained on is represented by the fine-tuned one: same architecture);
 5. fine-tuning budget: ours' (device-aware) budget at a point is the sum of `epochs_trained` of every record up to
@@ -338,7 +339,8 @@ def run_seed(task_name: str, seed: int, args: argparse.Namespace, budget: Budget
         row.update({"seed": seed, "dense_p50_us": p50["dense"]})
     curve = {r.generation: (r.accuracy * 100, p50[f"device {r.generation}"]) for r in device.lineage
              if f"device {r.generation}" in p50}
-    how = [r.allocation for r in device.records if r.generation > 0 and not r.carried_over and not r.final_tune]
+    how = [r.allocation for r in device.records
+           if r.generation > 0 and not (r.carried_over or r.final_tune or r.rest)]
     return {"seed": seed, "gen0": info, "runs": {a: str(o.run) for a, o in lineages.items()},
             "device_run_allocations": {str(h): how.count(h) for h in set(how)},
             "offspring": {a: sum(r.generation > 0 and not r.carried_over for r in o.records)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pareto_rules as rules
 import torch
 import torch_pruning as tp
 from common import interleaved_rounds
-from pareto_rules import median_of_rounds, solve_speedup
+from pareto_rules import solve_speedup
 from torch import nn
 
 from host_trainer.config import EvolveConfig
@@ -123,16 +124,18 @@ def solve_ratios(model: nn.Module, example: torch.Tensor, points: tuple[float, .
                  export: Callable[[nn.Module], bytes], timing: tuple[int, float, tuple[float, ...], int],
                  grads: list | None = None) -> dict[float, tuple[float, float]]:
     """{point: (ratio, measured speed-up)}: the ratio of `variant` whose measured speed-up over `model` is nearest
-    each point (pareto_rules.solve_speedup over `timing` = (rounds, min_seconds, grid, refine)). Dense is timed once
-    (median of 2x the rounds), each probe alone (the median of its rounds' p50): a guide; the one timing decides
+    each point (pareto_rules.solve_speedup over `timing` = (rounds, min_seconds, grid, refine)). Each probe is timed
+    interleaved with dense (common.interleaved_rounds), its speed-up the median over rounds of dense's per-round p50
+    over its own, so the machine's drift between probes does not move the ratio: a guide; the one timing decides
     the table."""
     rounds, min_seconds, grid, refine = timing
-    dense = median_of_rounds(interleaved_rounds({"dense": export(model)}, 2 * rounds, 1, min_seconds))["dense"]
+    dense = export(model)
     seen: dict[float, float] = {}
 
     def speedup(ratio: float) -> float:
         onnx = export(prune(model, example, variant, ratio, grads))
-        value = dense / median_of_rounds(interleaved_rounds({"m": onnx}, rounds, 1, min_seconds))["m"]
+        both = interleaved_rounds({"dense": dense, "m": onnx}, rounds, 1, min_seconds)
+        value = statistics.median(d / m for d, m in zip(both["dense"], both["m"]))
         say(f"    {rules.tp_name(variant)} ratio {ratio:.4f}: {value:.2f}x")
         return value
 

@@ -40,6 +40,7 @@ class GenerationRecord:
     reject_reason: str | None = _f("str", "", "why it was not accepted (accuracy brake, device error, not the fittest)")
     carried_over: bool = _f("bool", "", "no offspring survived: the parent lives on as this generation", False)
     final_tune: bool = _f("bool", "", "the final fine-tune of the last accepted generation (--final-epochs)", False)
+    rest: bool = _f("bool", "", "no offspring survived: the parent trained once more without a cut (--epochs)", False)
     epochs_trained: float | None = _f("float", "epochs", "epochs this network trained: generation 0 (with "
                                                          "--gen0-epochs auto: until validation stopped improving), "
                                                          "an offspring's recovery, or the final fine-tune")
@@ -220,7 +221,8 @@ _ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "
             "list": "a list", "dict": "an object", "any": "anything"}
 FIELDS = tuple(f for f in fields(GenerationRecord) if f.name != "extra")
 KINDS = {f.name: f.metadata["kind"] for f in FIELDS}
-READ_DEFAULTS = {"schema": 1, "attempt": 0, "accepted": False, "carried_over": False, "final_tune": False}
+READ_DEFAULTS = {"schema": 1, "attempt": 0, "accepted": False, "carried_over": False, "final_tune": False,
+                 "rest": False}
 
 
 def lineage(records: Iterable[GenerationRecord]) -> list[GenerationRecord]:

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_evolver.files import atomic_write
 from host_trainer.errors import UserError
+from host_trainer.files import atomic_write_bytes, atomic_write_json
 from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
 CONFIG, GENERATIONS, EVENTS, PARETO = "config.json", "generations.jsonl", "events.jsonl", "pareto.json"
@@ -50,7 +50,6 @@ PARETO_PNG, DEVICES_PNG = "pareto.png", "fps_per_device.png"
 # Temporary names a killed run leaves: generation folders and atomic writes (`.tmp-`), and the atomic
 # writes of 0.1 (`.<file name>.<random>`).
 TEMPORARY = (f".{GENERATION}", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", f".{PARETO}.")
-FILE_MODE = 0o644  # run files are meant to be shared and read
 
 
 def generation_name(generation: int) -> str:
@@ -60,15 +59,6 @@ def generation_name(generation: int) -> str:
 def onnx_path(generation: int) -> str:
     """The generation's model, relative to the run directory, as its record names it."""
     return f"{generation_name(generation)}/{MODEL}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(str(path), data, mode=FILE_MODE)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_records(path: Path) -> list[GenerationRecord]:

@@ -24,6 +24,7 @@ from host_trainer.rundir import GENERATIONS
 
 CARRIED = "(carried over: no offspring survived)"
 FINAL = "(final fine-tune)"
+REST = "(no offspring survived: the parent trained again, no cut)"
 # Left out, in this order, when the terminal is too narrow for every column.
 OPTIONAL = ("clusters", "latency_ms_p99", "recall", "precision")
 # Plain-text widths, so that rows printed one at a time line up under the header.
@@ -37,7 +38,8 @@ def plain_header(task: str | None, keys: tuple[str, ...] = TERMINAL_COLUMNS) -> 
 
 def plain_row(record: GenerationRecord, keys: tuple[str, ...] = TERMINAL_COLUMNS) -> str:
     cells = [COLUMNS[k].text(record).rjust(_width(COLUMNS[k], record.task)) for k in keys]
-    note = f"  {CARRIED}" if record.carried_over else f"  {FINAL}" if record.final_tune else ""
+    note = next((f"  {text}" for flag, text in ((record.carried_over, CARRIED), (record.final_tune, FINAL),
+                                              (record.rest, REST)) if flag), "")
     return "  ".join(cells) + note
 
 
@@ -177,10 +179,11 @@ class Terminal:
             table.add_column(COLUMNS[key].title(task), justify="right", no_wrap=True)
         for r in records:
             cells = [COLUMNS[k].text(r) for k in keys]
-            cells[0] += "*" if r.carried_over else ""
+            cells[0] += "*" if r.carried_over else "+" if r.rest else ""
             table.add_row(*(Text(cell) for cell in cells))
-        if any(r.carried_over for r in records):
-            table.caption = (table.caption + "; " if table.caption else "") + f"* {CARRIED}"
+        for mark, flag, text in (("*", "carried_over", CARRIED), ("+", "rest", REST)):
+            if any(getattr(r, flag) for r in records):
+                table.caption = (table.caption + "; " if table.caption else "") + f"{mark} {text}"
         return table
 
 

@@ -205,3 +205,41 @@ def test_a_mobilenet_style_offspring_recovers_only_with_batchnorm_reestimated(mo
         torch.set_num_threads(threads)
     parent_score = task.evaluate(parent, data.val).accuracy
     assert scores[0] < 0.4 < 0.6 < scores[1] and parent_score - scores[1] < 0.25, (parent_score, scores)
+
+
+def test_a_generation_whose_offspring_all_fail_rests_the_parent_instead(tmp_path, monkeypatch):
+    """Every offspring rejected (the brake, forced here): the parent trains once more without a cut and lands as the
+    generation (`rest`), since that raised its validation accuracy; nothing is carried over."""
+    from typer.testing import CliRunner
+
+    from host_trainer.cli import app
+    from host_trainer.loop.controller import Controller
+
+    verdict = Controller.verdict
+    calls = []
+
+    def reject_every_cut(self, baseline, accuracy, loss):
+        calls.append(accuracy)
+        return "forced" if len(calls) <= 3 else verdict(self, baseline, accuracy, loss)
+
+    monkeypatch.setattr(Controller, "verdict", reject_every_cut)
+    runs = tmp_path / "runs"
+    args = ["evolve", "--run-dir", str(runs), *QUICK, "--gen0-epochs", "1", "--epochs", "2", "--generations", "1",
+            "--final-epochs", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+    rows = _rows(run)
+    assert [(r["generation"], r["accepted"], r["rest"]) for r in rows] == [
+        (0, True, False), (1, False, False), (1, False, False), (1, False, False), (1, True, True)]
+    rest = rows[-1]
+    assert rest["parent"] == 0 and rest["cut"] is None and rest["alpha"] is None and not rest["carried_over"]
+    assert rest["epochs_trained"] == 2.0 and rest["val_accuracy"] >= rows[0]["val_accuracy"]
+    assert (run / "gen-001" / "model.onnx").is_file()
+
+
+def test_the_terminal_marks_a_rest():
+    from host_trainer.record import GenerationRecord
+    from host_trainer.terminal import REST, plain_row
+
+    assert plain_row(GenerationRecord(generation=3, rest=True)).endswith(REST)

@@ -25,10 +25,10 @@ from edge_evolver.job import encode_job
 from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
 from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
 from host_trainer.errors import UserError
+from host_trainer.files import atomic_write_json
 from host_trainer.fleet.trust import AUTH_CODES, HostTrust
 from host_trainer.progress import NULL, Progress, Step
 from host_trainer.record import GenerationRecord
-from host_trainer.rundir import atomic_write_json
 
 log = structlog.get_logger("host_trainer.fleet")
 ANY = "any"

@@ -21,9 +21,10 @@ import structlog
 
 from edge_evolver.local_broker import INSTALL_HINT, LocalBroker, find_mosquitto, stop_process
 from host_trainer.errors import UserError
+from host_trainer.files import atomic_write_json
 from host_trainer.fleet.trust import HostTrust, embedded_trust
 from host_trainer.progress import NULL, Progress
-from host_trainer.rundir import EMBEDDED_BROKER, EMBEDDED_LOG, EMBEDDED_PIDS, EMBEDDED_STATE, atomic_write_json
+from host_trainer.rundir import EMBEDDED_BROKER, EMBEDDED_LOG, EMBEDDED_PIDS, EMBEDDED_STATE
 
 log = structlog.get_logger("host_trainer.local_fleet")
 LOCAL_DEVICE = "local"

@@ -99,36 +99,38 @@ def run_probes(layer: ProbeLayer, runner: ProbeRunner, counts: tuple[int, ...] =
     Each sweep runs `rounds` times, every other round in reverse order, and keeps each count's fastest time:
     load on the board only ever adds time, and a drift over the sweep then shows on both ends of it, not as a
     step. Fixed weights: only the time matters."""
-    times = _sweep(counts, rounds, lambda c, r: _time(layer, runner, _name(prefix, layer, "c", c, r), c, None))
+    times = _sweep(layer, runner, [(_name(prefix, layer, "c", c), c, None) for c in counts], rounds)
     sweeps = [Probe(layer=layer.name, inputs=layer.inputs, counts=list(counts), ms=times, outputs=layer.outputs)]
-    inputs = tuple(c for c in counts if c <= layer.inputs)
+    inputs = [c for c in counts if c <= layer.inputs]
     if layer.outputs > 0 and len(set(inputs)) >= MIN_SWEEP:
-        times = _sweep(inputs, rounds,
-                       lambda c, r: _time(layer, runner, _name(prefix, layer, "i", c, r), layer.outputs, c))
-        sweeps.append(Probe(layer=layer.name, inputs=layer.inputs, counts=list(inputs), ms=times, axis=INPUT,
+        times = _sweep(layer, runner, [(_name(prefix, layer, "i", c), layer.outputs, c) for c in inputs], rounds)
+        sweeps.append(Probe(layer=layer.name, inputs=layer.inputs, counts=inputs, ms=times, axis=INPUT,
                             outputs=layer.outputs))
     return sweeps
 
 
-def _sweep(counts: tuple[int, ...], rounds: int, time: Callable[[int, int], float]) -> list[float]:
-    """Each count's fastest time over `rounds` passes, odd passes in reverse order."""
-    best = [math.inf] * len(counts)
+def _sweep(layer: ProbeLayer, runner: ProbeRunner, jobs: list[tuple[str, int, int | None]],
+           rounds: int) -> list[float]:
+    """Each job's (name, outputs, inputs) fastest time over `rounds` passes, odd passes in reverse order and
+    named `<name>.r<round>`. Each network is exported once: only its timing is repeated."""
+    payloads = [_export(layer, outputs, inputs) for _, outputs, inputs in jobs]
+    best = [math.inf] * len(jobs)
     for r in range(max(1, rounds)):
-        order = range(len(counts)) if r % 2 == 0 else reversed(range(len(counts)))
-        for i in order:
-            best[i] = min(best[i], time(counts[i], r))
+        for i in (range(len(jobs)) if r % 2 == 0 else reversed(range(len(jobs)))):
+            name = jobs[i][0] + (f".r{r}" if r else "")
+            best[i] = min(best[i], float(runner(name, *payloads[i])))
     return best
 
 
-def _name(prefix: str, layer: ProbeLayer, axis: str, count: int, round_: int) -> str:
-    """The job name: `<prefix>.<layer>.<axis><count>`, with `.r<round>` after the first round."""
-    return f"{prefix}.{layer.name}.{axis}{count}" + (f".r{round_}" if round_ else "")
+def _name(prefix: str, layer: ProbeLayer, axis: str, count: int) -> str:
+    return f"{prefix}.{layer.name}.{axis}{count}"
 
 
-def _time(layer: ProbeLayer, runner: ProbeRunner, name: str, outputs: int, inputs: int | None) -> float:
+def _export(layer: ProbeLayer, outputs: int, inputs: int | None) -> tuple[bytes, tuple[int, ...]]:
+    """The probe network at (inputs, outputs) channels as fp16 ONNX bytes, and its input shape. Fixed weights:
+    only the time matters."""
     torch.manual_seed(outputs * 1000 + (inputs or 0))
-    onnx_bytes = to_onnx_bytes(layer.network(outputs, inputs), layer.shape(inputs), "fp16", OUTPUT)
-    return float(runner(name, onnx_bytes, layer.shape(inputs)))
+    return to_onnx_bytes(layer.network(outputs, inputs), layer.shape(inputs), "fp16", OUTPUT), layer.shape(inputs)
 
 
 def _pair(value) -> tuple[int, int]:

@@ -123,21 +123,29 @@ class Evolution:
         return self.records
 
     def _final_tune(self, parent: Member, baseline: float) -> None:
-        """--final-epochs: train the last accepted generation once more (training.fine_tune); it lands as the
-        next generation (`final_tune`) when its validation accuracy is at least its parent's."""
-        generation, seed = parent.generation + 1, derive_seed(self.cfg.seed, parent.generation + 1, 0)
+        """--final-epochs: train the last accepted generation once more; it lands as the next generation
+        (`final_tune`) when its validation accuracy is at least its parent's."""
+        generation = parent.generation + 1
+        self._retrain(parent, generation, derive_seed(self.cfg.seed, generation, 0), self.cfg.final_epochs,
+                      "final_tune", baseline)
+
+    def _retrain(self, parent: Member, generation: int, seed: int, epochs: float, flag: str,
+                 baseline: float) -> Member | None:
+        """Train a copy of `parent` for `epochs` on the fine-tune schedule (training.fine_tune), no cut; it lands as
+        `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`."""
         model, masks = copy.deepcopy(parent.model), dict(parent.masks)
-        loss = self._train(model, masks, generation, self.cfg.final_epochs, seed, final=True)
+        loss = self._train(model, masks, generation, epochs, seed, final=True)
         candidate = self._finish(model, masks, generation, parent.generation, seed, None, loss)
-        candidate.record.update({"final_tune": True, "epochs_trained": self.cfg.final_epochs})
+        candidate.record.update({flag: True, "epochs_trained": epochs})
         reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
         if reason is None and candidate.member.val_accuracy < parent.val_accuracy:
-            reason = f"the final fine-tune lowered validation accuracy ({parent.val_accuracy:.4f} -> " \
+            reason = f"training without a cut lowered validation accuracy ({parent.val_accuracy:.4f} -> " \
                      f"{candidate.member.val_accuracy:.4f})"
         if reason is not None:
             self._reject(candidate.record, reason)
-            return
+            return None
         self._commit(candidate)
+        return candidate.member
 
     def _goals_held(self) -> bool:
         accepted = [r for r in self.records if r.accepted and r.generation > 0]
@@ -196,7 +204,7 @@ class Evolution:
             if best is not None:
                 self._land(best)
                 return best.member
-        return self._carry_over(parent, generation)
+        return self._rest(parent, generation, baseline) or self._carry_over(parent, generation)
 
     def _measure_all(self, survivors: list[Candidate]) -> list[Candidate]:
         """Export and measure every survivor; on devices in parallel (K jobs in flight at once)."""
@@ -371,12 +379,21 @@ class Evolution:
         self.measurer.publish(record)
         log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
 
+    def _rest(self, parent: Member, generation: int, baseline: float) -> Member | None:
+        """No offspring survived: the lineage sits within the noise of the brake, where any cut fails and a
+        carried-over parent would meet the same wall next generation. Train the parent once more instead (--epochs,
+        the fine-tune schedule, no cut); it lands (`rest`) if that raised its validation accuracy, buying headroom."""
+        if self.cfg.epochs <= 0:
+            return None
+        seed = derive_seed(self.cfg.seed, generation, self.cfg.max_attempts)
+        return self._retrain(parent, generation, seed, self.cfg.epochs, "rest", baseline)
+
     def _carry_over(self, parent: Member, generation: int) -> Member:
         """No offspring survived: the parent lives on as this generation, recorded as such."""
         carried = Member(generation, copy.deepcopy(parent.model), dict(parent.masks), parent.val_accuracy)
         last = self._accepted(parent.generation)
         record = dataclasses.replace(last, generation=generation, parent=parent.generation,
-                                     attempt=self.cfg.max_attempts, carried_over=True, accepted=True,
+                                     attempt=self.cfg.max_attempts, carried_over=True, accepted=True, rest=False,
                                      reject_reason=None, extra=dict(last.extra))
         self._commit(Candidate(carried, record, seed=int(last.seed or 0)))
         return carried

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from host_trainer.files import atomic_write_bytes
 from host_trainer.record import lineage as lineage_of
 from host_trainer.report.figures import plot_precision_recall, plot_synapses_fps
 from host_trainer.report.fleet_figures import fleet_figures
 from host_trainer.report.markdown import render_markdown
 from host_trainer.report.reading import load_run
-from host_trainer.rundir import PRECISION_PNG, REPORT, SYNAPSES_PNG, atomic_write_bytes
+from host_trainer.rundir import PRECISION_PNG, REPORT, SYNAPSES_PNG
 
 
 def write_report(run: Path) -> list[Path]:
