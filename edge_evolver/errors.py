@@ -43,11 +43,6 @@ class ErrorCode:
         return sorted(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
 
 
-# Codes that blame the model itself rather than the device or the request: the host may
-# treat a genome that earns one of these as unfit on this device instead of retrying.
-MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE,
-                         ErrorCode.EXTERNAL_DATA, ErrorCode.TENSOR_SIZE_MISMATCH, ErrorCode.OPSET_NOT_ALLOWED)
-
 
 MAX_TEXT = 60  # characters of a sender's name, path or value quoted in a message
 

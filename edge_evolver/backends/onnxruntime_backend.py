@@ -25,7 +25,6 @@ from .tensors import TensorSpec
 
 DEFAULT_THREADS = 1
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
-KNOWN_OPTIONS = ("threads", "providers")
 MAX_MESSAGE = 400
 
 _ORT_DTYPES = {

@@ -5,7 +5,6 @@ attribute, which is the message a user needs. It is optional: on JetPack 4.6 (Py
 aarch64) there is no onnx wheel, and TensorRT's parser does the checking there.
 """
 
-from typing import Optional
 
 from ..errors import EdgeError, ErrorCode
 
@@ -18,15 +17,6 @@ PROTOBUF_LIMIT = 2 * 1024 ** 3
 def _one_line(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def onnx_available() -> Optional[str]:
-    """The onnx version, or None when it is not installed."""
-    try:
-        import onnx
-    except Exception:  # ImportError, or a broken protobuf underneath
-        return None
-    return str(onnx.__version__)
 
 
 def check_size(model_bytes: bytes) -> None:
