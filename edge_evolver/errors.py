@@ -65,6 +65,17 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
 
 
+MAX_MESSAGE = 400  # characters of a one-line message that quotes a runtime's or a sender's text
+
+
+def clip_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """Any text (a runtime's multi-line error, a sender's value) as one short line: runs of whitespace become one
+    space, anything else unprintable '?', and past `limit` characters it ends in '...'. The one clip every
+    message uses."""
+    line = one_line(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class EdgeError(Exception):
     """A failure with a machine-readable ``code`` and a one-line human ``message``."""
 

@@ -7,7 +7,7 @@ import math
 from typing import Any, List, Optional, Sequence
 
 from ..backends.profiling import RawProfile
-from ..errors import EdgeError, ErrorCode
+from ..errors import EdgeError, ErrorCode, clip_line
 from ..onnxgraph import read_nodes
 from ..protocol import LayerTime
 from .layer_map import assign_nodes
@@ -46,5 +46,4 @@ def finish_profile(raw: RawProfile, model_bytes: bytes) -> List[LayerTime]:
 def error_line(exc: BaseException) -> str:
     """A one-line ``profile_error``: the EdgeError's message, or the exception's type and text."""
     text = exc.message if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
-    text = " ".join(str(text).split()) or type(exc).__name__
-    return text if len(text) <= MAX_PROFILE_ERROR else text[:MAX_PROFILE_ERROR - 3] + "..."
+    return clip_line(text, MAX_PROFILE_ERROR) or type(exc).__name__

@@ -8,6 +8,7 @@ inside ``probe``). Adding a meter = one module + one line in ``_REGISTRY``.
 import importlib
 from typing import List, Tuple, Type
 
+from ..errors import clip_line
 from .base import MeterUnavailable, PowerMeter
 from .sampler import PowerSampler, PowerSummary
 
@@ -61,7 +62,7 @@ def _try_probe(name: str, root: str) -> Tuple[object, str]:
     except MeterUnavailable as exc:
         return None, exc.reason
     except Exception as exc:
-        return None, "probe failed unexpectedly: {}: {}".format(type(exc).__name__, " ".join(str(exc).split()))
+        return None, f"probe failed unexpectedly: {type(exc).__name__}: {clip_line(exc)}"
 
 
 def resolve_meter(name: str = "auto", root: str = "/") -> Tuple[PowerMeter, str]:
