@@ -156,7 +156,7 @@ def evolve(
     if nproc < 1 or not timeout_s > 0:
         raise _fail("--nproc-per-node must be >= 1 and --dist-timeout-s > 0")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not under torchrun yet: start it, with N copies of this
-        from host_trainer.loop.launcher import launch
+        from host_trainer.distributed.launcher import launch
 
         raise typer.Exit(code=launch(nproc, _without_nproc(sys.argv)))
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)
@@ -180,50 +180,25 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
                 quiet: bool, log_level: str, timeout_s: float) -> None:
-    from host_trainer.loop import distributed
-
-    try:
-        me = distributed.init(timeout_s)  # one process without torchrun
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    if not me.leader:
-        raise typer.Exit(code=_follow(me))
-    distributed.on_sigterm()  # SIGTERM unwinds like Ctrl-C: the embedded broker and daemon are stopped too
-    ok = False
-    try:
-        _lead(task, env_factor, given, run_dir, resume, quiet, log_level)
-        ok = True
-    except typer.Exit as exc:
-        if exc.exit_code in distributed.REPORTED:  # its one line is printed: the launcher adds none
-            distributed.reported()
-        raise
-    finally:
-        distributed.finish(ok)
-
-
-def _follow(me) -> int:  # noqa: ANN001
-    """A rank other than 0: silent; it trains what rank 0 orders until rank 0 says stop (0) or fails (1)."""
-    from host_trainer import events
-    from host_trainer.loop import distributed
+    """This rank's part of the run (host_trainer/distributed/supervise.py); exits with its code."""
+    from host_trainer import distributed
     from host_trainer.loop.session import follow_run
 
-    events.configure("warning", None, "critical")  # nothing shown, nothing written: rank 0 keeps the log
     try:
-        return 0 if follow_run() else 1
-    except BaseException as exc:  # rank 0 reports the run's failure; torchrun's report names this rank
-        if not os.environ.get(distributed.LAUNCHER_ENV):
-            sys.stderr.write(f"rank {me.rank}: stopped: {type(exc).__name__}: {str(exc).strip()[:200]}\n")
-        return 1
-    finally:
-        events.close()
-        distributed.teardown()
+        code = distributed.run_rank(timeout_s, lambda: _lead(task, env_factor, given, run_dir, resume, quiet,
+                                                             log_level), follow_run)
+    except UserError as exc:  # the process group could not be joined
+        raise _fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code=code)
 
 
 def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
-          quiet: bool, log_level: str) -> None:
+          quiet: bool, log_level: str) -> int:
+    """Rank 0 (or the one process): the run, with its own one-line report of how it ended; the exit code."""
     from host_trainer import events
     from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
-    from host_trainer.loop.distributed import LAUNCHER_ENV, DistributedError, Terminated
+    from host_trainer.distributed import LAUNCHER_ENV, DistributedError, Terminated
     from host_trainer.terminal import Terminal
 
     with Terminal(quiet=quiet) as terminal:
@@ -244,22 +219,23 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
         except DistributedError as exc:
             typer.echo(f"error: {exc} (continue with --resume RUN_DIR)", err=True)
-            raise typer.Exit(code=3) from None
+            return 3
         except UserError as exc:
-            raise _fail(str(exc)) from None
+            return _fail(str(exc)).exit_code
         except Terminated:
             if not os.environ.get(LAUNCHER_ENV):  # else the launcher names the rank that failed
                 several = int(os.environ.get("WORLD_SIZE", "1")) > 1
                 why = " (torchrun stops every rank when one fails)" if several else ""
                 typer.echo(f"error: stopped by SIGTERM{why}: continue with --resume RUN_DIR", err=True)
-            raise typer.Exit(code=143) from None
+            return 143
         except KeyboardInterrupt:
             typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
-            raise typer.Exit(code=130) from None
+            return 130
         finally:
             events.close()
     accepted = sum(1 for r in finished.records if r.accepted)
     typer.echo(f"done: {accepted} generations recorded in {finished.path}")
+    return 0
 
 
 def _configure_events(terminal: Terminal, log_level: str, quiet: bool) -> None:

@@ -26,6 +26,7 @@ LAYERS: dict[str, list[dict[str, str]]] = {
          "terminal": "what `evolve` shows while it runs: live progress and the generation table"},
         {"loop": "the run: start and resume, the generation loop, training, breeding, selection, checkpoints"},
         {"fleet": "measuring offspring: jobs over MQTT, the embedded broker and board, in-process measurement",
+         "distributed": "training on several processes under torchrun: the world, typed orders, tensors, a rank's life",
          "latency": "the board's latency model: per-layer profiles mapped to coupling groups, probes"},
         {"tasks": "what a task (classify, detect) decides: labels, loss, metrics, parity checks"},
         {"data": "data sets: the built-in and procedural sets, the user's folders, streamed batches",

@@ -23,12 +23,12 @@ import structlog
 import torch
 from torch import nn
 
+from host_trainer import distributed
 from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
 from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop import distributed
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Controller, Goals, speed_pressure
@@ -291,7 +291,7 @@ class Evolution:
 
     def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
                        generation: int, teacher: nn.Module | None = None) -> contextlib.AbstractContextManager:
-        """Under torchrun, every rank trains this network with rank 0 (loop/distributed.py)."""
+        """Under torchrun, every rank trains this network with rank 0 (host_trainer/distributed/)."""
         return distributed.lead_training(kind, model, masks, dataclasses.asdict(tcfg), generation, self._architecture,
                                          teacher)
 

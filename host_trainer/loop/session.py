@@ -14,7 +14,7 @@ import structlog
 import torch
 
 from edge_evolver.mqtt import TlsFiles
-from host_trainer import events
+from host_trainer import distributed, events
 from host_trainer.config import EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
@@ -23,7 +23,6 @@ from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop import distributed
 from host_trainer.loop.evolve import Evolution, resume_member
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
 from host_trainer.models.registry import build_model
@@ -68,7 +67,7 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
     data, task, device = _prepare(cfg, view)
     cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     cfg.world_size = distributed.world().size
-    distributed.order({"op": "setup", "config": cfg.to_dict()})  # under torchrun: the other ranks load the data
+    distributed.send(distributed.Setup(cfg.to_dict()))  # under torchrun: the other ranks load the data
     path = Path(parent_dir) / run_id
     suffix = 1
     while path.exists():
@@ -103,7 +102,7 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
     records = run.completed_records()
     cfg.train_device = cfg.train_device if train_device is None else train_device
     data, task, device = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
-    distributed.order({"op": "setup", "config": cfg.to_dict()})
+    distributed.send(distributed.Setup(cfg.to_dict()))
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
@@ -120,31 +119,26 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
 def follow_run() -> bool:
     """A rank other than 0 under torchrun: load the data rank 0 names, then train every network it sends, with
     it, until it says stop (True) or that the run failed (False). Writes nothing, shows nothing."""
-    message = distributed.next_order()
-    if message["op"] != "setup":
-        return message["op"] == "stop"
-    cfg = EvolveConfig.from_dict(message["config"])
+    order = distributed.receive()
+    if not isinstance(order, distributed.Setup):
+        return isinstance(order, distributed.Stop) and order.ok
+    cfg = EvolveConfig.from_dict(order.config)
     data, task, device = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
     split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
-    while (message := distributed.next_order())["op"] == "train":
-        with distributed.guarded(f"training generation {message['generation']}"):
-            _follow_training(message, split, task, device)
-    return message["op"] == "stop"
+    while isinstance(order := distributed.receive(), distributed.Train):
+        with distributed.guarded(f"training generation {order.generation}"):
+            _follow_training(order, split, task, device)
+    return isinstance(order, distributed.Stop) and order.ok
 
 
-def _follow_training(message: dict, split: Any, task: Task, device: torch.device) -> None:
-    model = ckpt.build_architecture(message["architecture"])
-    masks = distributed.load_network(model, distributed.share(message["spec"]))
-    teacher = None
-    if message.get("teacher"):
-        teacher = ckpt.build_architecture(message["teacher"])
-        teacher.load_state_dict(distributed.share(message["teacher_spec"]))
-    tcfg = TrainConfig(**{**message["train"], "device": str(device)})  # this rank's own device (cuda:LOCAL_RANK)
-    if message["kind"] == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
+def _follow_training(order: distributed.Train, split: Any, task: Task, device: torch.device) -> None:
+    model, masks, teacher = distributed.receive_networks(order, ckpt.build_architecture)
+    tcfg = TrainConfig(**{**order.train, "device": str(device)})  # this rank's own device (cuda:LOCAL_RANK)
+    if order.kind == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
         train_until_plateau(model, masks, split, tcfg, task, lambda _m: 0.0)
     else:
         train(model, masks, split, tcfg, task, teacher)
-    distributed.check_identical(model, masks, f"generation {message['generation']}")
+    distributed.check_identical(model, masks, f"generation {order.generation}")
 
 
 @contextlib.contextmanager

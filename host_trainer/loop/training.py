@@ -17,7 +17,7 @@ A training depends only on (model, masks, data, config): the batch order comes f
 `config.seed` and no state carries over between generations, so a resumed run repeats exactly what an
 uninterrupted one would have done. The task (host_trainer/tasks/) supplies the labels and the loss.
 
-Under torchrun (loop/distributed.py, docs/distributed.md) every rank draws the same global batch of `batch_size`
+Under torchrun (host_trainer/distributed/, docs/distributed.md) every rank draws the same global batch of `batch_size`
 images from the same seeded permutation and trains on its share of it (`distributed.shard`) under
 DistributedDataParallel; steps, and so the learning-rate schedule, count global batches. On one process each
 `distributed` call is a no-op and training is what it always was.
@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from host_trainer.data.splits import images_in, loader_workers, streamed
-from host_trainer.data.stream_loader import make_loader
-from host_trainer.loop import distributed
+from host_trainer import distributed
+from host_trainer.data.batching import sample_batches, training_batches
+from host_trainer.data.splits import images_in, loader_workers
 from host_trainer.method.masks import apply_masks
 from host_trainer.tasks.base import Task
 from host_trainer.torch_device import CPU, placed, to_device
@@ -116,16 +115,6 @@ def total_steps(images: int, cfg: TrainConfig) -> int:
     return max(1, round(math.ceil(images / cfg.batch_size) * cfg.epochs))
 
 
-def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `max_shift` pixels with zero fill (one shift per batch)."""
-    if max_shift <= 0 or x.dim() != 4:
-        return x
-    dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
-    padded = F.pad(x, (max_shift,) * 4)
-    h, w = x.shape[2], x.shape[3]
-    return padded[:, :, max_shift + dy: max_shift + dy + h, max_shift + dx: max_shift + dx + w]
-
-
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -146,9 +135,7 @@ class _Steps:
         masks = {name: mask.to(self.device) for name, mask in masks.items()}
         self.model, self.masks, self.cfg, self.task, self.teacher = model, masks, cfg, task, teacher
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.data, self.streamed = data, streamed(data)
-        if not self.streamed:  # in memory: index the arrays (the labels of the whole split, once)
-            self.x, self.labels = torch.from_numpy(data.x), task.labels(data)
+        self.data = data
         self.shift = cfg.augment_shift if task.augment else 0
         self.per_epoch = math.ceil(images_in(data) / cfg.batch_size)
         self.opt = _optimizer(model, cfg)
@@ -158,36 +145,14 @@ class _Steps:
         apply_masks(model, masks)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch."""
-        if self.streamed:
-            yield from self._streamed_batches()
-            return
-        while True:
-            order = torch.randperm(len(self.x), generator=self.gen)
-            for start in range(0, len(order), self.cfg.batch_size):
-                idx = distributed.shard(order[start: start + self.cfg.batch_size])
-                x = to_device(self.x[idx], self.device)
-                yield _shift(x, self.shift, self.gen), [to_device(t[idx], self.device) for t in self.labels]
-
-    def _streamed_batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """The same seeded permutation and shares, but the images decoded and augmented per batch by a
-        DataLoader's workers (data/stream_loader.py): this rank's shares of one pass, in order, are the
-        loader's sampler; every share but the pass's last holds ceil(batch_size / world size) images."""
-        order = _Order()
+        """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch, on the
+        training device (data/batching.py)."""
         world = distributed.world()
-        loader = make_loader(self.data, math.ceil(self.cfg.batch_size / world.size), train=True, seed=self.cfg.seed,
-                             sampler=order, workers=loader_workers(world.local_size),
-                             pin_memory=self.device.type == "cuda")
-        epoch = 0
-        while True:
-            perm = torch.randperm(images_in(self.data), generator=self.gen)
-            order.items = [int(i) for start in range(0, len(perm), self.cfg.batch_size)
-                           for i in distributed.shard(perm[start: start + self.cfg.batch_size])]
-            loader.set_epoch(epoch)
-            epoch += 1
-            for batch in loader:
-                yield (to_device(batch.x, self.device),
-                       [to_device(t, self.device) for t in self.task.batch_labels(batch)])
+        for x, labels in training_batches(self.data, self.task, self.cfg.batch_size, self.gen,
+                                          max_shift=self.shift, shard=distributed.shard, world_size=world.size,
+                                          seed=self.cfg.seed, workers=loader_workers(world.local_size),
+                                          pin=self.device.type == "cuda"):
+            yield to_device(x, self.device), [to_device(t, self.device) for t in labels]
 
     def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
         """One optimiser step at `lr`; masked synapses back to zero. (loss over every rank, the batch's score)."""
@@ -324,31 +289,9 @@ def _recalibrate(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm],
 
 def _bn_batches(data: Any, cfg: TrainConfig, batches: int) -> Iterator[torch.Tensor]:
     """Up to `batches` training batches in an order seeded by cfg.seed + 1, un-augmented: the same on every rank."""
-    count = min(batches, math.ceil(images_in(data) / cfg.batch_size))
-    if streamed(data):
-        loader = make_loader(data, cfg.batch_size, train=True, seed=cfg.seed + 1, augment=None,
-                             workers=loader_workers(distributed.world().local_size),
-                             pin_memory=cfg.on.type == "cuda")
-        for _, batch in zip(range(count), loader):
-            yield batch.x
-        return
-    x = torch.from_numpy(data.x)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + 1))
-    for i in range(count):
-        yield x[order[i * cfg.batch_size: (i + 1) * cfg.batch_size]]
-
-
-class _Order:
-    """A sampler whose indices the training loop sets before each pass (the loader reads it in this process)."""
-
-    def __init__(self) -> None:
-        self.items: list[int] = []
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
+    for x, _ in sample_batches(data, None, cfg.seed + 1, batches, cfg.batch_size,
+                               workers=loader_workers(distributed.world().local_size), pin=cfg.on.type == "cuda"):
+        yield x
 
 
 def scoring_batches(data: Any, task: Task, seed: int, count: int = TAYLOR_BATCHES,
@@ -356,21 +299,6 @@ def scoring_batches(data: Any, task: Task, seed: int, count: int = TAYLOR_BATCHE
                     device: torch.device = CPU) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """`count` training batches in an order seeded by `seed`, un-augmented, with their labels, on `device`: what
     the parent's Taylor importance is measured on (host_trainer/method/importance.py)."""
-    for x, labels in _scoring_batches(data, task, seed, count, batch_size, device.type == "cuda"):
+    for x, labels in sample_batches(data, task, seed, count, batch_size, workers=loader_workers(),
+                                    pin=device.type == "cuda"):
         yield to_device(x, device), [to_device(t, device) for t in labels]
-
-
-def _scoring_batches(data: Any, task: Task, seed: int, count: int, batch_size: int,
-                     pin: bool) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    count = min(count, math.ceil(images_in(data) / batch_size))
-    if streamed(data):
-        loader = make_loader(data, batch_size, train=True, seed=seed, augment=None, workers=loader_workers(),
-                             pin_memory=pin)
-        for _, batch in zip(range(count), loader):
-            yield batch.x, task.batch_labels(batch)
-        return
-    x, labels = torch.from_numpy(data.x), task.labels(data)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    for i in range(count):
-        idx = order[i * batch_size: (i + 1) * batch_size]
-        yield x[idx], [t[idx] for t in labels]
