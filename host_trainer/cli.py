@@ -138,19 +138,7 @@ def evolve(
                                            "waits for the others before the run stops with an error."),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
-    given = dict(model=model, dataset=dataset, image_size=image_size, generations=generations, epochs=epochs,
-                 gen0_epochs=gen0_epochs, precision_format=precision, probability_model=probability_model, tau=tau,
-                 channel_multiple=channel_multiple, init=init, seed=seed, max_accuracy_drop=max_accuracy_drop,
-                 distill=distill, train_subset=train_subset, bench_threads=bench_threads,
-                 bench_min_seconds=bench_min_seconds, bench_min_iterations=bench_min_iterations, broker=broker,
-                 devices=list(device) if device else None, any_device=any_device or None, prefix=prefix,
-                 no_mqtt=no_mqtt or None, job_timeout_s=job_timeout_s, job_retries=job_retries,
-                 device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
-                 max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
-                 final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
-                 probes=False if no_probes else None, keys_dir=_text(keys_dir), insecure=insecure or None,
-                 ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file),
-                 train_device=train_device)
+    given = _given(locals())  # first: only the options are bound yet
     nproc = default_of("nproc_per_node") if nproc_per_node is None else nproc_per_node
     timeout_s = default_of("dist_timeout_s") if dist_timeout_s is None else dist_timeout_s
     if nproc < 1 or not timeout_s > 0:
@@ -290,6 +278,28 @@ def watch(
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+# `evolve`'s parameters that are not EvolveConfig fields, and those named otherwise there.
+NOT_CONFIG = ("task", "env_factor", "run_dir", "resume", "quiet", "log_level", "nproc_per_node", "dist_timeout_s")
+RENAMED = {"precision": "precision_format", "device": "devices", "no_probes": "probes"}
+
+
+def _given(options: dict) -> dict:
+    """EvolveConfig's fields as the options give them, None where an option was not given (the config's default
+    then applies): a flag that is off, an empty --device, a path as text; --no-probes is probes=False."""
+    given = {}
+    for name, value in options.items():
+        if name in NOT_CONFIG:
+            continue
+        if name == "no_probes":
+            value = False if value else None
+        elif isinstance(value, bool) or (isinstance(value, list) and not value):
+            value = value or None
+        elif isinstance(value, Path):
+            value = str(value)
+        given[RENAMED.get(name, name)] = list(value) if isinstance(value, list) else value
+    return given
 
 
 def _run_id(cfg) -> str:  # noqa: ANN001

@@ -19,6 +19,7 @@ from torch import nn
 
 from host_trainer.config import EvolveConfig
 from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
+from host_trainer.loop.controller import Alpha
 from host_trainer.loop.training import scoring_batches
 from host_trainer.method.compaction import ClusterGroup, cluster_groups, compact
 from host_trainer.method.depth import Block, removable_blocks, removal_loss, remove_blocks
@@ -80,15 +81,15 @@ class Breeder:
         return self.task.loss(outputs, labels, None)
 
     def breed(self, parent_model: nn.Module, parent_masks: dict[str, torch.Tensor], fitness: GenerationRecord,
-              seed: int, alpha: tuple[float, float], k: int, attempt: int,
+              seed: int, alpha: Alpha, k: int, attempt: int,
               rejected: Sequence[Mapping[str, int]]) -> Bred:
         cfg = self.cfg
         scores = self.scores(fitness, parent_model)
         groups = scores.groups
-        request = CutRequest(alpha[0], seed, k, attempt, scores.importance, rejected, scores.blocks,
+        request = CutRequest(alpha.c, seed, k, attempt, scores.importance, rejected, scores.blocks,
                              scores.block_importance)
         allocation = self.allocator.cut(fitness, parent_model, groups, request)
-        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
+        scfg = SynthesisConfig(alpha.c, alpha.s, cfg.tau, cfg.probability_model, cfg.channel_multiple)
         plan = plan_offspring(parent_model, groups, parent_masks, scfg, np.random.default_rng(seed),
                               counts=allocation.counts)
         child, masks = compact(parent_model, plan.masks, groups, plan.keep, self.example)

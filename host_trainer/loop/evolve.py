@@ -27,11 +27,11 @@ from host_trainer import distributed
 from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
-from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
+from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
-from host_trainer.loop.controller import Controller, Goals, speed_pressure
+from host_trainer.loop.controller import Alpha, Controller, Goals, speed_pressure
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,
@@ -90,12 +90,24 @@ class Candidate:
     onnx: bytes = b""
 
 
+def dense_model(cfg: EvolveConfig, data: Any, load: bool = True) -> nn.Module:
+    """Generation 0's network, built with the run's generation-0 seed (so its initial weights are the run's), with
+    --weights loaded into it (unless `load` is False: a follower, or a resumed run past generation 0)."""
+    torch.manual_seed(derive_seed(cfg.seed, 0, 0))
+    model = build_model(cfg.model, data.num_classes, data.input_shape)
+    if cfg.weights and load:
+        check_unchanged(cfg.weights, cfg.weights_sha256)
+        load_weights(model, cfg.weights, cfg.model)
+    return model
+
+
 class Evolution:
     def __init__(self, cfg: EvolveConfig, data: Any, run: RunDir, measurer: Measurer, task: Task,
-                 view: RunView = NULL, device: torch.device = CPU):
+                 view: RunView = NULL, device: torch.device = CPU, dense: nn.Module | None = None):
         """`device`: where networks train, are scored and evaluated (`--train-device`, resolved by the session);
-        between those steps every network rests on the CPU."""
-        self.device = device
+        between those steps every network rests on the CPU. `dense`: generation 0's network as `dense_model`
+        built it (the session builds it once, up front, to check the input); built here when not given."""
+        self.device, self._dense = device, dense
         self.cfg, self.data, self.run, self.measurer, self.task, self.view = cfg, data, run, measurer, task, view
         self.example = torch.zeros((1, *data.input_shape))
         self.goals = Goals(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
@@ -159,11 +171,8 @@ class Evolution:
         """The dense ancestor: built (or the user's --weights), trained for --gen0-epochs (a number, 0, or auto:
         until validation accuracy stops improving, the best epoch kept), restricted, measured."""
         cfg, seed = self.cfg, derive_seed(self.cfg.seed, 0, 0)
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, self.data.num_classes, self.data.input_shape)
-        if cfg.weights:
-            check_unchanged(cfg.weights, cfg.weights_sha256)
-            load_weights(model, cfg.weights, cfg.model)
+        model = self._dense if self._dense is not None else dense_model(cfg, self.data)
+        self._dense = None  # trained from here on: never handed out twice
         masks, loss, trained = dense_masks(model), float("nan"), 0.0
         if cfg.gen0_epochs == AUTO:
             tcfg = self._train_config(seed)
@@ -252,7 +261,7 @@ class Evolution:
 
     # ---- one offspring ---------------------------------------------------------------------
     def _offspring(self, parent: Member, fitness: GenerationRecord, generation: int, seed: int,
-                   alpha: tuple[float, float], k: int, attempt: int):
+                   alpha: Alpha, k: int, attempt: int):
         """Breed (loop/breeding.py) and train one offspring; its record fields besides the metrics."""
         cfg = self.cfg
         bred = self.breeder.breed(parent.model, parent.masks, fitness, seed, alpha, k, attempt,
@@ -265,7 +274,7 @@ class Evolution:
         teacher = self._teacher() if cfg.distill > 0 else None
         tcfg = recovery(self._train_config(seed, cfg.epochs), bred.lost, splits.images_in(self.train_split))
         loss = self._train_with(child, masks, generation, tcfg, teacher)
-        target = alpha[0] * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
+        target = alpha.c * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
         fields = {**bred.allocation.to_record(), "parent_sha256": fitness.model_sha256,
                   "importance_lost": bred.lost, "epochs_trained": tcfg.epochs, "time_target_ms": target}
         return child, masks, loss, fields
@@ -300,7 +309,7 @@ class Evolution:
                            device=str(self.device))
 
     def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
-                seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0) -> Candidate:
+                seed: int, alpha: Alpha | None, loss: float, attempt: int = 0) -> Candidate:
         """Restrict precision, evaluate before and after, and start the offspring's record."""
         with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"), \
                 placed(self.device, model):
@@ -311,8 +320,8 @@ class Evolution:
             val = self.task.evaluate(model, self.data.val)
         record = GenerationRecord(
             generation=generation, parent=parent, attempt=attempt, seed=seed, task=self.task.name,
-            alpha=list(alpha) if alpha else None, alpha_c=alpha[0] if alpha else None,
-            alpha_s=alpha[1] if alpha else None, precision_format=self.cfg.precision_format,
+            alpha=list(alpha) if alpha else None, alpha_c=alpha.c if alpha else None,
+            alpha_s=alpha.s if alpha else None, precision_format=self.cfg.precision_format,
             val_accuracy=val.accuracy, train_loss=loss, accuracy_before_restriction=before.accuracy)
         record.update(size_metrics(model, self.data.input_shape).to_dict()).update(test.to_dict())
         return Candidate(Member(generation, model, masks, val.accuracy), record, seed)
@@ -348,11 +357,10 @@ class Evolution:
         name += ".carry" if record.carried_over else ""
         started = time.perf_counter()
         try:
-            fields = self.measurer.measure(name, candidate.onnx, splits.head(self.data.test, AGREEMENT_SAMPLES),
-                                           {"generation": record.generation, "attempt": record.attempt})
-            profile = fields.pop(PROFILE, None) or []
-            record.update(fields)
-            record.update(self.allocator.observe(record, candidate.member.model, profile))
+            measured = self.measurer.measure(name, candidate.onnx, splits.head(self.data.test, AGREEMENT_SAMPLES),
+                                             {"generation": record.generation, "attempt": record.attempt})
+            record.update(measured.fields)
+            record.update(self.allocator.observe(record, candidate.member.model, measured.profile))
         except DeviceError as exc:
             return str(exc)
         finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 import torch
+from torch import nn
 
 from edge_evolver.mqtt import TlsFiles
 from host_trainer import distributed, events
@@ -23,10 +24,9 @@ from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop.evolve import Evolution, resume_member
+from host_trainer.loop.evolve import Evolution, dense_model, resume_member
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
-from host_trainer.models.registry import build_model
-from host_trainer.models.weights import check_unchanged, file_sha256, load_weights
+from host_trainer.models.weights import file_sha256
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 from host_trainer.rundir import CONFIG, EMBEDDED, EVENTS, RESULTS, RunDir
@@ -45,18 +45,26 @@ class Finished:
     records: list[GenerationRecord]
 
 
-def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tuple[Any, Task, torch.device]:
-    """Resolve where this rank trains, load the data, build the model (with --weights, loaded into it) and the
-    task once, so that bad input (a CUDA device torch cannot see, too) fails before any write."""
+@dataclass
+class Prepared:
+    """What a rank needs before it writes anything: the data, generation 0's network, the task, the device."""
+
+    data: Any
+    dense: nn.Module
+    task: Task
+    device: torch.device
+
+
+def _prepare(cfg: EvolveConfig, view: RunView, load: bool = True) -> Prepared:
+    """Resolve where this rank trains, load the data, build generation 0's network (loop/evolve.py's
+    `dense_model`; with --weights loaded unless not `load`) and the task once, so that bad input (a CUDA device
+    torch cannot see, too) fails before any write."""
     world = distributed.world()
     device = use(resolve(cfg.train_device, world.local_rank, world.local_size))
     torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
-    model = build_model(cfg.model, data.num_classes, data.input_shape)
-    if cfg.weights and check_weights:
-        check_unchanged(cfg.weights, cfg.weights_sha256)
-        load_weights(model, cfg.weights, cfg.model)
-    return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model), device
+    dense = dense_model(cfg, data, load)
+    return Prepared(data, dense, make_task(cfg.task, data, dense, cfg.distill, model_name=cfg.model), device)
 
 
 def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
@@ -64,7 +72,7 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
         cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     if cfg.broker and not cfg.no_mqtt:
         open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
-    data, task, device = _prepare(cfg, view)
+    ready = _prepare(cfg, view)
     cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     cfg.world_size = distributed.world().size
     distributed.send(distributed.Setup(cfg.to_dict()))  # under torchrun: the other ranks load the data
@@ -78,10 +86,11 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
     run.write_config(cfg.to_dict())
     log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
              generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid(),
-             train_device=str(device))
+             train_device=str(ready.device))
     view.note(f"run directory: {path}")
-    with measuring(cfg, path, task, view) as measurer:
-        return Finished(path, Evolution(cfg, data, run, measurer, task, view, device).run_all())
+    with measuring(cfg, path, ready.task, view) as measurer:
+        evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
+        return Finished(path, evolution.run_all())
 
 
 def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_device: str | None = None) -> Finished:
@@ -101,17 +110,17 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
         run.write_config(cfg.to_dict())
     records = run.completed_records()
     cfg.train_device = cfg.train_device if train_device is None else train_device
-    data, task, device = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
+    ready = _prepare(cfg.validate(), view, load=not records)  # generation 0 done: its weights are not needed
     distributed.send(distributed.Setup(cfg.to_dict()))
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
     events.attach_run_log(path / EVENTS)
     log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations,
-             train_device=str(device))
+             train_device=str(ready.device))
     view.note(f"run directory: {path} (resuming after generation {last})")
-    with measuring(cfg, path, task, view) as measurer:
-        evolution = Evolution(cfg, data, run, measurer, task, view, device)
+    with measuring(cfg, path, ready.task, view) as measurer:
+        evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
         evolution.records = records
         return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
 
@@ -123,11 +132,11 @@ def follow_run() -> bool:
     if not isinstance(order, distributed.Setup):
         return isinstance(order, distributed.Stop) and order.ok
     cfg = EvolveConfig.from_dict(order.config)
-    data, task, device = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
-    split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
+    ready = _prepare(cfg, NULL, load=False)  # rank 0 sends generation 0's weights
+    split = splits.take(ready.data.train, cfg.train_subset) if cfg.train_subset else ready.data.train
     while isinstance(order := distributed.receive(), distributed.Train):
         with distributed.guarded(f"training generation {order.generation}"):
-            _follow_training(order, split, task, device)
+            _follow_training(order, split, ready.task, ready.device)
     return isinstance(order, distributed.Stop) and order.ok
 
 
