@@ -229,3 +229,19 @@ def test_an_import_up_the_layers_and_an_unplaced_package_are_found(tmp_path: Pat
 
 if __name__ == "__main__":
     sys.stdout.write("\n\n".join(f"{side}:\n\n{layers_markdown(side)}" for side in SIDES) + "\n")
+
+
+def test_every_package_docstring_names_its_modules() -> None:
+    """A package's docstring is its table of contents (the top-level packages point to docs/architecture.md)."""
+    missing = []
+    for side in SIDES:
+        for init in sorted((ROOT / side).rglob("__init__.py")):
+            folder = init.parent
+            if folder == ROOT / side or "procedural" in folder.parts:
+                continue
+            text = init.read_text()
+            doc = text.split('"""')[1] if text.count('"""') >= 2 else ""
+            names = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
+            names += [d.name for d in folder.iterdir() if d.is_dir() and (d / "__init__.py").exists()]
+            missing += [f"{folder.relative_to(ROOT)}/{n}" for n in names if n not in doc]
+    assert missing == [], f"add to the package docstring: {missing}"
