@@ -142,13 +142,14 @@ class Evolution:
                       "final_tune", baseline)
 
     def _retrain(self, parent: Member, generation: int, seed: int, epochs: float, flag: str,
-                 baseline: float) -> Member | None:
+                 baseline: float, attempt: int = 0) -> Member | None:
         """Train a copy of `parent` for `epochs` on the fine-tune schedule (training.fine_tune), no cut; it lands as
-        `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`."""
+        `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`.
+        `attempt` keeps its record, and its measurement job's id, apart from the generation's offspring."""
         model, masks = copy.deepcopy(parent.model), dict(parent.masks)
         loss = self._train(model, masks, generation, epochs, seed, final=True)
         candidate = self._finish(model, masks, generation, parent.generation, seed, None, loss)
-        candidate.record.update({flag: True, "epochs_trained": epochs})
+        candidate.record.update({flag: True, "epochs_trained": epochs, "attempt": attempt})
         reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
         if reason is None and candidate.member.val_accuracy < parent.val_accuracy:
             reason = f"training without a cut lowered validation accuracy ({parent.val_accuracy:.4f} -> " \
@@ -394,7 +395,7 @@ class Evolution:
         if self.cfg.epochs <= 0:
             return None
         seed = derive_seed(self.cfg.seed, generation, self.cfg.max_attempts)
-        return self._retrain(parent, generation, seed, self.cfg.epochs, "rest", baseline)
+        return self._retrain(parent, generation, seed, self.cfg.epochs, "rest", baseline, self.cfg.max_attempts)
 
     def _carry_over(self, parent: Member, generation: int) -> Member:
         """No offspring survived: the parent lives on as this generation, recorded as such."""
