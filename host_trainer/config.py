@@ -168,6 +168,8 @@ class EvolveConfig:
         ones have no `final_epochs`); a value of the wrong type is a one-line UserError naming it and `source`
         (where it was read), unknown keys are ignored."""
         data = dict(data)
+        # A run from before --train-device trained on the CPU: resumed, it stays there (CUDA is not bit-identical).
+        data.setdefault("train_device", "cpu")
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
         data.setdefault("final_epochs", 0.0)  # a run from before --final-epochs had none: resumed, it still has none

@@ -121,8 +121,11 @@ def test_the_option_is_documented_with_its_default():
     assert "--train-device" in shown and "[default: auto]" in " ".join(shown.split())
 
 
-def test_an_old_config_without_the_field_trains_where_auto_says():
-    assert EvolveConfig.from_dict({"model": "mlp"}).train_device == "auto"
+def test_an_old_config_without_the_field_resumes_on_the_cpu_where_it_trained():
+    """A run from before --train-device trained on the CPU; resumed on a GPU machine it must not move to CUDA (not
+    bit-identical): only --train-device given to --resume moves it."""
+    assert EvolveConfig.from_dict({"model": "mlp"}).train_device == "cpu"
+    assert EvolveConfig.from_dict({"model": "mlp", "train_device": "auto"}).train_device == "auto"
 
 
 # ---- resolution ---------------------------------------------------------------------------------------------

@@ -72,8 +72,10 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
         cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     if cfg.broker and not cfg.no_mqtt:
         open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
+    # Hashed before it is read, so the recorded sha256 is that of the bytes generation 0 starts from (dense_model
+    # checks them against it); a missing file is load_weights' one-line error.
+    cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file() else ""
     ready = _prepare(cfg, view)
-    cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
     cfg.world_size = distributed.world().size
     distributed.send(distributed.Setup(cfg.to_dict()))  # under torchrun: the other ranks load the data
     path = Path(parent_dir) / run_id
