@@ -53,8 +53,8 @@ def interleaved_latency(models: dict[str, bytes], rounds: int = 5, threads: int 
 def first_and_last(run: Path, rounds: int) -> tuple[list, dict[int, Any], dict[str, dict]]:
     """A run's records, its lineage {generation: accepted record}, and generation 0 ("gen0") and the last
     generation ("last") measured again here, interleaved, with 1 thread."""
-    from host_trainer.loop.runstore import RunDir
     from host_trainer.record import lineage as lineage_of
+    from host_trainer.rundir import RunDir
 
     records = RunDir(run).records()
     lineage = {r.generation: r for r in lineage_of(records)}

@@ -15,24 +15,28 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from host_trainer.rundir import GENERATION, GENERATIONS, MODEL, WEIGHTS  # noqa: E402
+
 DETERMINISTIC = ("generation", "parent", "attempt", "offspring", "seed", "task", "accepted", "reject_reason",
-                 "carried_over", "alpha", "alpha_c", "alpha_s", "speed_pressure", "target_gap", "synapses",
-                 "clusters", "params", "macs", "accuracy", "precision", "recall", "map50", "loss", "val_accuracy",
+                 "carried_over", "rest", "final_tune", "alpha", "alpha_c", "alpha_s", "speed_pressure", "target_gap",
+                 "synapses", "clusters", "params", "macs", "accuracy", "precision", "recall", "map50", "loss",
+                 "val_accuracy",
                  "accuracy_before_restriction", "train_loss", "precision_format", "onnx_path", "onnx_bytes",
                  "model_sha256", "onnx_max_abs_err", "onnx_top1_agreement", "onnx_box_agreement",
                  "onnx_parity_samples", "onnx_parity_ok", "agreement_top1", "agreement_boxes")
 
 
 # What an absent key means in rows written before every field was always present.
-ABSENT = {"carried_over": False, "attempt": 0, "accepted": True}
+ABSENT = {"carried_over": False, "rest": False, "final_tune": False, "attempt": 0, "accepted": True}
 
 
 def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (run / GENERATIONS).read_text().splitlines() if line.strip()]
 
 
 def files(run: Path) -> dict[str, str]:
-    found = sorted(run.glob("gen-*/model.onnx")) + sorted(run.glob("gen-*/weights.npz"))
+    found = sorted(run.glob(f"{GENERATION}*/{MODEL}")) + sorted(run.glob(f"{GENERATION}*/{WEIGHTS}"))
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
 
 

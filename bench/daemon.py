@@ -158,7 +158,7 @@ def ort_agreement(name: str, model: bytes, rounds: int) -> dict:
 
 
 def _spec(node_arg):
-    from edge_evolver.measure.inputs import TensorSpec
+    from edge_evolver.backends.tensors import TensorSpec
 
     return TensorSpec(node_arg.name, tuple(node_arg.shape), "float32")
 

@@ -3,17 +3,21 @@
 Generates (once, cached under bench/out/data-images/ with a marker) an image folder of --images JPEGs at
 --px pixels in 4 classes, then, each in a fresh process so that its peak memory is its own:
 
-- in-memory: the loader the loop used before streaming, `classify.load_dataset` (every image decoded into one float32
-  array), then one epoch of today's batches (a seeded permutation of the training split, indexed);
+- in-memory: `stream_data`, then every training image decoded once, un-augmented (`splits.images`, the
+  loader's workers), into one float32 array; then --epochs epochs of indexed batches from that array (a seeded
+  permutation of the training split, one random shift per batch: `batching.shift`);
 - streaming: `stream_data` (header scan + normalisation sample) then --epochs epochs of `make_loader(train,
   train=True, workers=2)` batches (decode, random resized crop, flip per image).
+
+The two arms read the same files through the same reader and differ only in when pixels are decoded: once up
+front and held, or every epoch per batch.
 
 Peak memory is of the whole process tree (the parent samples /proc/PID/smaps_rollup every 200 ms: the process
 and its DataLoader workers; PSS, with the RSS sum as an upper bound); CPU is the tree's user+system time over
 the wall time, per core (--cores); "machine busy" is every process's share of all cores meanwhile (/proc/stat),
 to tell idle cores from cores taken by other work. In-memory runs at every --sizes figure up to
---inmemory-max (default 10,000: its float32 copies take ~0.2 MB per 128 px image, several times over while it
-builds, and this machine has 24 GB shared with others); streaming at every figure.
+--inmemory-max (default 10,000: its float32 array takes ~0.2 MB per 128 px image, and this machine has 24 GB
+shared with others); streaming at every figure.
 
     python bench/data.py [--images 20000] [--px 128] [--sizes 5000,10000,20000] [--epochs 2]
 """
@@ -148,21 +152,39 @@ def _machine_jiffies() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def _decoded(folder: Path, px: int) -> tuple:
+    """(images float32 (N, C, S, S), labels int64 (N,)): the streamed training split, each image decoded once,
+    un-augmented and normalised, into one array."""
+    import gc
+
+    import numpy as np
+
+    from host_trainer.data.splits import images
+    from host_trainer.data.stream import stream_data
+
+    data = stream_data("classify", f"imagefolder:{folder}", seed=0, image_size=px)
+    x, start = np.empty((len(data.train), *data.input_shape), np.float32), 0
+    for batch in images(data.train):
+        x[start: start + len(batch)] = batch
+        start += len(batch)
+    gc.collect()  # shuts the decoding workers down: their CPU time is counted, their memory not held
+    return x, data.train.y
+
+
 def _inmemory_epochs(folder: Path, px: int, epochs: int) -> tuple[int, list[float]]:
-    """Today's path: decode everything, then training.py's batches (seeded permutation, index, shift)."""
+    """Decode everything once (`_decoded`), then indexed batches: a seeded permutation, one shift per batch."""
     import torch
 
-    from host_trainer.data.classify import load_dataset
-    from host_trainer.loop.training import _shift
+    from host_trainer.data.batching import shift
 
-    data = load_dataset(f"imagefolder:{folder}", seed=0, image_size=px)  # the in-memory loader the loop used to call
+    x, y = _decoded(folder, px)
     marks = [time.perf_counter()]
-    x, y, gen = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y), torch.Generator().manual_seed(0)
+    x, y, gen = torch.from_numpy(x), torch.from_numpy(y), torch.Generator().manual_seed(0)
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(order), 128):
             idx = order[start: start + 128]
-            xb, _yb = _shift(x[idx], 2, gen), y[idx]
+            xb, _yb = shift(x[idx], 2, gen), y[idx]
             float(xb[:, :, 0, 0].sum())  # touch the batch, as a model would
         marks.append(time.perf_counter())
     return len(x), marks

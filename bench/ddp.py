@@ -34,7 +34,7 @@ def worker(args: argparse.Namespace) -> None:
     """One configuration: under torchrun every rank runs this; rank 0 writes the result."""
     import torch
 
-    from host_trainer.loop import distributed
+    from host_trainer import distributed
     from host_trainer.loop.training import TrainConfig, train
     from host_trainer.method.masks import dense_masks
     from host_trainer.models.registry import build_model

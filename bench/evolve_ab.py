@@ -65,8 +65,8 @@ def evolve_all(arms: dict[str, list[str]], extra: list[str], name: str) -> dict[
 
 
 def final_of(run: Path):
-    from host_trainer.loop.runstore import RunDir
     from host_trainer.record import lineage as lineage_of
+    from host_trainer.rundir import RunDir
 
     records = RunDir(run).records()
     lineage = lineage_of(records)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from common import ROOT, markdown, save  # also puts the repository on sys.path
 
-from host_trainer.loop.runstore import RunDir
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import RunDir
 from tests.mqtt_support import Broker, Collector, Daemon, enrol
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--env-factor", "0.7",

@@ -82,8 +82,8 @@ from pareto_peers import (
 from pareto_report import report
 
 from host_trainer.config import EvolveConfig
-from host_trainer.loop.runstore import RunDir
 from host_trainer.record import lineage as lineage_of
+from host_trainer.rundir import RunDir
 from host_trainer.tasks.registry import load_data, make_task
 
 ALLOCATIONS = {"device": rules.OURS, "magnitude": rules.ABLATION}

@@ -33,7 +33,6 @@ from torch.nn.utils import prune
 from host_trainer.config import EvolveConfig
 from host_trainer.data.classify import load_dataset
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop.runstore import RunDir
 from host_trainer.loop.training import TrainConfig, train
 from host_trainer.method.export import to_onnx_bytes
 from host_trainer.method.masks import dense_masks, prunable_layers
@@ -41,6 +40,7 @@ from host_trainer.method.restriction import restrict
 from host_trainer.method.size import size_metrics
 from host_trainer.models.registry import fixed_layers
 from host_trainer.record import lineage as lineage_of
+from host_trainer.rundir import CONFIG, RunDir
 from host_trainer.tasks.classify import ClassificationTask
 
 TP_PLAIN, TP_ROUNDED = "Torch-Pruning L1", "Torch-Pruning L1, round_to=16"
@@ -90,14 +90,14 @@ def structured(gen0, data, cfg, target_params: int, epochs: float, seed: int, ro
 
 def compare_seed(run: Path) -> list[dict]:
     store = RunDir(run)
-    cfg = EvolveConfig.from_dict(store.read_config())
+    cfg = EvolveConfig.from_dict(store.read_config(), str(run / CONFIG))
     data = load_dataset(cfg.dataset, seed=cfg.seed, image_size=cfg.input_size())
     lineage = lineage_of(store.records())
     # The epochs the final network's lineage was trained for after generation 0 (rejected attempts were
     # extra compute, but none of their training reached the final network).
     budget = sum(cfg.epochs for r in lineage if r.generation > 0 and not r.carried_over)
-    gen0 = ckpt.read_checkpoint(run / "gen-000")
-    last = ckpt.read_checkpoint(run / f"gen-{lineage[-1].generation:03d}")
+    gen0 = ckpt.read_checkpoint(store.gen_dir(0))
+    last = ckpt.read_checkpoint(store.gen_dir(lineage[-1].generation))
     seed = cfg.seed + 1000  # fine-tuning order differs from any generation's but is fixed per seed
     print(f"seed {cfg.seed}: fine-tuning three peers for {budget:g} epochs each", flush=True)
     models = {

@@ -12,8 +12,8 @@ from pathlib import Path
 from common import markdown, save
 
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop.runstore import RunDir
 from host_trainer.method.export import to_onnx_bytes
+from host_trainer.rundir import RunDir
 
 
 def main() -> None:

@@ -43,11 +43,6 @@ class ErrorCode:
         return sorted(v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str))
 
 
-# Codes that blame the model itself rather than the device or the request: the host may
-# treat a genome that earns one of these as unfit on this device instead of retrying.
-MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE,
-                         ErrorCode.EXTERNAL_DATA, ErrorCode.TENSOR_SIZE_MISMATCH, ErrorCode.OPSET_NOT_ALLOWED)
-
 
 MAX_TEXT = 60  # characters of a sender's name, path or value quoted in a message
 
@@ -68,6 +63,17 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+
+
+MAX_MESSAGE = 400  # characters of a one-line message that quotes a runtime's or a sender's text
+
+
+def clip_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """Any text (a runtime's multi-line error, a sender's value) as one short line: runs of whitespace become one
+    space, anything else unprintable '?', and past `limit` characters it ends in '...'. The one clip every
+    message uses."""
+    line = one_line(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class EdgeError(Exception):

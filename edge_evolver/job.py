@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .backends.tensors import MAX_ELEMENTS
 from .errors import EdgeError, ErrorCode, printable
 from .measure.benchmark import BenchSettings
-from .measure.inputs import MAX_ELEMENTS
 from .protocol import (
     BENCH_FIELDS,
     CHECK_KINDS,

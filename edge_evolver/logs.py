@@ -1,4 +1,5 @@
-"""structlog configuration for the device side.
+"""structlog configuration for the device side: the `edge-evolver` commands, the daemon's measuring child
+and `host-trainer watch` set it up once.
 
 Logs always go to stderr so stdout stays clean for ``--json`` output. Only APIs present in
 structlog 21.5.0 (the newest on Python 3.6 / JetPack 4.6) and in 26.x are used.

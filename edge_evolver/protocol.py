@@ -43,9 +43,8 @@ TOPIC_QOS: Dict[str, Tuple[int, bool]] = {
 # The host's run progress topic: QoS 1, retained (latest generation), see Topics.run_generations.
 RUN_PROGRESS_QOS = 1
 
+# A device's retained status "state" (docs/protocol.md, "Status"); the only values a board publishes.
 DEVICE_STATES = ("online", "offline", "stopped")
-# Telemetry "activity" values: what the worker is doing right now.
-ACTIVITIES = ("idle", "building", "benchmarking")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -74,12 +73,6 @@ CHECK_KINDS = ("detect",)
 BENCH_FIELDS = ("batch", "min_iterations", "min_seconds", "warmup_s", "max_seconds")
 OPTION_FIELDS = ("fp16", "threads", "workspace_mb", "shape_overrides", "profile")
 
-# Result payload fields (JSON), beyond MeasureResult.to_dict()'s keys, which are all included.
-RESULT_FIELDS = (
-    "protocol", "job_id", "device_id", "model_sha256", "status", "code", "message",
-    "received_at", "started_at", "finished_at", "queue_s", "power_mode", "clocks_locked",
-    "edge_evolver_version", "meta",
-)
 # Optional result fields of the per-layer profile (docs/protocol.md "Per-layer profile"): "profile" (a
 # list of LayerTime.to_dict()) with "profile_runs", or "profile_error" when the pass failed. Older
 # boards send none of them.

@@ -90,10 +90,14 @@ def evolve(
     broker: Optional[str] = _opt("broker", "--broker", "mqtt://host:port of the fleet; without it, an embedded "
                                  "broker and a local daemon."),
     device: Optional[List[str]] = typer.Option(None, "--device", envvar=_env("device"),
-                                               help="Measure on this device id (repeat for several)."),
+                                               help="Measure on this board: its device id (repeat for several). "
+                                                    "Where training runs is --train-device."),
     any_device: bool = typer.Option(False, "--any-device", envvar=_env("any_device"),
                                     help="Send jobs to <prefix>/jobs: one board of each shared-subscription group."),
     prefix: Optional[str] = _opt("prefix", "--prefix", "MQTT topic prefix."),
+    train_device: Optional[str] = _opt("train_device", "--train-device", "Where training runs: auto (CUDA when "
+                                       "torch sees it, else the CPU), cpu, cuda or cuda:N; under torchrun cuda is "
+                                       "cuda:LOCAL_RANK. With --resume, replaces the run's."),
     no_mqtt: bool = typer.Option(False, "--no-mqtt", envvar=_env("no_mqtt"),
                                  help="Measure in this process instead (no devices, no power)."),
     job_timeout_s: Optional[float] = _opt("job_timeout_s", "--job-timeout-s",
@@ -134,24 +138,13 @@ def evolve(
                                            "waits for the others before the run stops with an error."),
 ) -> None:
     """Evolve generations of ever smaller offspring; write everything to a run directory."""
-    given = dict(model=model, dataset=dataset, image_size=image_size, generations=generations, epochs=epochs,
-                 gen0_epochs=gen0_epochs, precision_format=precision, probability_model=probability_model, tau=tau,
-                 channel_multiple=channel_multiple, init=init, seed=seed, max_accuracy_drop=max_accuracy_drop,
-                 distill=distill, train_subset=train_subset, bench_threads=bench_threads,
-                 bench_min_seconds=bench_min_seconds, bench_min_iterations=bench_min_iterations, broker=broker,
-                 devices=list(device) if device else None, any_device=any_device or None, prefix=prefix,
-                 no_mqtt=no_mqtt or None, job_timeout_s=job_timeout_s, job_retries=job_retries,
-                 device_timeout_s=device_timeout_s, target_fps=target_fps, target_latency_ms=target_latency_ms,
-                 max_power_w=max_power_w, hold=hold, offspring=offspring, weights=_text(weights),
-                 final_epochs=final_epochs, allocation=allocation, latency_model=_text(latency_model),
-                 probes=False if no_probes else None, keys_dir=_text(keys_dir), insecure=insecure or None,
-                 ca_file=_text(ca_file), cert_file=_text(cert_file), key_file=_text(key_file))
+    given = _given(locals())  # first: only the options are bound yet
     nproc = default_of("nproc_per_node") if nproc_per_node is None else nproc_per_node
     timeout_s = default_of("dist_timeout_s") if dist_timeout_s is None else dist_timeout_s
     if nproc < 1 or not timeout_s > 0:
         raise _fail("--nproc-per-node must be >= 1 and --dist-timeout-s > 0")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not under torchrun yet: start it, with N copies of this
-        from host_trainer.loop.launcher import launch
+        from host_trainer.distributed.launcher import launch
 
         raise typer.Exit(code=launch(nproc, _without_nproc(sys.argv)))
     _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)
@@ -175,50 +168,25 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _run_evolve(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
                 quiet: bool, log_level: str, timeout_s: float) -> None:
-    from host_trainer.loop import distributed
-
-    try:
-        me = distributed.init(timeout_s)  # one process without torchrun
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    if not me.leader:
-        raise typer.Exit(code=_follow(me))
-    distributed.on_sigterm()  # SIGTERM unwinds like Ctrl-C: the embedded broker and daemon are stopped too
-    ok = False
-    try:
-        _lead(task, env_factor, given, run_dir, resume, quiet, log_level)
-        ok = True
-    except typer.Exit as exc:
-        if exc.exit_code in distributed.REPORTED:  # its one line is printed: the launcher adds none
-            distributed.reported()
-        raise
-    finally:
-        distributed.finish(ok)
-
-
-def _follow(me) -> int:  # noqa: ANN001
-    """A rank other than 0: silent; it trains what rank 0 orders until rank 0 says stop (0) or fails (1)."""
-    from host_trainer import events
-    from host_trainer.loop import distributed
+    """This rank's part of the run (host_trainer/distributed/supervise.py); exits with its code."""
+    from host_trainer import distributed
     from host_trainer.loop.session import follow_run
 
-    events.configure("warning", None, "critical")  # nothing shown, nothing written: rank 0 keeps the log
     try:
-        return 0 if follow_run() else 1
-    except BaseException as exc:  # rank 0 reports the run's failure; torchrun's report names this rank
-        if not os.environ.get(distributed.LAUNCHER_ENV):
-            sys.stderr.write(f"rank {me.rank}: stopped: {type(exc).__name__}: {str(exc).strip()[:200]}\n")
-        return 1
-    finally:
-        events.close()
-        distributed.teardown()
+        code = distributed.run_rank(timeout_s, lambda: _lead(task, env_factor, given, run_dir, resume, quiet,
+                                                             log_level), follow_run)
+    except UserError as exc:  # the process group could not be joined
+        raise _fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code=code)
 
 
 def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, resume: Path | None,
-          quiet: bool, log_level: str) -> None:
+          quiet: bool, log_level: str) -> int:
+    """Rank 0 (or the one process): the run, with its own one-line report of how it ended; the exit code."""
     from host_trainer import events
     from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
-    from host_trainer.loop.distributed import LAUNCHER_ENV, DistributedError, Terminated
+    from host_trainer.distributed import LAUNCHER_ENV, DistributedError, Terminated
     from host_trainer.terminal import Terminal
 
     with Terminal(quiet=quiet) as terminal:
@@ -227,7 +195,7 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
             if resume is not None:
                 from host_trainer.loop.session import resume_run
 
-                finished = resume_run(resume, given["generations"], terminal)
+                finished = resume_run(resume, given["generations"], terminal, given["train_device"])
             else:
                 from host_trainer.loop.session import start_run
 
@@ -239,22 +207,23 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
         except DistributedError as exc:
             typer.echo(f"error: {exc} (continue with --resume RUN_DIR)", err=True)
-            raise typer.Exit(code=3) from None
+            return 3
         except UserError as exc:
-            raise _fail(str(exc)) from None
+            return _fail(str(exc)).exit_code
         except Terminated:
             if not os.environ.get(LAUNCHER_ENV):  # else the launcher names the rank that failed
                 several = int(os.environ.get("WORLD_SIZE", "1")) > 1
                 why = " (torchrun stops every rank when one fails)" if several else ""
                 typer.echo(f"error: stopped by SIGTERM{why}: continue with --resume RUN_DIR", err=True)
-            raise typer.Exit(code=143) from None
+            return 143
         except KeyboardInterrupt:
             typer.echo("interrupted: continue with --resume RUN_DIR", err=True)
-            raise typer.Exit(code=130) from None
+            return 130
         finally:
             events.close()
     accepted = sum(1 for r in finished.records if r.accepted)
     typer.echo(f"done: {accepted} generations recorded in {finished.path}")
+    return 0
 
 
 def _configure_events(terminal: Terminal, log_level: str, quiet: bool) -> None:
@@ -309,6 +278,28 @@ def watch(
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+# `evolve`'s parameters that are not EvolveConfig fields, and those named otherwise there.
+NOT_CONFIG = ("task", "env_factor", "run_dir", "resume", "quiet", "log_level", "nproc_per_node", "dist_timeout_s")
+RENAMED = {"precision": "precision_format", "device": "devices", "no_probes": "probes"}
+
+
+def _given(options: dict) -> dict:
+    """EvolveConfig's fields as the options give them, None where an option was not given (the config's default
+    then applies): a flag that is off, an empty --device, a path as text; --no-probes is probes=False."""
+    given = {}
+    for name, value in options.items():
+        if name in NOT_CONFIG:
+            continue
+        if name == "no_probes":
+            value = False if value else None
+        elif isinstance(value, bool) or (isinstance(value, list) and not value):
+            value = value or None
+        elif isinstance(value, Path):
+            value = str(value)
+        given[RENAMED.get(name, name)] = list(value) if isinstance(value, list) else value
+    return given
 
 
 def _run_id(cfg) -> str:  # noqa: ANN001

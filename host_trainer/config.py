@@ -8,6 +8,7 @@ This module imports nothing heavy, so `host-trainer --help` does not load torch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,11 @@ PRECISION_FORMATS = ("fp16", "bf16", "fp32")  # what the weights are restricted 
 PROBABILITY_MODELS = ("calibrated", "darwin")
 INITS = ("inherit", "reinit")
 ALLOCATIONS = ("device", "magnitude")  # how the cut is spread over layers (--allocation)
+# Where training runs (--train-device; host_trainer/torch_device.py resolves it). Names of torch devices given
+# to --device (which names a board) are refused with a pointer to --train-device.
+TRAIN_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+TRAIN_DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+TORCH_DEVICE_NAME = re.compile(r"cpu|mps|cuda(:\d+)?")
 AUTO = "auto"  # --gen0-epochs auto: train until validation accuracy stops improving (docs/method.md, "Training")
 # Detection's budget was measured on shapes-det (docs/detection.md, bench/detect.py): 12 epochs bring the dense
 # det-small to 66% mAP@0.5 at an operating point (score >= 0.3) its offspring keep; 24 epochs reach 74% but move
@@ -88,6 +94,7 @@ class EvolveConfig:
     cert_file: str = ""
     key_file: str = ""
     world_size: int = 1         # processes that trained the run (torchrun's WORLD_SIZE; docs/distributed.md)
+    train_device: str = "auto"  # where training runs: auto (CUDA when torch sees it), cpu, cuda or cuda:N
 
     @classmethod
     def for_task(cls, task: str = "classify", **given: Any) -> EvolveConfig:
@@ -103,8 +110,17 @@ class EvolveConfig:
                 raise UserError(message)
         return self
 
-    def _checks(self) -> list[tuple[bool, str]]:
+    def _device_checks(self) -> list[tuple[bool, str]]:
+        torch_named = next((d for d in self.devices if TORCH_DEVICE_NAME.fullmatch(str(d).strip().lower())), None)
         return [
+            (torch_named is None, f"--device {torch_named} names a board to measure on, not where to train: "
+                                  f"use --train-device ({TRAIN_DEVICE_CHOICES})"),
+            (bool(TRAIN_DEVICE.fullmatch(str(self.train_device).strip().lower())),
+             f"--train-device must be {TRAIN_DEVICE_CHOICES}, got {self.train_device!r}"),
+        ]
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return self._device_checks() + [
             (self.task in TASKS, f"--task must be one of {', '.join(TASKS)}"),
             (self.image_size >= 0, "--image-size must be >= 0"),
             (not (self.task == "detect" and self.distill), "--distill is implemented for classification only"),
@@ -147,11 +163,13 @@ class EvolveConfig:
         return self.image_size or int(DETECT_DEFAULTS["image_size"] if detect else _FIELD_DEFAULTS["image_size"])
 
     @classmethod
-    def from_dict(cls, data: dict) -> EvolveConfig:
-        """A config.json as written by any version (0.1 said `precision` for `precision_format`; older ones have
-        no `final_epochs`); a value of the wrong type is a one-line UserError naming it, unknown keys are
-        ignored."""
+    def from_dict(cls, data: dict, source: str = "the run's configuration") -> EvolveConfig:
+        """A run's configuration as written by any version (0.1 said `precision` for `precision_format`; older
+        ones have no `final_epochs`); a value of the wrong type is a one-line UserError naming it and `source`
+        (where it was read), unknown keys are ignored."""
         data = dict(data)
+        # A run from before --train-device trained on the CPU: resumed, it stays there (CUDA is not bit-identical).
+        data.setdefault("train_device", "cpu")
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
         data.setdefault("final_epochs", 0.0)  # a run from before --final-epochs had none: resumed, it still has none
@@ -159,9 +177,9 @@ class EvolveConfig:
         for key, value in known.items():
             if key == "gen0_epochs":  # a number (every version), or "auto"
                 if value != AUTO and not _number(value):
-                    raise UserError(f"config.json: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
+                    raise UserError(f"{source}: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
             elif not _same_kind(value, _FIELD_DEFAULTS[key]):
-                raise UserError(f"config.json: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
+                raise UserError(f"{source}: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
         return cls(**known)
 
 

@@ -20,6 +20,7 @@ from edge_evolver.trust.keys import ensure_signing_key, load_signing_key, parse_
 from edge_evolver.trust.results import check_result, result_key_id
 from host_trainer.errors import UserError
 from host_trainer.fleet.trust import BOARDS, HOST_KEY, default_keys_dir, enroll
+from host_trainer.rundir import BOARD_KEYS, RESULTS
 
 keys_app = typer.Typer(add_completion=False, no_args_is_help=True,
                        help="The host's signing key and the board keys it enrols (docs/security.md).")
@@ -77,12 +78,12 @@ def enroll_board(device: str = typer.Argument(..., help="The board's device id."
 def verify(run: Path = typer.Argument(..., help="A run directory."),
            keys_dir: Optional[Path] = typer.Option(None, "--keys-dir", envvar="HOST_TRAINER_KEYS_DIR",
                                                    help="Check against these enrolled keys instead of the run's "
-                                                        "own copy (board-keys/).")) -> None:
+                                                        f"own copy ({BOARD_KEYS}/).")) -> None:
     """Check every result the run kept against the board keys: exit 0 when all verify, 1 otherwise."""
-    folder = Path(keys_dir).expanduser() / BOARDS if keys_dir else Path(run) / "board-keys"
-    files = sorted((Path(run) / "results").glob("*.json"))
+    folder = Path(keys_dir).expanduser() / BOARDS if keys_dir else Path(run) / BOARD_KEYS
+    files = sorted((Path(run) / RESULTS).glob("*.json"))
     if not files:
-        raise _fail(f"no results in {run}/results")
+        raise _fail(f"no results in {run}/{RESULTS}")
     bad = 0
     for path in files:
         problem = _check_file(path, folder)

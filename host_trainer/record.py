@@ -1,6 +1,6 @@
 """The generation record: one line of `generations.jsonl`, one offspring (accepted or rejected).
 
-Every part of the host that reads a run reads this type: the loop fills it, the run store writes it,
+Every part of the host that reads a run reads this type: the loop fills it, the run directory (rundir.py) writes it,
 `report`, `watch`, the terminal table and the bench scripts read it. Each field carries its unit and
 meaning (`FIELDS`; docs/generations.md is generated from them and checked by a test). The JSON keys
 are the field names; keys this version does not know are kept in `extra` and written back, so a

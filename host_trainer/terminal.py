@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from host_trainer.progress import Step
 from host_trainer.record import COLUMNS, TERMINAL_COLUMNS, Column, GenerationRecord
+from host_trainer.rundir import GENERATIONS
 
 CARRIED = "(carried over: no offspring survived)"
 FINAL = "(final fine-tune)"
@@ -172,7 +173,7 @@ class Terminal:
 
         task = records[-1].task
         keys = self._fitting_columns(task)
-        caption = f"{hidden} earlier generations above the fold; all in generations.jsonl" if hidden else None
+        caption = f"{hidden} earlier generations above the fold; all in {GENERATIONS}" if hidden else None
         table = Table(box=None, caption=caption, pad_edge=False, header_style="bold")
         for key in keys:
             table.add_column(COLUMNS[key].title(task), justify="right", no_wrap=True)

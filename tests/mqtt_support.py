@@ -46,12 +46,20 @@ class Collector:
         self._cond = threading.Condition()
         self.conn = MqttConnection(parse_broker_url(url), f"test-{uuid.uuid4().hex[:8]}", mqtt_version,
                                    persistent=False)
+        self._subacks = 0
         self.conn.on_message = self._on_message
         self.conn.on_connect = lambda _present: [self.conn.subscribe(t, 1) for t in topics]
+        self.conn.client.on_subscribe = self._on_subscribe  # paho 1.x and 2.x differ after `mid`
         self.conn.start(first_delay=0.2)
-        if not self.conn.connected.wait(10):
-            raise TimeoutError("collector could not connect")
-        time.sleep(0.2)  # let the SUBACKs arrive before the test publishes
+        # The test publishes only once the broker has every subscription (60 s: a bound for a stuck broker).
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._subacks >= len(topics) and self.conn.connected.is_set(), 60):
+                raise TimeoutError("collector got no CONNACK or SUBACK")
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        with self._cond:
+            self._subacks += 1
+            self._cond.notify_all()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
@@ -163,8 +171,54 @@ class Daemon:
 
 
 def children(pid: int) -> List[int]:
+    """Its child processes, started by any of its threads (a restarted measuring process comes from the worker)."""
+    found: List[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(p) for p in handle.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def measuring_child(daemon: Daemon, timeout: float = 60.0) -> int:
+    """The pid of the daemon's measuring process (multiprocessing's spawned child, not its resource tracker).
+    Waits for it: it is spawned as the daemon starts (60 s: a bound for a stuck daemon, not a timing)."""
+    assert daemon.proc is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in children(daemon.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if b"spawn_main" in handle.read():
+                        return pid
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no measuring process under the daemon (pid {daemon.proc.pid})")
+        time.sleep(0.05)
+
+
+def hold(pid: int) -> int:
+    """Stop a process (SIGSTOP): a job handed to a held measuring process waits, unfinished, for as long as the
+    test needs, whatever the machine's load. Returns the pid, for ``end_held``."""
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def end_held(pid: int) -> None:
+    """Kill a process ``hold`` stopped, if it is still there and still stopped: a stopped process never ends by
+    itself, not even when its daemon is gone (for the end of a test, failed or not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stopped = handle.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return
+    if stopped:
+        os.kill(pid, signal.SIGKILL)
+

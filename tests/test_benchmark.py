@@ -18,9 +18,10 @@ from edge_evolver.backends.onnxruntime_backend import (
     clean_message,
     ort_dtype,
 )
-from edge_evolver.errors import MODEL_REJECTION_CODES, EdgeError, ErrorCode
+from edge_evolver.backends.tensors import MAX_ELEMENTS, TensorSpec, resolve_shape
+from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.measure.benchmark import RESULT_KEYS, BenchSettings, run_benchmark, summarize, throughput
-from edge_evolver.measure.inputs import MAX_ELEMENTS, TensorSpec, resolve_shape, synthesize_inputs
+from edge_evolver.measure.inputs import synthesize_inputs
 from edge_evolver.measure.pipeline import ENGINE_KEYS, POWER_KEYS, measure_model
 
 onnx = pytest.importorskip("onnx")
@@ -31,9 +32,12 @@ QUICK = BenchSettings(warmup_s=0.0, min_iterations=5, min_seconds=0.0, max_secon
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
+# The codes that blame the model itself (docs/model-safety.md).
+MODEL_REJECTION_CODES = (ErrorCode.INVALID_MODEL, ErrorCode.UNSUPPORTED_OP, ErrorCode.BAD_SHAPE,
+                         ErrorCode.EXTERNAL_DATA, ErrorCode.TENSOR_SIZE_MISMATCH, ErrorCode.OPSET_NOT_ALLOWED)
+
+
 # ---------------------------------------------------------------- model builders
-
-
 def _model_bytes(nodes, inputs, outputs, initializers=(), opsets=(("", 13),)) -> bytes:
     graph = helper.make_graph(list(nodes), "g", list(inputs), list(outputs), initializer=list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])

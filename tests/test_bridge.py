@@ -87,7 +87,7 @@ class Fleet:
         # Everything the host would see, plus the link's state: all on CENTRAL.
         self.watch = Collector(self.central.url, ["edge-evolver/#", LINK_STATE])
         self.site.start()
-        self.watch.wait_for(link_is(b"1"), timeout=30)
+        self.watch.wait_for(link_is(b"1"), timeout=60)
         self.daemons = {}
         for name in BOARDS:
             state = str(workdir / ("state-" + name))
@@ -131,13 +131,13 @@ def test_the_whole_protocol_crosses_the_bridge(fleet):
     late = Collector(fleet.central.url, ["edge-evolver/devices/+/status"])
     try:
         for name in BOARDS:
-            seen = late.wait_for(lambda m, n=name: m["topic"] == TOPICS.status(n), timeout=10)
+            seen = late.wait_for(lambda m, n=name: m["topic"] == TOPICS.status(n), timeout=60)
             assert seen["data"]["state"] == "online" and seen["data"]["signed_jobs"] == "required"
     finally:
         late.close()
     # Telemetry (QoS 0) of both boards.
     for name in BOARDS:
-        watch.wait_for(lambda m, n=name: m["topic"] == TOPICS.telemetry(n), timeout=20)
+        watch.wait_for(lambda m, n=name: m["topic"] == TOPICS.telemetry(n), timeout=60)
 
     # A signed device job: central -> site -> board, and its signed result back to central.
     mark = watch.mark()
@@ -171,12 +171,12 @@ def test_the_whole_protocol_crosses_the_bridge(fleet):
         # (Collector.publish cannot set retain: publish with its connection, as the host's Fleet does.)
         watch.conn.publish(TOPICS.run_generations(RUN), b'{"protocol": 1, "run_id": "bridge-run", "generation": 4}',
                            qos=1, retain=True).wait_for_publish()
-        on_site.wait_for(lambda m: (m["data"] or {}).get("generation") == 4, timeout=10)
+        on_site.wait_for(lambda m: (m["data"] or {}).get("generation") == 4, timeout=60)
     finally:
         on_site.close()
     late_site = Collector(fleet.site.url, [TOPICS.run_generations(RUN)])
     try:
-        assert late_site.wait_for(lambda m: True, timeout=10)["data"]["generation"] == 4  # retained on the site
+        assert late_site.wait_for(lambda m: True, timeout=60)["data"]["generation"] == 4  # retained on the site
     finally:
         late_site.close()
 
@@ -218,15 +218,15 @@ def test_site_broker_restart_mid_run_loses_no_job_and_no_result(fleet):
     before = set(answered())
     link_mark = watch.mark()
     fleet.site.stop()
-    watch.wait_for(link_is(b"0"), timeout=30, after=link_mark)  # the bridge's will on central: link down
+    watch.wait_for(link_is(b"0"), timeout=60, after=link_mark)  # the bridge's will on central: link down
     send(second)  # published while the site is away: queued on central in the bridge's persistent session
     time.sleep(1.0)
     fleet.site.start()
-    watch.wait_for(link_is(b"1"), timeout=30, after=link_mark)
+    watch.wait_for(link_is(b"1"), timeout=60, after=link_mark)
     restarted_at = time.monotonic()
 
     resent = set()
-    deadline = time.monotonic() + 45
+    deadline = time.monotonic() + 300  # ends when every job is answered: the bound is for a stuck fleet only
     while time.monotonic() < deadline:
         got = answered()
         if len(got) == n:
@@ -283,7 +283,7 @@ def test_host_trainer_evolve_through_the_bridge(fleet, tmp_path):
     # The run's progress crossed back to the site (retained), where a site-side watcher reads it.
     on_site = Collector(fleet.site.url, [TOPICS.run_generations(run.name)])
     try:
-        assert on_site.wait_for(lambda m: True, timeout=10)["data"]["run_id"] == run.name
+        assert on_site.wait_for(lambda m: True, timeout=60)["data"]["run_id"] == run.name
     finally:
         on_site.close()
 
@@ -293,10 +293,10 @@ def test_last_will_of_a_killed_board_reaches_central(fleet):
     mark = fleet.watch.mark()
     fleet.daemons["site-b"].proc.kill()
     fleet.daemons["site-b"].proc.wait(10)
-    fleet.watch.wait_for(lambda m: m["topic"] == TOPICS.status("site-b") and status_is("offline")(m), timeout=30,
+    fleet.watch.wait_for(lambda m: m["topic"] == TOPICS.status("site-b") and status_is("offline")(m), timeout=60,
                          after=mark)
     late = Collector(fleet.central.url, [TOPICS.status("site-b")])
     try:
-        assert late.wait_for(lambda m: True, timeout=10)["data"]["state"] == "offline"  # retained on central
+        assert late.wait_for(lambda m: True, timeout=60)["data"]["state"] == "offline"  # retained on central
     finally:
         late.close()

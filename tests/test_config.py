@@ -50,3 +50,28 @@ def test_weights_change_only_the_gen0_default():
     assert EvolveConfig.for_task("classify", weights="w.pt", gen0_epochs=AUTO).gen0_epochs == AUTO
     cfg = EvolveConfig()
     assert (cfg.allocation, cfg.latency_model, cfg.weights) == ("device", "", "")
+
+
+def test_every_evolve_option_is_a_config_field_or_named_as_not_one():
+    """cli.evolve builds EvolveConfig from its own parameters (cli._given): each is a field, renamed in one
+    table, or listed as not a field; an option given nothing is None (the config's default applies)."""
+    import dataclasses
+    import inspect
+    from pathlib import Path
+
+    from host_trainer import cli
+    from host_trainer.config import EvolveConfig
+
+    params = list(inspect.signature(cli.evolve).parameters)
+    fields = {f.name for f in dataclasses.fields(EvolveConfig)}
+    given = cli._given(dict.fromkeys(params))
+    assert set(given) <= fields and len(given) == len(params) - len(cli.NOT_CONFIG)
+    assert set(cli.NOT_CONFIG) <= set(params) and set(cli.RENAMED) <= set(params)
+    assert all(v is None for v in given.values())
+    flags = cli._given({"no_probes": True, "no_mqtt": False, "insecure": True, "device": ["a", "b"],
+                        "weights": Path("w.pt"), "seed": 0})
+    assert flags == {"probes": False, "no_mqtt": None, "insecure": True, "devices": ["a", "b"], "weights": "w.pt",
+                     "seed": 0}
+    assert cli._given({"device": []}) == {"devices": None}
+    cfg = EvolveConfig.for_task("classify", **given)
+    assert cfg == EvolveConfig.for_task("classify")

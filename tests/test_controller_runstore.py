@@ -10,8 +10,8 @@ from host_trainer.config import EvolveConfig, parse_env_factor
 from host_trainer.errors import UserError
 from host_trainer.files import atomic_write_json
 from host_trainer.loop.controller import MIN_PRESSURE, Controller
-from host_trainer.loop.runstore import RunDir
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import RunDir
 
 
 def test_pressure_is_users_alpha_with_full_headroom():

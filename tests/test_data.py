@@ -1,4 +1,5 @@
-"""Data sets: shapes, determinism, splits, the glyph cache and the imagefolder error messages."""
+"""Data sets: shapes, determinism, splits, the glyph cache, and image folders (streamed: data/stream.py) with
+their error messages."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from host_trainer.data import classify as data
 from host_trainer.data.classify import load_dataset, stratified_split
 from host_trainer.data.procedural import glyphs
 from host_trainer.data.procedural.glyphs import GlyphsConfig
+from host_trainer.data.stream import StreamDataset, make_loader, stream_data
 from host_trainer.data.types import Dataset
 from host_trainer.errors import UserError
 
@@ -146,17 +148,37 @@ def _write_folder(root: Path, classes: dict[str, int], mode: str = "L") -> None:
             img.save(root / name / f"img{i}.{'png' if i % 2 else 'JPG'}")
 
 
+def check_streamed(ds: StreamDataset, channels: int, size: int) -> None:
+    """check_shapes for an image folder: every image decoded (un-augmented) through the loader."""
+    assert ds.input_shape == (channels, size, size)
+    assert ds.num_classes == len(ds.class_names)
+    xs = []
+    for split in (ds.train, ds.val, ds.test):
+        batches = list(make_loader(split, 64, train=False, seed=0, workers=0))
+        x, y = np.concatenate([b.x.numpy() for b in batches]), np.concatenate([b.y.numpy() for b in batches])
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        assert x.ndim == 4 and x.shape[1:] == ds.input_shape
+        assert len(x) == len(y) == len(split) > 0
+        assert y.min() >= 0 and y.max() < ds.num_classes
+        assert np.isfinite(x).all()
+        xs.append(x)
+    # Normalised with the train statistics (every training image: far fewer than stream.STATS_IMAGES).
+    assert abs(float(xs[0].mean())) < 1e-3 and abs(float(xs[0].std()) - 1) < 1e-3
+    assert ds.std > 0
+
+
 def test_imagefolder_grey(tmp_path: Path) -> None:
     _write_folder(tmp_path, {"cat": 7, "dog": 5, "eel": 4})
     # Other grey encodings: a 16-bit PNG and a palette GIF whose palette is grey.
     Image.fromarray(np.full((9, 9), 40000, dtype=np.uint16)).save(tmp_path / "eel" / "deep.png")
     Image.new("L", (9, 9), 128).convert("P").save(tmp_path / "dog" / "palette.GIF")
-    ds = load_dataset(f"imagefolder:{tmp_path}", image_size=16, seed=0)
-    check_shapes(ds, 1, 16)
+    ds = stream_data("classify", f"imagefolder:{tmp_path}", image_size=16, seed=0)
+    check_streamed(ds, 1, 16)
     assert ds.class_names == ("cat", "dog", "eel")
     assert sum(len(s.y) for s in (ds.train, ds.val, ds.test)) == 18
-    again = load_dataset(f"imagefolder:{tmp_path}", image_size=16, seed=0)
-    assert np.array_equal(ds.train.x, again.train.x)
+    again = stream_data("classify", f"imagefolder:{tmp_path}", image_size=16, seed=0)
+    assert np.array_equal(ds.train.files, again.train.files) and np.array_equal(ds.test.y, again.test.y)
+    assert (ds.mean, ds.std) == (again.mean, again.std)
 
 
 def test_imagefolder_rgb_and_tiny(tmp_path: Path) -> None:
@@ -164,15 +186,15 @@ def test_imagefolder_rgb_and_tiny(tmp_path: Path) -> None:
     (tmp_path / ".hidden").mkdir()  # ignored, as are hidden files and other extensions
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match="too few images"):
-        ds = load_dataset(f"imagefolder:{tmp_path}", seed=0, image_size=32)
-    check_shapes(ds, 3, 32)
+        ds = stream_data("classify", f"imagefolder:{tmp_path}", seed=0, image_size=32)
+    check_streamed(ds, 3, 32)
     assert ds.num_classes == 2
 
 
 def test_imagefolder_mixed_modes_is_rgb(tmp_path: Path) -> None:
     _write_folder(tmp_path, {"a": 4, "b": 4})
     Image.new("RGB", (10, 10), (255, 0, 0)).save(tmp_path / "b" / "red.bmp")
-    assert load_dataset(f"imagefolder:{tmp_path}", seed=0, image_size=32).input_shape[0] == 3
+    assert stream_data("classify", f"imagefolder:{tmp_path}", seed=0, image_size=32).input_shape[0] == 3
 
 
 @pytest.mark.parametrize(
@@ -206,7 +228,7 @@ def test_imagefolder_errors(tmp_path: Path, layout: str, message: str) -> None:
         _write_folder(root, {"a": 3, "b": 3})
         (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(UserError, match=message) as info:
-        load_dataset(f"imagefolder:{root}", seed=0, image_size=32)
+        stream_data("classify", f"imagefolder:{root}", seed=0, image_size=32)
     assert "\n" not in str(info.value)
     if layout == "corrupt":
         assert "broken.png" in str(info.value)

@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from host_trainer.loop import distributed
-from host_trainer.loop.distributed import DistributedError, World
+from host_trainer import distributed
+from host_trainer.distributed import DistributedError, World
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--gen0-epochs", "3", "--final-epochs", "0",

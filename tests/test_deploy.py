@@ -429,7 +429,7 @@ class Broker:
     def start(self) -> "Broker":
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound for a stuck broker, not a timing
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"mosquitto exited: {self.log.read_text()}"
             try:
@@ -465,7 +465,7 @@ def broker_factory(tmp_path) -> Iterator:
         broker.stop()
 
 
-def _mqtt(tool: str, broker: Broker, *args: str, user: str = "", timeout: float = 30) -> subprocess.CompletedProcess:
+def _mqtt(tool: str, broker: Broker, *args: str, user: str = "", timeout: float = 90) -> subprocess.CompletedProcess:
     command = [_tool(tool), "-p", str(broker.port), "-h", "127.0.0.1", *args]
     if user:
         command += ["-u", user, "-P", "pw-" + user]
@@ -495,7 +495,7 @@ def test_mosquitto_keeps_a_job_for_an_offline_board_across_a_broker_restart(brok
     assert run.returncode == 0, run.stderr
     assert broker.stop() == 0  # saves the queued job to the persistence file
     broker.start()
-    run = _mqtt("mosquitto_sub", broker, "-c", "-i", client, "-q", "1", "-t", topic, "-C", "1", "-W", "10", "-N")
+    run = _mqtt("mosquitto_sub", broker, "-c", "-i", client, "-q", "1", "-t", topic, "-C", "1", "-W", "60", "-N")
     assert run.returncode == 0, run.stderr
     assert run.stdout == model.read_bytes()
 
@@ -548,15 +548,15 @@ def test_mosquitto_acl_example_confines_each_user(broker_factory, tmp_path):
           user=host)
 
     run = _mqtt("mosquitto_sub", broker, "-c", "-i", "b1", "-q", "1", "-t", "edge-evolver/devices/+/jobs",
-                "-t", "$share/nano/edge-evolver/jobs", "-C", "2", "-W", "10", "-v", user=board)
+                "-t", "$share/nano/edge-evolver/jobs", "-C", "2", "-W", "60", "-v", user=board)
     assert run.returncode == 0, run.stderr
     assert sorted(run.stdout.decode().split("\n")[:2]) == [
         "edge-evolver/devices/jetson-nano-01/jobs own-job", "edge-evolver/jobs group-job"]
     run = _mqtt("mosquitto_sub", broker, "-c", "-i", "h", "-q", "1", "-t", "edge-evolver/devices/+/results",
-                "-C", "1", "-W", "10", "-v", user=host)
+                "-C", "1", "-W", "60", "-v", user=host)
     assert run.returncode == 0, run.stderr
     assert run.stdout.decode().strip() == "edge-evolver/devices/jetson-nano-01/results real"
-    run = _mqtt("mosquitto_sub", broker, "-q", "1", "-t", "edge-evolver/runs/#", "-C", "1", "-W", "10", "-v",
+    run = _mqtt("mosquitto_sub", broker, "-q", "1", "-t", "edge-evolver/runs/#", "-C", "1", "-W", "60", "-v",
                 user=host)  # the retained progress, as `host-trainer watch` reads it
     assert run.stdout.decode().strip() == "edge-evolver/runs/r1/generations gen-3", run.stderr
 

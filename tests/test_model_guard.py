@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from edge_evolver.backends.base import Backend
+from edge_evolver.backends.model_policy import MAX_ONNX_OPSET
 from edge_evolver.backends.onnxruntime_backend import OnnxRuntimeBackend
 from edge_evolver.backends.tensorrt_backend import TensorRTBackend
 from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.measure import model_guard as guard
 from edge_evolver.measure.benchmark import BenchSettings
 from edge_evolver.measure.model_guard import check_model_safety, inspect_model
-from edge_evolver.measure.model_policy import MAX_ONNX_OPSET
 from edge_evolver.measure.pipeline import MeasureRequest, measure_model
 
 onnx = pytest.importorskip("onnx")

@@ -43,13 +43,13 @@ def test_exporter_config_turns_topics_into_metrics(config, tmp_path):
     exporter = subprocess.Popen([EXPORTER, "-config", str(tmp_path / config), "-listen-address", "127.0.0.1",
                                  "-listen-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
-        time.sleep(0.5)  # its subscription
+        wait_port(port, timeout=60)
+        # Retained: the exporter gets it whenever its subscription lands (no race with its start on a loaded machine).
         publisher = Collector(broker.url, [])
-        publisher.publish(topic, dumps(payload))
+        publisher.conn.publish(topic, dumps(payload), qos=1, retain=True).wait_for_publish()
         publisher.close()
         metrics = ""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound for a stuck exporter, not a timing
         while time.monotonic() < deadline and not all(name in metrics for name in expected):
             time.sleep(0.2)
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -58,14 +58,31 @@ def test_trapezoid_helper():
     assert trapezoid([], []) == (None, 0.0)
 
 
-def test_sampler_integrates_a_known_power_curve():
+def test_sampler_integrates_a_known_power_curve(monkeypatch):
+    monkeypatch.setattr(sampler_module, "JOIN_TIMEOUT_S", 60.0)  # a bound for a stuck thread, not a timing
     clock = FakeClock(step=0.01)
-    sampler = PowerSampler(FakeMeter(lambda: 2.0 + 3.0 * clock.t), interval_s=0.001, clock=clock)
+    thread_reads: List[float] = []
+
+    def read() -> float:
+        """The curve at the time the sampler just took. After three samples, the sampling thread waits out a
+        long interval: none of its samples can fall between stop()'s clock and its read, nor after the window,
+        however the threads are scheduled on a loaded machine."""
+        watts = 2.0 + 3.0 * clock.t
+        if threading.current_thread() is not threading.main_thread():
+            thread_reads.append(watts)
+            if len(thread_reads) == 3:
+                sampler.interval_s = 3600.0
+        return watts
+
+    sampler = PowerSampler(FakeMeter(read), interval_s=0.001, clock=clock)
     sampler.start()
-    time.sleep(0.03)
+    deadline = time.monotonic() + 60
+    while len(thread_reads) < 3 or sampler.latest_w != thread_reads[2]:  # the thread's third sample is recorded
+        assert time.monotonic() < deadline, "the sampling thread took no samples"
+        time.sleep(0.001)
     summary = sampler.stop()
     span = summary.seconds
-    assert summary.method == "trapezoid" and summary.samples >= 2
+    assert summary.method == "trapezoid" and summary.samples == 5  # start, three of the thread's, stop
     assert summary.sample_t[0] == 0.0 and summary.sample_t[-1] == pytest.approx(span)
     # P(t) = 2 + 3t from the start time t0: E = 2T + 3(t0 T + T^2 / 2), exact for a linear curve.
     t0 = clock.t - span
@@ -133,12 +150,13 @@ def _sampler_threads(besides: frozenset = frozenset()) -> list:
     return [t for t in threading.enumerate() if t.name == "power-sampler" and t.is_alive() and t not in besides]
 
 
-def test_sampler_stops_without_waiting_out_its_interval_and_can_run_again():
-    """stop() wakes the sampling thread (an Event, not a sleep): with a 5 s interval, the thread is gone when
-    stop() returns, long before the interval (the join waits JOIN_TIMEOUT_S at most)."""
-    assert sampler_module.JOIN_TIMEOUT_S < 5.0
+def test_sampler_stops_without_waiting_out_its_interval_and_can_run_again(monkeypatch):
+    """stop() wakes the sampling thread (an Event, not a sleep): with an hour's interval, the thread is gone when
+    stop() returns, long before the interval. The join may wait 60 s here (a bound for a stuck thread on a loaded
+    machine, not a timing): a thread that slept its interval out would still be there after it."""
+    monkeypatch.setattr(sampler_module, "JOIN_TIMEOUT_S", 60.0)
     others = frozenset(_sampler_threads())
-    sampler = PowerSampler(FakeMeter(script(3.0)), interval_s=5.0)
+    sampler = PowerSampler(FakeMeter(script(3.0)), interval_s=3600.0)
     for _ in range(2):
         sampler.start()
         assert len(_sampler_threads(others)) == 1
@@ -162,24 +180,27 @@ def test_summary_fields():
 
 def test_a_hung_read_does_not_block_stop(monkeypatch):
     monkeypatch.setattr(sampler_module, "JOIN_TIMEOUT_S", 0.05)
-    release = threading.Event()
+    release, stuck = threading.Event(), threading.Event()
 
     def read() -> float:
         if threading.current_thread() is not threading.main_thread():
-            release.wait(2.0)  # a jtop service that stopped answering
+            stuck.set()
+            release.wait(60)  # a jtop service that stopped answering (until the test releases it)
         return 1.0
 
     ticks = iter(range(1000))
     others = frozenset(_sampler_threads())
     sampler = PowerSampler(FakeMeter(read), interval_s=0.001, clock=lambda: float(next(ticks)))
     sampler.start()
-    time.sleep(0.02)  # the thread is now stuck in a read
+    (abandoned,) = _sampler_threads(others)
+    assert stuck.wait(60)  # the thread is now stuck in a read (waited for, not slept for)
     summary = sampler.stop()
     # stop() did not wait for the stuck read (the thread is still in it), and the window ended at the
     # closing sample, not when the join gave up.
-    assert summary.samples == 2 and len(_sampler_threads(others)) == 1
+    assert summary.samples == 2 and _sampler_threads(others) == [abandoned]
     assert summary.sample_t[-1] == summary.seconds
-    release.set()  # the abandoned thread finishes its read; it must not leak into the next window
-    sampler.start()
-    time.sleep(0.02)
+    sampler.start()  # a new window; only then does the abandoned thread finish its read: it must not leak into it
+    release.set()
+    abandoned.join(60)
+    assert not abandoned.is_alive()
     assert all(t >= 0 for t in sampler.stop().sample_t)

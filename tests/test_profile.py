@@ -13,9 +13,10 @@ from typing import List
 import numpy as np
 import pytest
 
+from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfile, run_pass
 from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.measure.layer_map import GraphIndex, assign_nodes, named_nodes, producers
-from edge_evolver.measure.profile import ProfileSettings, RawLayer, RawProfile, entries, error_line, run_pass
+from edge_evolver.measure.profile import entries, error_line
 from edge_evolver.onnxgraph import OnnxGraphError, OnnxNode, read_nodes
 from edge_evolver.protocol import PROFILE_FIELDS, LayerTime
 
@@ -304,6 +305,7 @@ def test_layer_time_round_trips_and_refuses_what_is_not_one():
 
 def test_error_lines_are_one_short_line():
     assert error_line(EdgeError(ErrorCode.INTERNAL, "no\nlayers")) == "no layers"
+    assert error_line(RuntimeError("no\nlayers")) == "RuntimeError: no layers"
     assert error_line(RuntimeError("x" * 1000)).startswith("RuntimeError: xxx") and len(error_line(
         RuntimeError("x" * 1000))) == 300
 

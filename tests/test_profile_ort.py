@@ -12,9 +12,9 @@ from typing import List
 import numpy as np
 import pytest
 
+from edge_evolver.backends.profiling import ProfileSettings
 from edge_evolver.errors import ErrorCode
 from edge_evolver.measure.benchmark import BenchSettings
-from edge_evolver.measure.profile import ProfileSettings
 from edge_evolver.onnxgraph import read_nodes
 from edge_evolver.protocol import PROFILE_FIELDS, LayerTime
 

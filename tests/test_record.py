@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from host_trainer.cli import app
 from host_trainer.errors import UserError
-from host_trainer.loop.runstore import RunDir, read_records
 from host_trainer.record import COLUMNS, FIELDS, SCHEMA_VERSION, GenerationRecord, lineage, sanitized
+from host_trainer.rundir import RunDir, read_records
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "run-v0.1"
 

@@ -142,8 +142,9 @@ def test_a_replayed_job_gets_the_stored_answer_then_a_refusal_and_never_runs_twi
     again = send(board, payload, "replay-1")["data"]
     assert again["repeated"] and again["fps"] == first["fps"] and verified(board, again)
     spooled = os.path.join(board["state"], "spool", "replay-1.job")
-    deadline = time.monotonic() + 20
-    while os.path.exists(spooled) and time.monotonic() < deadline:  # the broker confirmed the result
+    deadline = time.monotonic() + 120  # a bound for a stuck daemon, not a timing
+    while os.path.exists(spooled):  # gone once the broker has confirmed the result
+        assert time.monotonic() < deadline, "the spool file of an answered job stayed"
         time.sleep(0.1)
     os.remove(os.path.join(board["state"], "results", "replay-1.json"))  # pruned, as an old result is
     refused = send(board, payload, "replay-1")["data"]
@@ -226,7 +227,7 @@ def test_a_3_1_1_board_runs_a_live_retained_job_once_and_ignores_it_after(board,
         daemon.kill()
 
 
-def _wait_log(daemon, text, count, timeout=20.0):
+def _wait_log(daemon, text, count, timeout=120.0):
     deadline = time.monotonic() + timeout
     while daemon.log().count(text) < count:
         assert time.monotonic() < deadline, f"{text} seen {daemon.log().count(text)} times, not {count}"
@@ -234,7 +235,7 @@ def _wait_log(daemon, text, count, timeout=20.0):
 
 
 def test_status_names_the_board_key_and_its_policy(board):
-    status = board["watcher"].wait_for(status_is("online"), timeout=10)["data"]
+    status = board["watcher"].wait_for(status_is("online"), timeout=60)["data"]
     assert status["signed_jobs"] == "required" and status["trusted_host_keys"] == 1
     assert status["public_key"] == board["board_keys"][0].text and status["key_id"] == board["board_keys"][0].key_id
     json.dumps(status)

@@ -1,4 +1,5 @@
-"""The streaming data layer (host_trainer/data/stream*.py): lazy splits with today's membership, seeded
+"""The streaming data layer (host_trainer/data/stream*.py), the one reader of the user's data sets: lazy splits
+(membership, class names, pixels, letterboxed boxes), the one-line errors for bad references, seeded
 augmentation, boxes that follow it, bad files, the DistributedSampler seam."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from host_trainer.data.classify import load_dataset
+from host_trainer.data.classify import load_dataset, stratified_split
 from host_trainer.data.detect import load_det_dataset, random_split
 from host_trainer.data.stream import BadImageWarning, StreamDataset, make_loader, stream_data
 from host_trainer.data.stream_augment import DETECT, Augment
@@ -70,31 +71,90 @@ def samples(loader: object) -> dict[int, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ membership
 
-def test_imagefolder_streams_the_in_memory_splits(tmp_path: Path) -> None:
+def resized(file: str, size: int) -> np.ndarray:
+    """(3, S, S) in [0, 1]: the whole image resized to S×S, bilinear (a classification image, un-augmented)."""
+    with Image.open(file) as img:
+        rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0
+
+
+def test_imagefolder_streams_stratified_splits_and_resized_pixels(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "f")
-    lazy, eager = stream_data("classify", f"imagefolder:{root}", 3, 16), load_dataset(f"imagefolder:{root}", 3, 16)
-    assert isinstance(lazy, StreamDataset)
-    assert (lazy.num_classes, lazy.class_names, lazy.input_shape) == (3, ("ant", "bee", "cat"), (3, 16, 16))
-    assert lazy.mean == pytest.approx(eager.mean, abs=1e-6) and lazy.std == pytest.approx(eager.std, abs=1e-6)
-    for name in ("train", "val", "test"):
-        stream_split, array_split = getattr(lazy, name), getattr(eager, name)
-        assert len(stream_split) == len(array_split)
-        # un-augmented, a streamed image is today's image: same files, same order, same pixels
-        batch = next(iter(make_loader(stream_split, 64, train=False, seed=0, workers=0)))
-        assert batch.y.tolist() == array_split.y.tolist()
-        assert np.allclose(batch.x.numpy(), array_split.x, atol=1e-4)
+    data = stream_data("classify", f"imagefolder:{root}", 3, 16)
+    assert isinstance(data, StreamDataset)
+    assert (data.num_classes, data.class_names, data.input_shape) == (3, ("ant", "bee", "cat"), (3, 16, 16))
+    files = [str(f) for c in data.class_names for f in sorted((root / c).glob("*.png"))]  # class by class
+    y = np.repeat(np.arange(3), 12)
+    splits = dict(zip(("train", "val", "test"), stratified_split(y, 3)))
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(36))  # disjoint, complete
+    for name, idx in splits.items():
+        split = getattr(data, name)
+        assert [split.path(k) for k in range(len(split))] == [files[i] for i in idx]
+        assert np.bincount(y[idx]).tolist() == {"train": [8] * 3, "val": [2] * 3, "test": [2] * 3}[name]
+        # un-augmented, an image is the file resized to S×S, normalised with the training images' statistics
+        batch = next(iter(make_loader(split, 64, train=False, seed=0, workers=0)))
+        assert batch.y.tolist() == y[idx].tolist()
+        expected = np.stack([resized(files[i], 16) for i in idx])
+        assert np.allclose(batch.x.numpy(), (expected - data.mean) / data.std, atol=1e-4)
+    train = np.stack([resized(files[i], 16) for i in splits["train"]]).astype(np.float64)
+    assert data.mean == pytest.approx(train.mean(), abs=1e-6) and data.std == pytest.approx(train.std(), abs=1e-6)
+
+
+def letterboxed(box: tuple[int, int, int, int], width: int, height: int, size: int) -> list[float]:
+    """A box of a (width, height) image in pixels of its letterbox on the S×S input: long side S, centred."""
+    scale = size / max(width, height)
+    dx, dy = (size - width * scale) / 2, (size - height * scale) / 2
+    return [box[0] * scale + dx, box[1] * scale + dy, box[2] * scale + dx, box[3] * scale + dy]
+
+
+def fixture_boxes(kind: str, i: int) -> tuple[list[float], int]:
+    """Image i's one box, letterboxed at 32, and its class, from write_coco's and write_yolo's geometry."""
+    if kind == "yolo":
+        return letterboxed((16, 8, 32, 24), 64, 32, 32), i % 3
+    w, h = (96, 48) if i % 2 else (40, 80)
+    return letterboxed((w // 4 + i, h // 4, w // 2 + i, h // 2 + 4), w, h, 32), i % 2
 
 
 @pytest.mark.parametrize("kind", ["coco", "yolo"])
-def test_detection_streams_the_in_memory_splits(tmp_path: Path, kind: str) -> None:
+def test_detection_streams_seeded_splits_and_letterboxed_boxes(tmp_path: Path, kind: str) -> None:
     root = (write_coco if kind == "coco" else write_yolo)(tmp_path / kind)
-    lazy, eager = stream_data("detect", f"{kind}:{root}", 5, 32), load_det_dataset(f"{kind}:{root}", 5, 32)
-    files = sorted((root / "images").glob("*.png"), key=lambda f: int(f.stem))
-    for name, idx in zip(("train", "val", "test"), random_split(len(files), 5)):
-        split, ref = getattr(lazy, name), getattr(eager, name)
+    data = stream_data("detect", f"{kind}:{root}", 5, 32)
+    files = sorted((root / "images").glob("*.png"), key=lambda f: int(f.stem))  # COCO by image id, YOLO by path
+    parts = random_split(len(files), 5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(files)))  # disjoint, complete
+    for name, idx in zip(("train", "val", "test"), parts):
+        split = getattr(data, name)
         assert [split.path(k) for k in range(len(split))] == [str(files[i]) for i in idx]
-        assert [lab.tolist() for lab in split.labels] == [lab.tolist() for lab in ref.labels]
-    assert lazy.class_names == eager.class_names and lazy.input_shape == (3, 32, 32)
+        for k, i in enumerate(idx):
+            box, label = fixture_boxes(kind, int(i))
+            assert np.allclose(split.boxes[k], [box], atol=1e-4) and split.labels[k].tolist() == [label]
+    names = ("a", "b") if kind == "coco" else ("0", "1", "2")  # COCO: category names; YOLO: ids up to the largest
+    assert data.class_names == names and data.num_classes == len(names) and data.input_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize(("task", "ref", "message"), [
+    ("classify", "imagefolder:", "imagefolder needs a path: imagefolder:PATH"),
+    ("classify", "imagefolder:  ", "imagefolder needs a path: imagefolder:PATH"),
+    ("detect", "coco:", "coco needs a path: coco:PATH"),
+    ("detect", "yolo: ", "yolo needs a path: yolo:PATH"),
+    ("classify", "coco:/data/x.json", "coco:/data/x.json is a detection data set: add --task detect"),
+    ("classify", "shapes-det", "shapes-det is a detection data set: add --task detect"),
+    ("detect", "imagefolder:/data", "(a classification set: drop --task detect)"),
+    ("detect", "glyphs", "(a classification set: drop --task detect)"),
+    ("classify", "mnist", "unknown dataset 'mnist': choose digits, glyphs or imagefolder:PATH"),
+    ("detect", "voc:/data", "unknown detection dataset 'voc:/data': choose shapes-det, coco:PATH or yolo:PATH"),
+])
+def test_bad_references_are_one_line_errors(task: str, ref: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        stream_data(task, ref, 0, 32)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_in_memory_loaders_read_no_user_files() -> None:
+    with pytest.raises(ValueError, match="streamed"):
+        load_dataset("imagefolder:/data", 0, 32)
+    with pytest.raises(ValueError, match="streamed"):
+        load_det_dataset("coco:/data", 0, 32)
 
 
 def test_builtin_sets_stay_in_memory_and_load_through_the_same_api() -> None:

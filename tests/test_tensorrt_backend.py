@@ -14,10 +14,11 @@ import pytest
 
 from edge_evolver.backends import _cuda, _trt_profile, known_backends, resolve_backend
 from edge_evolver.backends import tensorrt_backend as tb
+from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfile
 from edge_evolver.backends.tensorrt_backend import TensorRTBackend, TensorRTEngine
+from edge_evolver.backends.tensors import TensorSpec
 from edge_evolver.errors import EdgeError, ErrorCode
-from edge_evolver.measure.inputs import TensorSpec
-from edge_evolver.measure.profile import ProfileSettings, RawLayer, RawProfile, entries
+from edge_evolver.measure.profile import entries
 from edge_evolver.onnxgraph import OnnxNode
 
 from .trt_fakes import (

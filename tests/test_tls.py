@@ -116,7 +116,7 @@ class TlsBroker:
             self.proc = subprocess.Popen([require_mosquitto(), "-c", str(self.config)], stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_port(self.port)
+            wait_port(self.port, timeout=60)
         except TimeoutError:
             raise AssertionError(f"mosquitto did not start: {self.log.read_text()}") from None
         return self
@@ -126,7 +126,7 @@ class TlsBroker:
         assert self.proc is not None
         before = self.log.read_text().count("Reloading config")
         self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while self.log.read_text().count("Reloading config") == before:
             assert time.monotonic() < deadline, "mosquitto did not reload"
             time.sleep(0.02)
@@ -160,10 +160,12 @@ class Client:
         self.topics = topics
         self.conn.on_connect = self._subscribe_all
         self.conn.client.on_subscribe = self._on_subscribe  # paho 1.x and 2.x differ after `mid`
-        assert self.conn.start(first_delay=0.2, give_up_after=10), "could not connect"
-        assert self.conn.connected.wait(10), "no CONNACK"
+        # 60 s: bounds for a stuck broker, not timings.
+        self.conn.client.connect_timeout = 60.0
+        assert self.conn.start(first_delay=0.2, give_up_after=60), "could not connect"
+        assert self.conn.connected.wait(60), "no CONNACK"
         with self._cond:  # the test publishes only once the broker has every subscription
-            assert self._cond.wait_for(lambda: self._subacks == len(topics), 10), "no SUBACK"
+            assert self._cond.wait_for(lambda: self._subacks == len(topics), 60), "no SUBACK"
 
     def _subscribe_all(self, _session_present: bool) -> None:
         for topic in self.topics:
@@ -179,7 +181,7 @@ class Client:
             self.messages.append((topic, payload))
             self._cond.notify_all()
 
-    def wait_for(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
+    def wait_for(self, topic: str, payload: bytes, timeout: float = 60.0) -> None:
         with self._cond:
             assert self._cond.wait_for(lambda: (topic, payload) in self.messages, timeout), \
                 f"{(topic, payload)} not received; got {self.messages}"
@@ -204,16 +206,45 @@ def clients() -> Iterator:
         client.close()
 
 
-def connections(cases: Sequence[Any], wait_s: float = 1.5) -> List[bool]:
-    """Whether each (url, TlsFiles) gets an MQTT connection within wait_s; tried in parallel."""
+def _refusal_noticed(conn: MqttConnection) -> threading.Event:
+    """Set at the first sign that this connection is refused: a failed connect (TCP or TLS handshake), or the
+    broker closing the link before its CONNACK (a TLS 1.3 server checks the client's certificate after the
+    handshake). What a try waits for, instead of a time within which a good connection must succeed."""
+    refused = threading.Event()
+    connect_once = conn._connect_once
+
+    def attempt(keepalive: int) -> None:
+        try:
+            connect_once(keepalive)
+        except Exception:
+            refused.set()
+            raise
+
+    conn._connect_once = attempt  # type: ignore[method-assign]
+    conn.on_disconnect = lambda _rc: refused.set()
+    conn.client.on_connect_fail = lambda *_args: refused.set()
+    return refused
+
+
+def connections(cases: Sequence[Any], bound_s: float = 60.0) -> List[bool]:
+    """Whether each (url, TlsFiles) gets an MQTT connection; tried in parallel. Each try ends at its first
+    event, a CONNACK or a refusal, so no verdict depends on the machine's speed (`bound_s` bounds a stuck try)."""
     conns = [MqttConnection(parse_broker_url(url), f"tls-try-{uuid.uuid4().hex[:8]}", persistent=False, tls=files)
              for url, files in cases]
-    threads = [threading.Thread(target=conn.start, kwargs={"first_delay": 0.2, "give_up_after": wait_s})
+    refusals = []
+    for conn in conns:
+        conn.client.connect_timeout = bound_s  # paho's 5 s would be a timing of the TLS handshake
+        refusals.append(_refusal_noticed(conn))
+    threads = [threading.Thread(target=conn.start, kwargs={"first_delay": 0.2, "give_up_after": bound_s})
                for conn in conns]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + wait_s
-    connected = [conn.connected.wait(max(0.0, deadline - time.monotonic())) for conn in conns]
+    deadline = time.monotonic() + bound_s
+    for conn, refused in zip(conns, refusals):
+        while not (conn.connected.is_set() or refused.is_set()):
+            assert time.monotonic() < deadline, "a connection was neither accepted nor refused"
+            refused.wait(0.05)
+    connected = [conn.connected.is_set() for conn in conns]
     for conn, thread in zip(conns, threads):
         conn.request_stop()
         thread.join(10)

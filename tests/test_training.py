@@ -234,6 +234,7 @@ def test_a_generation_whose_offspring_all_fail_rests_the_parent_instead(tmp_path
         (0, True, False), (1, False, False), (1, False, False), (1, False, False), (1, True, True)]
     rest = rows[-1]
     assert rest["parent"] == 0 and rest["cut"] is None and rest["alpha"] is None and not rest["carried_over"]
+    assert rest["attempt"] == 3  # after the 3 attempts: its job id (g001.a3) is none of theirs
     assert rest["epochs_trained"] == 2.0 and rest["val_accuracy"] >= rows[0]["val_accuracy"]
     assert (run / "gen-001" / "model.onnx").is_file()
 

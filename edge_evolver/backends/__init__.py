@@ -1,4 +1,9 @@
-"""Explicit backend registry.
+"""The runtimes, by name, and what the measuring code and a runtime speak: ``base.py`` (``Backend``,
+``Engine``), ``tensors.py`` (input and output descriptions, shapes, feeds), ``model_policy.py`` (the opset
+domains and versions each backend allows) and ``profiling.py`` (the per-layer profiling pass).
+One backend per file: ``onnxruntime_backend.py`` (with ``_ort_profile.py``, its profiling session) and
+``tensorrt_backend.py`` (with ``_trt_io.py``, tensor I/O for either execution API, ``_trt_profile.py``, its
+per-layer profiler, and ``_cuda.py``, CUDA memory through pycuda or cuda-python).
 
 Backends are named by import path, not imported here, so ``import edge_evolver.backends``
 never touches onnxruntime or tensorrt (a Jetson may lack one, and importing tensorrt

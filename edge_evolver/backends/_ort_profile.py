@@ -20,7 +20,7 @@ import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from ..errors import EdgeError, ErrorCode
-from ..measure.profile import ProfileSettings, RawLayer, RawProfile, run_pass
+from .profiling import ProfileSettings, RawLayer, RawProfile, run_pass
 
 KERNEL_SUFFIX = "_kernel_time"
 

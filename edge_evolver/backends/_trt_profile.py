@@ -19,7 +19,7 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import EdgeError, ErrorCode
-from ..measure.profile import ProfileSettings, RawLayer, RawProfile, run_pass
+from .profiling import ProfileSettings, RawLayer, RawProfile, run_pass
 
 _ONNX_LAYER = "[ONNX Layer: "
 Details = Tuple[str, Optional[Tuple[str, ...]]]  # (layer type, ONNX node names or None)

@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import EdgeError, ErrorCode
-from ..measure.inputs import TensorSpec
-from ..measure.model_policy import MAX_ONNX_OPSET, ModelPolicy
-from ..measure.profile import ProfileSettings, RawProfile
+from .model_policy import MAX_ONNX_OPSET, ModelPolicy
+from .profiling import ProfileSettings, RawProfile
+from .tensors import TensorSpec
 
 
 class Engine(abc.ABC):
@@ -31,7 +31,7 @@ class Engine(abc.ABC):
         raise NotImplementedError
 
     def profile(self, feeds: Dict[str, np.ndarray], settings: ProfileSettings) -> RawProfile:
-        """The per-layer profiling pass on ``feeds`` (measure/profile.py), after the timed window.
+        """The per-layer profiling pass on ``feeds`` (backends/profiling.py), after the timed window.
 
         Runtimes without a per-layer profiler keep this default; the measurement still succeeds.
         """

@@ -17,16 +17,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import EdgeError, ErrorCode
-from ..measure.inputs import TensorSpec
-from ..measure.model_policy import MAX_ONNX_OPSET, ModelPolicy
-from ..measure.profile import ProfileSettings, RawProfile
+from ..errors import EdgeError, ErrorCode, clip_line
 from .base import Backend, Engine
+from .model_policy import MAX_ONNX_OPSET, ModelPolicy
+from .profiling import ProfileSettings, RawProfile
+from .tensors import TensorSpec
 
 DEFAULT_THREADS = 1
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
-KNOWN_OPTIONS = ("threads", "providers")
-MAX_MESSAGE = 400
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -88,9 +86,7 @@ def clean_message(exc: BaseException) -> str:
     match = _ORT_PREFIX.match(text)
     if match:
         status, text = match.group(1), text[match.end() :]
-    text = _SOURCE_LOCATION.sub("", text)
-    if len(text) > MAX_MESSAGE:
-        text = text[: MAX_MESSAGE - 3] + "..."
+    text = clip_line(_SOURCE_LOCATION.sub("", text))
     return f"{text} ({status})" if status else text
 
 

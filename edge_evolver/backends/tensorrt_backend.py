@@ -24,19 +24,18 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from ..errors import EdgeError, ErrorCode
-from ..measure.inputs import TensorSpec, check_feeds, resolve_shape
-from ..measure.model_policy import ModelPolicy
-from ..measure.profile import ProfileSettings, RawProfile
+from ..errors import EdgeError, ErrorCode, clip_line
 from . import _cuda, _trt_profile
 from ._trt_io import BindingsIo as BindingsIo
 from ._trt_io import Buffer, allocate, np_dtype, select_io_api, stage
 from ._trt_io import IoTensor as IoTensor
 from ._trt_io import TensorAddressIo as TensorAddressIo
 from .base import Backend, Engine
+from .model_policy import ModelPolicy
+from .profiling import ProfileSettings, RawProfile
+from .tensors import TensorSpec, check_feeds, resolve_shape
 
 DEFAULT_WORKSPACE_MB = 256  # TX1/Nano share 4 GiB between CPU and GPU
-MAX_MESSAGE = 400
 LOG_KEEP = 20
 # Lower-cased fragments of ONNX parser errors that blame an operator rather than the file.
 _UNSUPPORTED_MARKERS = ("unsupported_node", "no importer registered for op", "plugin not found", "is not supported")
@@ -52,11 +51,6 @@ def _import_trt() -> Any:
             "with --system-site-packages), elsewhere pip install tensorrt",
         ) from None
     return tensorrt
-
-
-def _clip(text: object) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
 
 
 # ---- logging: one logger per process (TensorRT 8.0-8.4 keep the first one as a global) ----
@@ -83,7 +77,7 @@ def _make_logger(trt: Any) -> Any:
         def log(self, severity: Any, msg: str) -> None:
             if int(severity) <= warning:  # INTERNAL_ERROR = 0, ERROR = 1, WARNING = 2
                 self.count += 1
-                self.recent.append((self.count, "{}: {}".format(str(severity).rsplit(".", 1)[-1], _clip(msg))))
+                self.recent.append((self.count, "{}: {}".format(str(severity).rsplit(".", 1)[-1], clip_line(msg))))
 
         def since(self, mark: int) -> List[str]:
             return [text for number, text in self.recent if number > mark]
@@ -93,7 +87,7 @@ def _make_logger(trt: Any) -> Any:
 
 def _log_tail(logger: Any, mark: int, fallback: str) -> str:
     lines = logger.since(mark)
-    return _clip("; ".join(lines[-3:]) if lines else fallback)
+    return clip_line("; ".join(lines[-3:]) if lines else fallback)
 
 
 # ---- options ----
@@ -209,7 +203,7 @@ def classify_parse_errors(errors: Sequence[Tuple[str, str]]) -> EdgeError:
     """UNSUPPORTED_OP when a parser error blames an operator, INVALID_MODEL otherwise."""
     text = "; ".join(f"{desc} ({code})" for code, desc in errors[:3]) or "no details (empty or not ONNX?)"
     code = ErrorCode.UNSUPPORTED_OP if any(m in text.lower() for m in _UNSUPPORTED_MARKERS) else ErrorCode.INVALID_MODEL
-    return EdgeError(code, _clip("TensorRT could not parse the model: " + text))
+    return EdgeError(code, clip_line("TensorRT could not parse the model: " + text))
 
 
 def parse_onnx(parser: Any, model_bytes: bytes) -> None:
@@ -222,7 +216,7 @@ def parse_onnx(parser: Any, model_bytes: bytes) -> None:
             error = parser.get_error(index)
             errors.append((str(error.code()).rsplit(".", 1)[-1], " ".join(str(error.desc()).split())))
     except Exception as exc:
-        raise EdgeError(ErrorCode.INVALID_MODEL, _clip(f"TensorRT could not parse the model: {exc}")) from None
+        raise EdgeError(ErrorCode.INVALID_MODEL, clip_line(f"TensorRT could not parse the model: {exc}")) from None
     if not ok:
         raise classify_parse_errors(errors)
 
@@ -262,7 +256,7 @@ def add_profile(builder: Any, config: Any, specs: Sequence[TensorSpec], opts: Bu
             profile.set_shape(spec.name, shape, shape, shape)
         except Exception as exc:
             message = f"input '{spec.name}' cannot take shape {list(shape)}: {exc}"
-            raise EdgeError(ErrorCode.BAD_SHAPE, _clip(message)) from None
+            raise EdgeError(ErrorCode.BAD_SHAPE, clip_line(message)) from None
     if config.add_optimization_profile(profile) < 0:
         raise EdgeError(ErrorCode.BAD_SHAPE, f"TensorRT rejected the optimization profile {shapes}")
 
@@ -359,7 +353,7 @@ class TensorRTEngine(Engine):
                 cuda.dtoh(buffer.host, buffer.device)
             cuda.sync()
         except Exception as exc:
-            raise EdgeError(ErrorCode.INFERENCE_FAILED, _clip(f"TensorRT inference failed: {exc}")) from None
+            raise EdgeError(ErrorCode.INFERENCE_FAILED, clip_line(f"TensorRT inference failed: {exc}")) from None
         return [buffer.host.copy() for buffer in self._out]
 
     def profile(self, feeds: Dict[str, np.ndarray], settings: ProfileSettings) -> RawProfile:

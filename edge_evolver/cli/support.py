@@ -10,6 +10,8 @@ classes, while recent typer versions raise those of their own vendored copy of c
 import sys
 from typing import Any
 
+from ..errors import clip_line
+
 EXIT_ERROR = 2
 
 
@@ -17,7 +19,7 @@ def fail(code: str, message: str) -> None:
     """Print the one-line error `error: CODE: message` (newlines folded) and exit 2."""
     import typer
 
-    typer.echo("error: {}: {}".format(code, " ".join(str(message).split())), err=True)
+    typer.echo(f"error: {code}: {clip_line(message, 1000)}", err=True)
     raise typer.Exit(code=EXIT_ERROR)
 
 

@@ -10,11 +10,13 @@ from typing import Any, Dict, Optional
 from .. import __version__
 from ..measure.benchmark import RESULT_KEYS
 from ..measure.pipeline import ENGINE_KEYS, POWER_KEYS
-from ..protocol import PROTOCOL_VERSION
+from ..protocol import DEVICE_STATES, PROTOCOL_VERSION
 
 
 def status_payload(state: str, device_id: str, facts: Dict[str, Any], since: Optional[float] = None) -> Dict[str, Any]:
-    """Retained device status: state plus what makes this device's numbers comparable."""
+    """Retained device status: state (one of DEVICE_STATES) plus what makes this device's numbers comparable."""
+    if state not in DEVICE_STATES:
+        raise ValueError(f"unknown device state {state!r}")
     payload = {
         "protocol": PROTOCOL_VERSION,
         "state": state,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 import structlog
 
-from ..errors import ErrorCode
+from ..errors import ErrorCode, clip_line
 from ..job import decode_job
 from ..mqtt import MqttConnection, TlsFiles
 from ..protocol import FrameError, Topics, dumps, qos, retained, sha256_hex, split_frame
@@ -28,7 +28,6 @@ from .runner import RunnerClient, error_result
 
 log = structlog.get_logger("edge_evolver.serve")
 
-MAX_MESSAGE = 400
 SUMMARY_KEYS = ("status", "code", "backend", "precision", "cache_hit", "engine_build_s", "fps",
                 "latency_ms_p50", "latency_ms_p99", "power_w_mean", "energy_mj_per_inference", "queue_s")
 
@@ -207,8 +206,7 @@ class EdgeDaemon:
         ``payload_sha256`` names the exact payload refused, so its sender can tell this refusal from
         one of a job someone else sent under the same id.
         """
-        if len(message) > MAX_MESSAGE:  # a message may quote a sender's value: never a megabyte of it
-            message = message[:MAX_MESSAGE - 3] + "..."
+        message = clip_line(message)  # a message may quote a sender's value: never a megabyte of it
         log.warning("job_rejected", job_id=job_id, code=code, message=message)
         now = time.time()
         body = result_payload(self.config.device_id, job_id, error_result(code, message),

@@ -123,14 +123,15 @@ def _resolve(size: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = DEFAULT_NMS_IOU,
-        labels: Optional[np.ndarray] = None) -> np.ndarray:
+        labels: Optional[np.ndarray] = None, limit: Optional[int] = None) -> np.ndarray:
     """Indices (int64) kept by greedy non-maximum suppression, in descending score: a box whose IoU with
     a kept, higher-scoring box is > `iou` is suppressed. With `labels`, only boxes of the same label
-    suppress one another (class-wise NMS). Equal scores keep their input order."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    suppress one another (class-wise NMS); with `limit`, at most that many are kept. Equal scores keep
+    their input order. `decode` uses it per image; it is public for anyone decoding outputs themselves."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
     ranked = None if labels is None else np.asarray(labels)[order]
-    return order[_greedy(boxes[order], ranked, iou, None)].astype(np.int64)
+    return order[_greedy(boxes[order], ranked, iou, limit)].astype(np.int64)
 
 
 def _check_output(output: np.ndarray, num_classes: int, stride: int) -> np.ndarray:
@@ -185,8 +186,7 @@ def _decode_chunk(output: np.ndarray, k: int, stride: int, score_threshold: floa
         if hi == lo or max_detections <= 0:
             result.append(empty_detections())
             continue
-        order = lo + np.argsort(-found[lo:hi], kind="mergesort")
-        kept = order[_greedy(boxes[order], cls[order], nms_iou, max_detections)]
+        kept = lo + nms(boxes[lo:hi], found[lo:hi], nms_iou, labels=cls[lo:hi], limit=max_detections)
         result.append(Detections(boxes[kept], found[kept], cls[kept].astype(np.int64)))
     return result
 

@@ -17,9 +17,9 @@ See docs/model-safety.md.
 
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
+from ..backends.model_policy import ModelPolicy, ModelSummary, check_policy
 from ..errors import EdgeError, ErrorCode, printable
 from ..onnxgraph import _FIXED32, _FIXED64, _LENGTH, _VARINT, OnnxGraphError, Span, _fields, _value, _varints, _want
-from .model_policy import ModelPolicy, ModelSummary, check_policy
 
 MAX_GRAPH_DEPTH = 16  # If/Loop bodies nest a few levels in real models; protobuf's own limit is 100
 # Fields read per model, at most: ~0.7 us each in CPython on x86, so at most ~1.5 s for a hostile

@@ -5,28 +5,12 @@ attribute, which is the message a user needs. It is optional: on JetPack 4.6 (Py
 aarch64) there is no onnx wheel, and TensorRT's parser does the checking there.
 """
 
-from typing import Optional
 
-from ..errors import EdgeError, ErrorCode
+from ..errors import EdgeError, ErrorCode, clip_line
 
-MAX_MESSAGE = 400
 # Protobuf's own limit for a message parsed in one piece; larger models need external data,
 # which a self-contained job cannot carry.
 PROTOBUF_LIMIT = 2 * 1024 ** 3
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def onnx_available() -> Optional[str]:
-    """The onnx version, or None when it is not installed."""
-    try:
-        import onnx
-    except Exception:  # ImportError, or a broken protobuf underneath
-        return None
-    return str(onnx.__version__)
 
 
 def check_size(model_bytes: bytes) -> None:
@@ -52,14 +36,14 @@ def check_onnx(model_bytes: bytes) -> bool:
     try:
         model = onnx.load_from_string(bytes(model_bytes))
     except Exception as exc:
-        raise EdgeError(ErrorCode.INVALID_MODEL, "not an ONNX model: " + _one_line(str(exc))) from None
+        raise EdgeError(ErrorCode.INVALID_MODEL, "not an ONNX model: " + clip_line(str(exc))) from None
     if not model.graph.node and not model.graph.output:
         # Arbitrary bytes sometimes decode as an empty protobuf message instead of failing.
         raise EdgeError(ErrorCode.INVALID_MODEL, "not an ONNX model: no graph found in the bytes")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        text = _one_line(str(exc))
+        text = clip_line(str(exc))
         # An operator the installed opset does not define is unsupported, not corrupt.
         code = ErrorCode.UNSUPPORTED_OP if "no op registered" in text.lower() else ErrorCode.INVALID_MODEL
         raise EdgeError(code, "ONNX checker: " + text) from None

@@ -5,7 +5,7 @@ match their bytes, opset domains and versions the backend allows; no onnx packag
 check the ONNX (when the onnx package is there), get an engine (from the cache or by
 building it), make the feeds, run once (smoke test, agreement with reference outputs), then
 benchmark with the power sampler running exactly over the timed window, then (unless the
-``profile`` option is false) a separate per-layer profiling pass (measure/profile.py), whose
+``profile`` option is false) a separate per-layer profiling pass (backends/profiling.py), whose
 failure is reported in ``profile_error`` and never fails the measurement.
 
 It never raises: every failure becomes a MeasureResult with status "error" and an ErrorCode,
@@ -23,16 +23,17 @@ import structlog
 
 from ..backends import resolve_backend
 from ..backends.base import Backend, Engine
+from ..backends.profiling import ProfileSettings
+from ..backends.tensors import check_feeds
 from ..errors import EdgeError, ErrorCode
 from ..protocol import LayerTime
 from .agreement import compare_outputs
 from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
 from .engine_cache import EngineCache
-from .inputs import check_feeds, synthesize_inputs
-from .model_guard import inspect_model
-from .model_policy import check_policy
+from .inputs import synthesize_inputs
+from .model_guard import check_model_safety
 from .onnx_check import check_onnx, check_size
-from .profile import ProfileSettings, error_line, finish_profile, profile_option
+from .profile import error_line, finish_profile, profile_option
 
 log = structlog.get_logger("edge_evolver.measure")
 
@@ -222,13 +223,13 @@ def _profile(result: MeasureResult, engine: Engine, feeds: Mapping[str, np.ndarr
 def _checked_backend(result: MeasureResult, model_bytes: bytes, req: MeasureRequest) -> Backend:
     """The model checks, then the backend, whose opset policy the model must meet."""
     check_size(model_bytes)
-    # Before anything else reads the bytes: onnx.checker and every runtime would follow a
-    # tensor's external-data path to a file of this board (docs/model-safety.md).
-    summary = inspect_model(model_bytes)
-    check_onnx(model_bytes)
-    runtime = resolve_backend(req.backend)
+    runtime = resolve_backend(req.backend)  # a name lookup: it reads nothing of the model
     result.backend, result.backend_version = runtime.name, runtime.version()
-    check_policy(summary, runtime.model_policy)  # before the engine cache too: a policy may tighten
+    # Before anything else reads the bytes: onnx.checker and every runtime would follow a tensor's
+    # external-data path to a file of this board (docs/model-safety.md). Before the engine cache
+    # too: a policy may tighten.
+    check_model_safety(model_bytes, runtime.model_policy)
+    check_onnx(model_bytes)
     return runtime
 
 

@@ -1,5 +1,10 @@
 """Power meters by name, and the choice of one for this board.
 
+One meter per module behind ``base.PowerMeter``: ``jtop_meter.py`` (jetson-stats), ``ina3221.py`` (the
+Jetson's power monitor through sysfs), ``nvml_meter.py`` (a desktop GPU), ``rapl.py`` (the CPU package),
+``none_meter.py`` (no meter); ``sampler.py`` samples one during the timed window, ``sysfs.py`` reads sysfs
+and procfs under a root that tests can replace.
+
 Like the backend registry, meters are named by import path and imported on first use, so
 ``import edge_evolver.power`` touches neither jtop nor pynvml (each meter imports its library
 inside ``probe``). Adding a meter = one module + one line in ``_REGISTRY``.
@@ -8,6 +13,7 @@ inside ``probe``). Adding a meter = one module + one line in ``_REGISTRY``.
 import importlib
 from typing import List, Tuple, Type
 
+from ..errors import clip_line
 from .base import MeterUnavailable, PowerMeter
 from .sampler import PowerSampler, PowerSummary
 
@@ -61,7 +67,7 @@ def _try_probe(name: str, root: str) -> Tuple[object, str]:
     except MeterUnavailable as exc:
         return None, exc.reason
     except Exception as exc:
-        return None, "probe failed unexpectedly: {}: {}".format(type(exc).__name__, " ".join(str(exc).split()))
+        return None, f"probe failed unexpectedly: {type(exc).__name__}: {clip_line(exc)}"
 
 
 def resolve_meter(name: str = "auto", root: str = "/") -> Tuple[PowerMeter, str]:

@@ -9,6 +9,8 @@ on a board where the library is missing.
 import abc
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import clip_line
+
 # Rails that measure the whole module input. When one exists it is the total, and the other
 # rails are parts of it (adding them would double count): NVIDIA's forum and jetson-stats both
 # say POM_5V_IN / VDD_IN is the overall input. Xavier NX docs call its input 5V_IN.
@@ -25,14 +27,14 @@ class MeterUnavailable(Exception):
 
     def __init__(self, reason: str) -> None:
         # Library messages often span lines (jtop's "...Please run:\nsudo systemctl ...").
-        reason = " ".join(str(reason).split())
+        reason = clip_line(reason)
         super().__init__(reason)
         self.reason = reason
 
 
 def exception_text(exc: BaseException) -> str:
     """``ExcType: message`` on one line, for reasons built from a library's exception."""
-    message = " ".join(str(exc).split())
+    message = clip_line(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 

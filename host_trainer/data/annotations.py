@@ -1,26 +1,27 @@
-"""What the COCO and YOLO readers share: reading annotation text, listing and decoding the images, and
-packing the result as a `RawDetection`.
+"""What the COCO and YOLO readers (data/coco.py, data/yolo.py) share: reading an annotation file as text, and
+what a reader returns.
 
-Every image is resized as a whole to S×S (a plain resize, no letterbox: the network sees exactly that
-image), so a box scales by S/W horizontally and S/H vertically. Boxes come out as xyxy pixels of the S×S
-image. The set is grey (1 channel) when every image is grey, else RGB (3), as for image folders.
+A reader checks every annotation and reads no pixel (COCO reads image headers for their sizes): a malformed file
+stops the run before any image is decoded. Boxes come out xyxy, normalised to their image ([0, 1]), so that the
+loader places them wherever it puts the image (data/stream_augment.py: letterbox, jitter, flip).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-
-from host_trainer.data.images import read_pixels
-from host_trainer.data.types import RawDetection
 from host_trainer.errors import UserError
 
 
-def check_size(image_size: int) -> None:
-    if image_size < 1:
-        raise UserError(f"image size must be positive, got {image_size}")
+class Annotations(NamedTuple):
+    """A detection set's annotations, per image in the reader's order."""
+
+    files: list[Path]         # the image files
+    boxes: list[Any]          # per image (n_i, 4) xyxy normalised to the image; n_i may be 0 (a negative)
+    labels: list[Any]         # per image (n_i,) class ids in [0, len(names))
+    names: tuple[str, ...]    # class names
+    sources: tuple[str, ...]  # per image: its name in the annotations (COCO `file_name`, YOLO relative path)
 
 
 def read_text(file: Path) -> str:
@@ -30,10 +31,3 @@ def read_text(file: Path) -> str:
         raise UserError(f"{file} is not UTF-8 text") from None
     except OSError as exc:
         raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
-
-
-def raw_detection(files: list[Path], size: int, boxes: list[Any], labels: list[Any], names: tuple[str, ...],
-                  sources: tuple[str, ...]) -> RawDetection:
-    """The loaded set; pixels are decoded last, once every annotation has passed its checks."""
-    return RawDetection(read_pixels(files, size), tuple(np.asarray(b, np.float32).reshape(-1, 4) for b in boxes),
-                        tuple(np.asarray(lab, np.int64).reshape(-1) for lab in labels), names, sources)

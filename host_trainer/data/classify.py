@@ -1,19 +1,19 @@
-"""Classification data sets: `digits`, `glyphs` and the user's own `imagefolder:PATH` (types: data/types.py).
+"""The built-in classification sets, `digits` and `glyphs`, in memory (types: data/types.py), the split rule
+every classification set uses, and the one-line errors for a bad reference.
 
-`seed` picks the random split of `digits`
-and `imagefolder`; the same seed always gives the same arrays. `glyphs` is one fixed, generated set
-whatever the seed: it is a calibrated benchmark, and a new draw per run would cost a regeneration
-(GlyphsConfig(seed=...) gives other draws).
+The user's `imagefolder:PATH` is streamed from disk (data/stream.py) with the same split rule
+(`stratified_split`, then `held_out`). `seed` picks the random split of `digits` and of an image folder; the
+same seed always gives the same split. `glyphs` is one fixed, generated set whatever the seed: it is a
+calibrated benchmark, and a new draw per run would cost a regeneration (GlyphsConfig(seed=...) gives other
+draws).
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from host_trainer.data.images import IMAGE_EXTENSIONS, read_image
 from host_trainer.data.procedural.glyphs import GlyphsConfig, load_glyphs
 from host_trainer.data.types import Dataset, Split
 from host_trainer.errors import UserError
@@ -23,7 +23,8 @@ FRACTIONS = (0.70, 0.15, 0.15)  # train / val / test
 
 
 def load_dataset(ref: str, seed: int, image_size: int, progress: Progress = NULL) -> Dataset:
-    """A built-in data set by name, or `imagefolder:PATH` (one sub-folder of images per class)."""
+    """A built-in data set by name; any other reference is a one-line UserError (an image folder is streamed:
+    data/stream.py `stream_data`, which calls this for everything it does not stream)."""
     if image_size < 4:
         raise UserError(f"image size must be at least 4 pixels, got {image_size}")
     if ref == "digits":
@@ -31,10 +32,9 @@ def load_dataset(ref: str, seed: int, image_size: int, progress: Progress = NULL
     if ref == "glyphs":
         return glyphs_dataset(GlyphsConfig(image_size=image_size), progress)
     if ref.startswith("imagefolder:"):
-        path = ref.partition(":")[2]
-        if not path.strip():
+        if not ref.partition(":")[2].strip():
             raise UserError("imagefolder needs a path: imagefolder:PATH (one sub-folder of images per class)")
-        return imagefolder_dataset(path, seed, image_size)
+        raise ValueError(f"{ref}: the user's image folders are streamed (data/stream.py stream_data)")
     if ref == "shapes-det" or ref.startswith(("coco:", "yolo:")):
         raise UserError(f"{ref} is a detection data set: add --task detect")
     raise UserError(f"unknown dataset {ref!r}: choose digits, glyphs or imagefolder:PATH")
@@ -59,16 +59,22 @@ def stratified_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, 
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
 
 
-def _build(name: str, x: np.ndarray, y: np.ndarray, splits: tuple[np.ndarray, ...],
-           class_names: tuple[str, ...]) -> Dataset:
-    """Normalise `x` (float in [0, 1], NCHW) with train statistics and cut it into splits."""
+def held_out(name: str, splits: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test), an empty val or test replaced by what exists, with a warning: too few images for
+    held-out splits should not stop a run."""
     train, val, test = splits
     if len(val) == 0 or len(test) == 0:
-        # Too few images for held-out splits: reuse what exists rather than fail (and say so).
         warnings.warn(f"{name}: too few images per class for separate val/test splits; reusing images",
                       stacklevel=3)
         val = val if len(val) else (test if len(test) else train)
         test = test if len(test) else val
+    return train, val, test
+
+
+def _build(name: str, x: np.ndarray, y: np.ndarray, splits: tuple[np.ndarray, ...],
+           class_names: tuple[str, ...]) -> Dataset:
+    """Normalise `x` (float in [0, 1], NCHW) with train statistics and cut it into splits."""
+    train, val, test = held_out(name, splits)
     mean = float(x[train].mean())
     std = float(x[train].std()) or 1.0  # a constant image set would otherwise divide by zero
     x = ((x - mean) / std).astype(np.float32)
@@ -100,44 +106,3 @@ def glyphs_dataset(config: GlyphsConfig = GlyphsConfig(), progress: Progress = N
     bounds = np.cumsum([0] + [len(a) for a in xs])
     splits = tuple(np.arange(bounds[i], bounds[i + 1]) for i in range(3))
     return _build("glyphs", x, y, splits, tuple(config.classes))
-
-
-def _class_images(root: Path) -> dict[str, list[Path]]:
-    """{class name: sorted image files}, checking the layout; hidden files and folders are ignored."""
-    if not root.exists():
-        raise UserError(f"image folder does not exist: {root}")
-    if not root.is_dir():
-        raise UserError(f"image folder is not a directory: {root}")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UserError(f"no class sub-folders in {root}: put each class's images in a folder named after it")
-    found = {c.name: sorted(f for f in c.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in f.relative_to(c).parts))
-             for c in classes}
-    if not any(found.values()):
-        kinds = " ".join(IMAGE_EXTENSIONS)
-        raise UserError(f"no images found in the class folders of {root} (looked for {kinds})")
-    empty = [name for name, files in found.items() if not files]
-    if empty:
-        raise UserError(f"class folder(s) without images in {root}: {', '.join(empty)}")
-    if len(found) < 2:
-        raise UserError(f"need at least 2 classes in {root}, found only {next(iter(found))!r}")
-    return found
-
-
-def imagefolder_dataset(path: str, seed: int = 0, image_size: int = 32) -> Dataset:
-    """The user's images: one sub-folder per class, grey (1 channel) if every image is, else RGB."""
-    root = Path(path).expanduser()
-    found = _class_images(root)
-    images, labels, greys = [], [], []
-    for label, files in enumerate(found.values()):
-        for f in files:
-            arr, grey = read_image(f, image_size)
-            images.append(arr)
-            labels.append(label)
-            greys.append(grey)
-    x = np.stack(images).transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if all(greys):
-        x = x[:, :1]  # a grey image converted to RGB has three equal channels
-    y = np.asarray(labels, dtype=np.int64)
-    return _build(f"imagefolder:{root}", x, y, stratified_split(y, seed), tuple(found))

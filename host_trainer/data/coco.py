@@ -1,15 +1,17 @@
-"""`coco:PATH`: a COCO instances JSON file and its images, as a `RawDetection` (data/types.py).
+"""`coco:PATH`: a COCO instances JSON file, every annotation checked, and where its images are; data/stream.py
+streams the images.
 
 PATH is an instances JSON file, or a folder: its only top-level *.json, else its annotations.json, else its
 only instances*.json. An image's file is `file_name` relative to the JSON's folder, else in images/ beside it.
 Categories map to class ids in ascending category-id order; names come from `name`. `iscrowd: 1` annotations
 are skipped unchecked (a crowd region is not one object; COCO's own evaluation ignores them too). Images are
-ordered by image id. An image's width/height in the JSON, when given, must match its file.
+ordered by image id. An image's width/height in the JSON, when given, must match its file's header (read here;
+no pixel is decoded).
 
 A box overhanging its image by up to COCO_TOLERANCE_PX is clipped; more is an error (a wrong box should stop
-the run, not train the detector). A box under a pixel after the resize is kept: dropping the user's labels
-silently would hide that the input size is too small for them. Images without boxes are kept as negatives; a
-set with no box at all is an error. A malformed annotation is a one-line UserError naming its id.
+the run, not train the detector). No box is dropped for being small: at the input size, that is the loader's
+decision (data/stream_augment.py `place_boxes`). Images without boxes are kept as negatives; a set with no box
+at all is an error. A malformed annotation is a one-line UserError naming its id.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_trainer.data.annotations import check_size, raw_detection, read_text
+from host_trainer.data.annotations import Annotations, read_text
 from host_trainer.data.images import image_size_of
-from host_trainer.data.types import RawDetection
 from host_trainer.errors import UserError
 
 COCO_TOLERANCE_PX = 1.0  # a COCO box may overhang its image by up to a pixel (rounding in label tools); clipped
@@ -42,17 +43,9 @@ class _CocoBox:
     label: int
 
 
-def read_coco(path: str | Path, image_size: int) -> RawDetection:
-    """`coco:PATH`: an instances JSON file, or a folder holding one (see `_coco_json`), and its images."""
-    check_size(image_size)
-    files, boxes, labels, names, sources = coco_annotations(path, image_size)
-    return raw_detection(files, image_size, boxes, labels, names, sources)
-
-
-def coco_annotations(path: str | Path, image_size: float) -> tuple[list[Path], list, list, tuple[str, ...],
-                                                                    tuple[str, ...]]:
-    """(image files, boxes as xyxy pixels of the S×S image, labels, class names, sources), every check made and
-    no pixel decoded; `image_size` 1 gives boxes normalised to [0, 1] (the streaming loader's, data/stream.py)."""
+def coco_annotations(path: str | Path) -> Annotations:
+    """`coco:PATH`: an instances JSON file, or a folder holding one (see `_coco_json`), every check made; boxes
+    xyxy normalised to their image."""
     json_file = _coco_json(Path(path).expanduser())
     doc = _load_coco(json_file)
     cat_index, names = _coco_categories(doc, json_file)
@@ -64,9 +57,9 @@ def coco_annotations(path: str | Path, image_size: float) -> tuple[list[Path], l
     for im in images:
         file, width, height = _coco_file(json_file, im)
         files.append(file)
-        boxes.append([_coco_xyxy(b, width, height, image_size, im.file_name) for b in per_image[im.id]])
+        boxes.append([_coco_xyxy(b, width, height, im.file_name) for b in per_image[im.id]])
     labels = [[b.label for b in per_image[im.id]] for im in images]
-    return files, boxes, labels, names, tuple(im.file_name for im in images)
+    return Annotations(files, boxes, labels, names, tuple(im.file_name for im in images))
 
 
 def _coco_json(path: Path) -> Path:
@@ -184,8 +177,8 @@ def _coco_file(json_file: Path, im: _CocoImage) -> tuple[Path, int, int]:
                     f"(looked in {folder} and {folder / 'images'})")
 
 
-def _coco_xyxy(box: _CocoBox, width: int, height: int, size: float, file_name: str) -> list[float]:
-    """Original-pixel [x, y, w, h] -> xyxy pixels of the S×S image, clipped to it."""
+def _coco_xyxy(box: _CocoBox, width: int, height: int, file_name: str) -> list[float]:
+    """Original-pixel [x, y, w, h] -> xyxy normalised to the image, clipped to it."""
     x, y, w, h = box.xywh
     x1, y1, x2, y2 = x, y, x + w, y + h
     tol = COCO_TOLERANCE_PX
@@ -196,7 +189,4 @@ def _coco_xyxy(box: _CocoBox, width: int, height: int, size: float, file_name: s
     y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
     if x2 <= x1 or y2 <= y1:
         raise UserError(f"{box.where}: bbox {list(box.xywh)} lies outside the {width}x{height} image {file_name}")
-    sx, sy = size / width, size / height
-    return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
-
-
+    return [x1 / width, y1 / height, x2 / width, y2 / height]

@@ -1,24 +1,25 @@
-"""Detection data sets: `shapes-det`, `coco:PATH` and `yolo:PATH` (types: data/types.py).
+"""The built-in detection set, `shapes-det`, in memory (types: data/types.py), the split rule of the user's
+detection sets, and the one-line errors for a bad reference.
 
-A reader returns a `RawDetection` (images in [0, 1] at the fixed input size, boxes in input pixels);
-`build_det_dataset` cuts it into train/val/test and normalises it with the training split's
-mean/std, like the classification sets (data/classify.py).
+The user's `coco:PATH` and `yolo:PATH` are streamed from disk (data/stream.py), cut by `random_split`.
+`shapes-det` comes as generated `RawDetection` splits (images in [0, 1], boxes in input pixels), normalised with
+the training split's mean/std, like the classification sets (data/classify.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from host_trainer.data.coco import read_coco
 from host_trainer.data.procedural.shapes_det import ShapesDetConfig, load_shapes_det, to_raw
 from host_trainer.data.types import DetDataset, DetSplit, RawDetection
-from host_trainer.data.yolo import read_yolo
 from host_trainer.errors import UserError
 from host_trainer.progress import NULL, Progress
 
 
 def load_det_dataset(ref: str, seed: int, image_size: int, progress: Progress = NULL) -> DetDataset:
-    """`shapes-det`, `coco:PATH` or `yolo:PATH`, at a fixed S×S input (S a multiple of 16)."""
+    """`shapes-det` at a fixed S×S input (S a multiple of 16); any other reference is a one-line UserError
+    (`coco:`/`yolo:` files are streamed: data/stream.py `stream_data`, which calls this for everything it does not
+    stream)."""
     if image_size < 16 or image_size % 16:
         raise UserError(f"detection input size must be a positive multiple of 16, got {image_size}")
     if ref == "shapes-det":
@@ -27,11 +28,10 @@ def load_det_dataset(ref: str, seed: int, image_size: int, progress: Progress = 
         raws = [to_raw(arrays, split, cfg) for split in ("train", "val", "test")]
         return _from_splits("shapes-det", raws)
     kind, _, path = ref.partition(":")
-    if kind in ("coco", "yolo") and path.strip():
-        raw = (read_coco if kind == "coco" else read_yolo)(path, image_size)
-        return build_det_dataset(f"{kind}:{path}", raw, seed)
-    if kind in ("coco", "yolo"):
+    if kind in ("coco", "yolo") and not path.strip():
         raise UserError(f"{kind} needs a path: {kind}:PATH (see docs/detection.md)")
+    if kind in ("coco", "yolo"):
+        raise ValueError(f"{ref}: the user's detection sets are streamed (data/stream.py stream_data)")
     hint = " (a classification set: drop --task detect)" if ref in ("digits", "glyphs") or kind == "imagefolder" else ""
     raise UserError(f"unknown detection dataset {ref!r}: choose shapes-det, coco:PATH or yolo:PATH{hint}")
 
@@ -44,16 +44,6 @@ def random_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     n_val = max(1, round(n * 0.15))
     n_test = max(1, round(n * 0.15))
     return (np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test]))
-
-
-def _pick(raw: RawDetection, idx: np.ndarray) -> RawDetection:
-    return RawDetection(raw.images[idx], tuple(raw.boxes[i] for i in idx), tuple(raw.labels[i] for i in idx),
-                        raw.class_names, tuple(raw.source[i] for i in idx))
-
-
-def build_det_dataset(name: str, raw: RawDetection, seed: int) -> DetDataset:
-    """Cut one loaded set into seeded train/val/test splits."""
-    return _from_splits(name, [_pick(raw, idx) for idx in random_split(len(raw.images), seed)])
 
 
 def _from_splits(name: str, raws: list[RawDetection]) -> DetDataset:

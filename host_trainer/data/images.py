@@ -1,6 +1,8 @@
-"""Reading the user's image files: listing them, telling grey from colour, decoding and resizing.
+"""The user's image files: listing them (an image folder's classes, a detection set's images), telling grey
+from colour, converting any mode PIL reads to RGB, and a file's size from its header.
 
-Any file PIL cannot decode becomes a one-line UserError that names it.
+Decoding, resizing and augmenting happen per sample, in data/stream_files.py. A bad layout, or a header PIL
+cannot read, is a one-line UserError that names the folder or the file.
 """
 
 from __future__ import annotations
@@ -34,18 +36,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
-    """(float32 HxWx3 in [0, 1], is it grey?) for one file; any decoding problem names the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            grey = is_grey(img)
-            rgb = to_rgb(img).resize((size, size), Image.Resampling.BILINEAR)
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error ...) on bad files
-        raise UserError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
-    return np.asarray(rgb, dtype=np.float32) / 255.0, grey
-
-
 def image_size_of(file: Path) -> tuple[int, int]:
     """(width, height) from the header alone, so that boxes are checked before any image is decoded."""
     try:
@@ -55,20 +45,32 @@ def image_size_of(file: Path) -> tuple[int, int]:
         raise UserError(f"cannot read image {file}: {type(exc).__name__}: {exc}") from None
 
 
-def read_pixels(files: list[Path], size: int) -> np.ndarray:
-    """float32 (N, C, S, S) in [0, 1]; C = 1 when every image is grey (a grey image read as RGB has 3 equal
-    channels), else 3."""
-    out = np.empty((len(files), 3, size, size), np.float32)
-    greys = []
-    for i, file in enumerate(files):
-        arr, grey = read_image(file, size)
-        out[i] = arr.transpose(2, 0, 1)
-        greys.append(grey)
-    return np.ascontiguousarray(out[:, :1]) if all(greys) else out
-
-
 def image_files(folder: Path) -> list[Path]:
     """Image files under `folder`, hidden files and folders ignored, sorted by relative path."""
     found = [f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
              and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
     return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
+
+
+def class_images(root: Path) -> dict[str, list[Path]]:
+    """`imagefolder:PATH`: {class name: sorted image files}, one sub-folder per class, the layout checked;
+    hidden files and folders are ignored."""
+    if not root.exists():
+        raise UserError(f"image folder does not exist: {root}")
+    if not root.is_dir():
+        raise UserError(f"image folder is not a directory: {root}")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"no class sub-folders in {root}: put each class's images in a folder named after it")
+    found = {c.name: sorted(f for f in c.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in f.relative_to(c).parts))
+             for c in classes}
+    if not any(found.values()):
+        kinds = " ".join(IMAGE_EXTENSIONS)
+        raise UserError(f"no images found in the class folders of {root} (looked for {kinds})")
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise UserError(f"class folder(s) without images in {root}: {', '.join(empty)}")
+    if len(found) < 2:
+        raise UserError(f"need at least 2 classes in {root}, found only {next(iter(found))!r}")
+    return found

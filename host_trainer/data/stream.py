@@ -1,25 +1,28 @@
-"""Streamed data sets: `imagefolder:PATH`, `coco:PATH` and `yolo:PATH` read lazily, a batch at a time, by a
-torch DataLoader's workers, so that memory does not grow with the number of images (docs/data.md).
+"""The user's data sets, `imagefolder:PATH`, `coco:PATH` and `yolo:PATH`, streamed: read lazily, a batch at a
+time, by a torch DataLoader's workers, so that memory does not grow with the number of images (docs/data.md).
+These are the only readers of those formats.
 
-`stream_data(task, ref, seed, image_size)` is the streaming twin of tasks/registry.py `load_data`: the same
-files in the same train/val/test splits for the same seed (the in-memory loaders' split functions are reused),
-but each split holds only paths and labels (data/stream_files.py). The built-in sets (digits, glyphs,
-shapes-det) stay in memory, as today's `Dataset`/`DetDataset`; `make_loader` (data/stream_loader.py) takes
-either kind of split.
+`stream_data(task, ref, seed, image_size)` is what tasks/registry.py `load_data` returns. For the user's files
+each split holds only paths and labels (data/stream_files.py); the built-in sets (digits, glyphs, shapes-det)
+come from data/classify.py and data/detect.py in memory, as a `Dataset`/`DetDataset`, and so does the one-line
+error for any other reference. `make_loader` (data/stream_loader.py) takes either kind of split.
 
-Normalisation: one scalar mean/std, as today, from up to STATS_IMAGES training images (un-augmented; for
-detection the letterboxed content without its padding) drawn by a generator seeded with the run's seed. With
-no more training images than that, it is today's figure (every training image).
+Splits: an image folder is listed per class (data/images.py `class_images`) and cut by classify.py's
+`stratified_split` and `held_out`; a COCO or YOLO set is read by `coco_annotations`/`yolo_annotations` (every
+annotation checked, boxes normalised to their image) and cut by detect.py's `random_split`, in the reader's
+image order. The same files and seed always give the same splits.
+
+Normalisation: one scalar mean/std, from up to STATS_IMAGES training images (un-augmented: classification the
+S×S resize, detection the letterboxed content without its padding) drawn by a generator seeded with the run's
+seed; with no more training images than that, every training image counts.
 
 Every file's header is read while the set is built: a file PIL cannot identify (zero bytes, not an image)
-stops the run there with a one-line error naming it, like today's loaders; the header also tells grey
-(1 channel when every image is) from colour, and a detection image's size. Later failures are skipped
-(data/stream_files.py).
+stops the run there with a one-line error naming it; the header also tells grey (1 channel when every image
+is) from colour, and a detection image's size. Later failures are skipped (data/stream_files.py).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from host_trainer.data.classify import _class_images, load_dataset, stratified_split
+from host_trainer.data.classify import held_out, load_dataset, stratified_split
 from host_trainer.data.coco import coco_annotations
 from host_trainer.data.detect import load_det_dataset, random_split
-from host_trainer.data.images import is_grey
+from host_trainer.data.images import class_images, is_grey
 from host_trainer.data.stream_files import FileClassSplit, FileDetSplit, flat_boxes, pack_paths
 from host_trainer.data.stream_loader import BadImageWarning, Batch, StreamLoader, make_loader
 from host_trainer.data.yolo import yolo_annotations
@@ -61,7 +64,7 @@ class StreamDataset:
 
 def stream_data(task: str, ref: str, seed: int, image_size: int, progress: Progress = NULL,
                 workers: int | None = None) -> Any:
-    """`imagefolder:`/`coco:`/`yolo:` as a StreamDataset; the built-in sets as today (in memory)."""
+    """`imagefolder:`/`coco:`/`yolo:` as a StreamDataset; the built-in sets in memory (a Dataset or DetDataset)."""
     kind, _, path = ref.partition(":")
     if task == "classify" and kind == "imagefolder" and path.strip():
         if image_size < 4:
@@ -122,25 +125,15 @@ def pixel_stats(split: Any, seed: int, workers: int | None = None) -> tuple[floa
     return float(mean), std or 1.0  # a constant image set would otherwise divide by zero
 
 
-def _held_out(name: str, splits: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """classify.py `_build`'s rule: too few images for val/test reuses what exists, with the same warning."""
-    train, val, test = splits
-    if len(val) == 0 or len(test) == 0:
-        warnings.warn(f"{name}: too few images per class for separate val/test splits; reusing images", stacklevel=3)
-        val = val if len(val) else (test if len(test) else train)
-        test = test if len(test) else val
-    return train, val, test
-
-
 def stream_imagefolder(path: str, seed: int, image_size: int, workers: int | None = None) -> StreamDataset:
-    """imagefolder:PATH as classify.py reads it (same files, labels and split), pixels left on disk."""
+    """imagefolder:PATH: one sub-folder of images per class, split per class; pixels left on disk."""
     root = Path(path).expanduser()
-    found = _class_images(root)
+    found = class_images(root)
     files = [f for fs in found.values() for f in fs]
     y = np.repeat(np.arange(len(found), dtype=np.int64), [len(fs) for fs in found.values()])
     _, grey = scan_headers(files)
     name = f"imagefolder:{root}"
-    parts = _held_out(name, stratified_split(y, seed))
+    parts = held_out(name, stratified_split(y, seed))
     paths = pack_paths(files)
 
     def cut(idx: np.ndarray, mean: float, std: float) -> FileClassSplit:
@@ -153,9 +146,9 @@ def stream_imagefolder(path: str, seed: int, image_size: int, workers: int | Non
 
 
 def stream_detection(kind: str, path: str, seed: int, image_size: int, workers: int | None = None) -> StreamDataset:
-    """coco:PATH / yolo:PATH as detect.py reads them (same checks and split), pixels left on disk, letterboxed."""
+    """coco:PATH / yolo:PATH: the annotations checked, a seeded random split; pixels left on disk, letterboxed."""
     read = coco_annotations if kind == "coco" else yolo_annotations
-    files, boxes, labels, names, _sources = read(path, 1.0)  # size 1: boxes normalised to the image
+    files, boxes, labels, names, _sources = read(path)
     sizes, grey = scan_headers(files)
     parts = random_split(len(files), seed)
     paths = pack_paths(files)

@@ -2,10 +2,11 @@
 `Sample`s as the file splits (data/stream_files.py), so that a training loop has one code path for both.
 
 The pixels are already decoded and normalised: an item is a view of the array (no copy) unless augmented.
-Classification keeps today's cheap augmentation (a shift of up to 2 pixels, zero fill; here per sample instead
-of per batch), with no flip and no crop: a mirrored glyph is another symbol, and the procedural sets are
-already centred at their size. Detection gets the same letterbox jitter and flip as the file splits; the
-images are square at S already, so without augmentation an item is the array itself.
+Classification gets a cheap augmentation (a shift of up to 2 pixels, zero fill, per sample; data/batching.py's
+in-memory training batches shift once per batch instead), with no flip and no crop: a mirrored glyph is
+another symbol, and the procedural sets are already centred at their size. Detection gets the same letterbox
+jitter and flip as the file splits; the images are square at S already, so without augmentation an item is
+the array itself.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ so an augmented image depends on nothing else: not on the worker that made it, n
   a horizontal flip;
 - detection: a letterbox (keep the aspect ratio, pad) that is also used for val/test, plus, for training, a
   scale jitter (0.75-1.25 of the letterboxed size, placed at random) and a horizontal flip; boxes follow;
-- in-memory classification arrays (digits, glyphs): today's cheap shift of up to 2 pixels, no flip (a
-  mirrored digit or glyph is another symbol, or none).
+- in-memory classification arrays (digits, glyphs): a cheap shift of up to 2 pixels, no flip (a mirrored
+  digit or glyph is another symbol, or none).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def place_boxes(unit_boxes: np.ndarray, labels: np.ndarray, where: Placement, si
                 drop_small: bool) -> tuple[np.ndarray, np.ndarray]:
     """Boxes normalised to the image ([0, 1] xyxy) -> xyxy pixels of the canvas, clipped. With `drop_small`
     (training), boxes left too small or mostly outside the canvas are dropped with their labels; val/test keep
-    every box, as today's loaders do (data/coco.py: dropping labels would hide a too-small input size)."""
+    every box (dropping the user's labels there would hide that the input size is too small for them)."""
     scale = np.array([where.w, where.h, where.w, where.h], np.float32)
     offset = np.array([where.dx, where.dy, where.dx, where.dy], np.float32)
     full = unit_boxes.reshape(-1, 4).astype(np.float32) * scale + offset

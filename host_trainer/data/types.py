@@ -1,8 +1,9 @@
-"""The data-set types every loader fills and the loops read.
+"""The in-memory data-set types: what the built-in sets (digits, glyphs, shapes-det) fill.
 
 Images are float32 NCHW arrays. A `Dataset` (classification) or `DetDataset` (detection) holds three
 deterministic splits: `train` (weights), `val` (accepting or rejecting offspring) and `test` (held out,
-for the reported numbers), all normalised with one mean/std computed on the training split.
+for the reported numbers), all normalised with one mean/std computed on the training split. The user's
+streamed sets (data/stream.py `StreamDataset`) have the same fields, with file splits.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class RawDetection:
-    """A detection set as a loader reads it, before splitting and normalisation."""
+    """One generated detection split (shapes-det, data/procedural/shapes_det.py), before normalisation."""
 
     images: np.ndarray              # float32 (N, C, S, S) in [0, 1]; C = 1 (grey) or 3 (RGB)
     boxes: tuple[np.ndarray, ...]   # per image float32 (n_i, 4), xyxy pixels of the S×S image; n_i may be 0

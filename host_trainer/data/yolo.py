@@ -1,9 +1,9 @@
-"""`yolo:PATH`: YOLO text labels and their images, as a `RawDetection` (data/types.py).
+"""`yolo:PATH`: YOLO text labels, every line checked, and their images; data/stream.py streams the images.
 
 PATH/images/** with PATH/labels/** (same relative path, `.txt`: the Ultralytics layout; its train/val
-sub-folders are merged here and re-split by data/detect.py), else image files with their `.txt` beside them
-anywhere under PATH (or under PATH/images when there is no labels/). Images are ordered by relative path.
-Class names: PATH/classes.txt, else `names:` in PATH/data.yaml or dataset.yaml (data/yaml_names.py), else
+sub-folders are merged here and re-split by data/detect.py `random_split`), else image files with their `.txt`
+beside them anywhere under PATH (or under PATH/images when there is no labels/). Images are ordered by relative
+path. Class names: PATH/classes.txt, else `names:` in PATH/data.yaml or dataset.yaml (data/yaml_names.py), else
 "0".."largest id".
 
 Coordinates may overshoot [0, 1] by YOLO_TOLERANCE (writers round to 6 decimals) and are clipped; more is an
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from host_trainer.data.annotations import check_size, raw_detection, read_text
+from host_trainer.data.annotations import Annotations, read_text
 from host_trainer.data.images import IMAGE_EXTENSIONS, image_files
-from host_trainer.data.types import RawDetection
 from host_trainer.data.yaml_names import yaml_names
 from host_trainer.errors import UserError
 
@@ -28,17 +27,9 @@ YOLO_TOLERANCE = 1e-3    # normalised: about a pixel of a 1000-pixel image (writ
 _YAML_NAMES = ("data.yaml", "dataset.yaml")
 
 
-def read_yolo(path: str | Path, image_size: int) -> RawDetection:
-    """`yolo:PATH`: images/ + labels/ (Ultralytics), or images with their .txt labels side by side."""
-    check_size(image_size)
-    files, boxes, labels, names, sources = yolo_annotations(path, image_size)
-    return raw_detection(files, image_size, boxes, labels, names, sources)
-
-
-def yolo_annotations(path: str | Path, image_size: float) -> tuple[list[Path], list, list, tuple[str, ...],
-                                                                    tuple[str, ...]]:
-    """(image files, boxes as xyxy pixels of the S×S image, labels, class names, sources), every check made and
-    no pixel decoded; `image_size` 1 gives boxes normalised to [0, 1] (the streaming loader's, data/stream.py)."""
+def yolo_annotations(path: str | Path) -> Annotations:
+    """`yolo:PATH`: images/ + labels/ (Ultralytics), or images with their .txt labels side by side, every check
+    made; boxes xyxy normalised to their image."""
     root = Path(path).expanduser()
     if not root.exists():
         raise UserError(f"YOLO folder does not exist: {root}")
@@ -46,7 +37,7 @@ def yolo_annotations(path: str | Path, image_size: float) -> tuple[list[Path], l
         raise UserError(f"yolo:PATH must be a folder (images/ and labels/, or images with .txt beside them): {root}")
     pairs, label_hint = _yolo_pairs(root)
     named = _yolo_names(root)
-    parsed = [_yolo_labels(label, image_size, named) for _, label in pairs]
+    parsed = [_yolo_labels(label, named) for _, label in pairs]
     if not any(len(lab) for _, lab in parsed):
         raise UserError(f"no boxes in any YOLO label file under {root} (expected {label_hint})")
     if named is None:
@@ -54,8 +45,9 @@ def yolo_annotations(path: str | Path, image_size: float) -> tuple[list[Path], l
         names = tuple(str(i) for i in range(top + 1))
     else:
         names = named[0]
-    sources = tuple(image.relative_to(root).as_posix() for image, _ in pairs)
-    return [image for image, _ in pairs], [b for b, _ in parsed], [lab for _, lab in parsed], names, sources
+    files = [image for image, _ in pairs]
+    sources = tuple(image.relative_to(root).as_posix() for image in files)
+    return Annotations(files, [b for b, _ in parsed], [lab for _, lab in parsed], names, sources)
 
 
 def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
@@ -75,8 +67,8 @@ def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
     return pairs, hint
 
 
-def _yolo_labels(file: Path, size: float, named: tuple[tuple[str, ...], Path] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(boxes float32 (n, 4) xyxy pixels of the S×S image, labels int64 (n,)); no file or an empty one: none."""
+def _yolo_labels(file: Path, named: tuple[tuple[str, ...], Path] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes float32 (n, 4) xyxy normalised to the image, labels int64 (n,)); no file or an empty one: none."""
     boxes: list[list[float]] = []
     labels: list[int] = []
     if file.is_file():
@@ -84,7 +76,7 @@ def _yolo_labels(file: Path, size: float, named: tuple[tuple[str, ...], Path] | 
             if line.strip():
                 label, box = _yolo_line(f"{file} line {n}", line, named)
                 labels.append(label)
-                boxes.append([v * size for v in box])
+                boxes.append(box)
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
 
 

@@ -24,6 +24,7 @@ import structlog
 from edge_evolver.job import encode_job
 from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
 from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
+from host_trainer.config import default_of
 from host_trainer.errors import UserError
 from host_trainer.files import atomic_write_json
 from host_trainer.fleet.trust import AUTH_CODES, HostTrust
@@ -45,10 +46,11 @@ class FleetConfig:
     broker: str
     devices: list[str] = field(default_factory=list)  # measure on each of these
     any_device: bool = False  # or on whichever board of a shared-subscription group takes it
-    prefix: str = "edge-evolver"
-    job_timeout_s: float = 600.0
-    job_retries: int = 2
-    device_timeout_s: float = 300.0
+    # The run's defaults (config.py), for a Fleet made outside a run (the bench scripts, tests).
+    prefix: str = default_of("prefix")
+    job_timeout_s: float = default_of("job_timeout_s")
+    job_retries: int = default_of("job_retries")
+    device_timeout_s: float = default_of("device_timeout_s")
     bench: dict = field(default_factory=dict)
 
 

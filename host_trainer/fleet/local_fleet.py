@@ -24,10 +24,10 @@ from host_trainer.errors import UserError
 from host_trainer.files import atomic_write_json
 from host_trainer.fleet.trust import HostTrust, embedded_trust
 from host_trainer.progress import NULL, Progress
+from host_trainer.rundir import EMBEDDED_BROKER, EMBEDDED_LOG, EMBEDDED_PIDS, EMBEDDED_STATE
 
 log = structlog.get_logger("host_trainer.local_fleet")
 LOCAL_DEVICE = "local"
-PIDFILE = "pids.json"
 
 
 def _state(pid: int) -> bytes:
@@ -66,23 +66,23 @@ class LocalFleet:
         if find_mosquitto() is None:
             raise UserError("no --broker given and the embedded broker (mosquitto) is not installed; "
                             + INSTALL_HINT + ", or pass --broker mqtt://host:port")
-        (self.workdir / "broker").mkdir(parents=True, exist_ok=True)
+        (self.workdir / EMBEDDED_BROKER).mkdir(parents=True, exist_ok=True)
         self._stop_stale()
-        self.broker = LocalBroker(str(self.workdir / "broker")).start()
+        self.broker = LocalBroker(str(self.workdir / EMBEDDED_BROKER)).start()
         self.trust()  # the keys exist before the daemon reads them
         cmd = [sys.executable, "-m", "edge_evolver", "serve", "--broker", self.broker.url,
                "--device-id", LOCAL_DEVICE, "--backend", "onnxruntime", "--power", "auto", "--prefix", self.prefix,
-               "--state-dir", str(self.workdir / "edge"), "--threads", str(self.threads),
+               "--state-dir", str(self.workdir / EMBEDDED_STATE), "--threads", str(self.threads),
                "--keys-dir", str(self._board_keys), "--require-signed"]
-        with open(self.workdir / "edge.log", "ab") as out:
+        with open(self.workdir / EMBEDDED_LOG, "ab") as out:
             # Own session, like the broker: Ctrl-C reaches the host, which then stops both in order.
             self.daemon = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                            start_new_session=True)
         broker_pid = self.broker.proc.pid if self.broker.proc is not None else None
-        atomic_write_json(self.workdir / PIDFILE, {"broker": broker_pid, "daemon": self.daemon.pid})
+        atomic_write_json(self.workdir / EMBEDDED_PIDS, {"broker": broker_pid, "daemon": self.daemon.pid})
         port = self.broker.port
         self.progress.note(f"embedded broker: {self.broker.url} (local edge daemon '{LOCAL_DEVICE}', "
-                           f"log {self.workdir}/edge.log)")
+                           f"log {self.workdir / EMBEDDED_LOG})")
         self.progress.note(f"watch it:  mosquitto_sub -h 127.0.0.1 -p {port} -t '{self.prefix}/#' -v")
         log.info("embedded_started", broker=self.broker.url, daemon_pid=self.daemon.pid)
         return self
@@ -91,7 +91,7 @@ class LocalFleet:
         """A host killed with SIGKILL leaves its broker and daemon running on this run's state: stop them
         before a resume starts new ones on the same folders."""
         try:
-            pids = json.loads((self.workdir / PIDFILE).read_text())
+            pids = json.loads((self.workdir / EMBEDDED_PIDS).read_text())
         except (OSError, ValueError):
             return
         for name, pid in pids.items():

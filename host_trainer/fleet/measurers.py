@@ -1,8 +1,8 @@
 """How an offspring's speed is measured: in-process (ONNX Runtime) or on devices over MQTT.
 
-Both return the generation record's measurement fields (host_trainer/record.py), plus `PROFILE`: the
-leading device's per-layer breakdown (a list of profile entries, docs/protocol.md), which the loop takes
-out for the latency model before the rest goes into the record. fps and
+Both return a `Measurement`: the generation record's measurement fields (host_trainer/record.py), and the
+leading device's per-layer profile (the entries of docs/protocol.md, "Per-layer profile"), which the loop gives
+the latency model; the profile is not a record field. fps and
 latency_ms_* keep their names (from the first device); device-side facts keep theirs, or get a
 `device_` prefix where the plain name means something else in a record; with several devices every
 device's result sits under `devices`.
@@ -10,6 +10,7 @@ device's result sits under `devices`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,12 +28,20 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "cache_hit", "power_w_mean", "energy_mj_per_inference", "power_meter", "power_rail", "power_reason",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
-PROFILE = "profile"  # key of the leading device's per-layer profile in measure()'s answer (not a record field)
 PROBE_SETTINGS = BenchSettings(batch=1, min_iterations=50, min_seconds=0.2)  # a probe is one small layer
 log = structlog.get_logger("host_trainer.fleet")
 # Device fields whose plain names mean something else in a record (precision = the host's macro
 # precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
 PREFIXED = ("job_id", "backend", "backend_version", "precision", "iterations", "seconds", "status", "code", "message")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One offspring measured: its record's measurement fields, and the leading device's per-layer profile
+    (an empty list from a board that sends none)."""
+
+    fields: dict[str, Any]
+    profile: list[dict[str, Any]] = field(default_factory=list)
 
 
 class DeviceError(Exception):
@@ -42,7 +51,7 @@ class DeviceError(Exception):
 class Measurer(Protocol):
     parallel: bool  # may several measurements be in flight at once?
 
-    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]: ...
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> Measurement: ...
     def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float: ...
     def publish(self, record: GenerationRecord) -> None: ...
     def cancel(self) -> None: ...
@@ -66,14 +75,13 @@ class LocalMeasurer:
                                       min_seconds=cfg.bench_min_seconds)
         self.threads, self.backend, self.progress = cfg.bench_threads, cfg.bench_backend, progress
 
-    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]:
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> Measurement:
         with self.progress.step(f"{name}: benchmarking in this process ({self.backend})"):
             result = measure_model(onnx_bytes, backend=self.backend, settings=self.settings,
                                    options={"threads": self.threads}).to_dict()
         out = _timing(result)
         out.update({"bench_" + k: result[k] for k in BENCH_PREFIXED})
-        out[PROFILE] = _profile(result)
-        return out
+        return Measurement(out, _profile(result))
 
     def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float:
         """A probe layer's median latency in ms here (short settings: the layer is small)."""
@@ -101,7 +109,7 @@ class FleetMeasurer:
     def __init__(self, fleet: Fleet, task: Task) -> None:
         self.fleet, self.task = fleet, task
 
-    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> dict[str, Any]:
+    def measure(self, name: str, onnx_bytes: bytes, samples: np.ndarray, meta: dict) -> Measurement:
         inputs, reference = host_reference(onnx_bytes, samples)
         check = self.task.job_check()
         extra = {"check": check} if check else {}
@@ -119,7 +127,7 @@ class FleetMeasurer:
         fit, refused = sanitized(out)
         if refused:  # a board of another version, or a broken one: the run goes on, the record stays readable
             log.warning("device_field_refused", device=first.get("device_id"), fields=refused)
-        return {**fit, PROFILE: _profile(first)}
+        return Measurement(fit, _profile(first))
 
     def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float:
         """A probe layer as a job to the leading device (random inputs; the engine must still agree)."""

@@ -23,6 +23,7 @@ from edge_evolver.trust.jobs import ANY_GROUP, JobSigner
 from edge_evolver.trust.keys import PublicKey, add_trusted, ensure_signing_key, load_signing_key, read_trusted
 from edge_evolver.trust.results import check_result
 from host_trainer.errors import UserError
+from host_trainer.rundir import BOARD_KEYS, EMBEDDED_BOARD_KEYS, EMBEDDED_HOST_KEYS
 
 log = structlog.get_logger("host_trainer.trust")
 
@@ -90,7 +91,7 @@ class HostTrust:
         checks its results later without this host's keys dir."""
         if self.keys_dir is None or not valid_device_id(device_id):
             return
-        source, target = board_file(self.keys_dir, device_id), Path(run_dir) / "board-keys" / f"{device_id}.pub"
+        source, target = board_file(self.keys_dir, device_id), Path(run_dir) / BOARD_KEYS / f"{device_id}.pub"
         try:
             data = source.read_bytes()
             if not target.exists() or target.read_bytes() != data:
@@ -127,7 +128,7 @@ def embedded_trust(workdir: Path, device_id: str, ttl_s: float) -> tuple[HostTru
     The board's key and its trust file are written before the daemon starts, so nothing is
     exchanged at run time; a resumed run finds and keeps the same keys.
     """
-    host_dir, board_dir = Path(workdir) / "host-keys", Path(workdir) / "edge-keys"
+    host_dir, board_dir = Path(workdir) / EMBEDDED_HOST_KEYS, Path(workdir) / EMBEDDED_BOARD_KEYS
     host_key, _ = ensure_signing_key(str(host_dir / HOST_KEY))
     board_key, _ = ensure_signing_key(str(board_dir / "board.key"))
     add_trusted(str(board_dir / "trusted-hosts"), host_key.public, "this run's host")

@@ -17,8 +17,7 @@ from host_trainer.errors import UserError
 from host_trainer.latency import model as latency_model
 from host_trainer.latency.groups import observe
 from host_trainer.latency.model import LatencyModel, Observation
-
-FOLDER = "latency"
+from host_trainer.rundir import LATENCY
 
 
 def file_name(device: str) -> str:
@@ -28,7 +27,7 @@ def file_name(device: str) -> str:
 
 class LatencyBook:
     def __init__(self, run_path: Path, start_from: str = "") -> None:
-        self.folder = Path(run_path) / FOLDER
+        self.folder = Path(run_path) / LATENCY
         self.start = None
         if start_from:
             try:

@@ -1,10 +1,11 @@
-"""The run: generation after generation, and the run directory that survives any kill.
+"""The run: generation after generation, written into the run directory (host_trainer/rundir.py).
 
 - session.py     start and resume a run: every input checked before anything is written
 - evolve.py      the generation loop: synthesise, compact, train, restrict, export, measure, select, land
+- breeding.py    one offspring from its parent: importance, the cut, synthesis, compaction
+- allocator.py   the loop's side of device-aware allocation: the latency model learns, the cut is spent
 - training.py    fp32 training with synapse masks (the task gives labels and loss)
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)
-- runstore.py    the run directory: atomic writes, the records, resume bookkeeping
 """

@@ -3,7 +3,8 @@
 The parent's Taylor importance (method/importance.py) is measured once per parent on a fixed, seeded set of
 training batches and reused by every attempt and offspring drawn from it. The cut comes from the allocator
 (device: a latency budget in board milliseconds; magnitude: α per group), heredity then draws which clusters
-survive, and compaction removes the rest physically.
+survive, and compaction removes the rest physically. Scoring runs on the training device (`--train-device`);
+synthesis and compaction on the CPU, where the parent rests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from host_trainer.config import EvolveConfig
 from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
+from host_trainer.loop.controller import Alpha
 from host_trainer.loop.training import scoring_batches
 from host_trainer.method.compaction import ClusterGroup, cluster_groups, compact
 from host_trainer.method.depth import Block, removable_blocks, removal_loss, remove_blocks
@@ -27,6 +29,7 @@ from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
 from host_trainer.models.registry import fixed_layers
 from host_trainer.record import GenerationRecord
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed
 
 IMPORTANCE_SEED = 7919  # the importance batches' order: fixed, so a resumed run scores the parent alike
 
@@ -54,37 +57,39 @@ class Scores:
 
 class Breeder:
     def __init__(self, cfg: EvolveConfig, train_split: Any, task: Task, example: torch.Tensor,
-                 allocator: DeviceAllocator) -> None:
+                 allocator: DeviceAllocator, device: torch.device = CPU) -> None:
         self.cfg, self.train_split, self.task, self.example = cfg, train_split, task, example
-        self.allocator = allocator
+        self.allocator, self.device = allocator, device
         self._scores: dict[str, Scores] = {}  # the parent's model sha256 → its scores (the latest parent only)
 
     def scores(self, fitness: GenerationRecord, model: nn.Module) -> Scores:
-        """The parent's scores, worked out on its first offspring and reused by every attempt and k after it."""
+        """The parent's scores, worked out on its first offspring and reused by every attempt and k after it.
+        The graphs are traced on the CPU; the losses and gradients are computed on the training device."""
         key = str(fitness.model_sha256)
         if key not in self._scores:
             groups = cluster_groups(model, self.example, fixed_layers(model))
-            batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED))
-            importance = taylor_importance(model, groups, self.example, batches, self._loss)
             blocks = removable_blocks(model, self.example, fixed_layers(model)) if self.allocator.device_aware \
                 else []
-            self._scores = {key: Scores(groups, importance, blocks, removal_loss(model, blocks, batches,
-                                                                                  self._loss))}
+            batches = list(scoring_batches(self.train_split, self.task, IMPORTANCE_SEED, device=self.device))
+            with placed(self.device, model):
+                importance = taylor_importance(model, groups, self.example, batches, self._loss)
+                block_importance = removal_loss(model, blocks, batches, self._loss)
+            self._scores = {key: Scores(groups, importance, blocks, block_importance)}
         return self._scores[key]
 
     def _loss(self, outputs: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
         return self.task.loss(outputs, labels, None)
 
     def breed(self, parent_model: nn.Module, parent_masks: dict[str, torch.Tensor], fitness: GenerationRecord,
-              seed: int, alpha: tuple[float, float], k: int, attempt: int,
+              seed: int, alpha: Alpha, k: int, attempt: int,
               rejected: Sequence[Mapping[str, int]]) -> Bred:
         cfg = self.cfg
         scores = self.scores(fitness, parent_model)
         groups = scores.groups
-        request = CutRequest(alpha[0], seed, k, attempt, scores.importance, rejected, scores.blocks,
+        request = CutRequest(alpha.c, seed, k, attempt, scores.importance, rejected, scores.blocks,
                              scores.block_importance)
         allocation = self.allocator.cut(fitness, parent_model, groups, request)
-        scfg = SynthesisConfig(alpha[0], alpha[1], cfg.tau, cfg.probability_model, cfg.channel_multiple)
+        scfg = SynthesisConfig(alpha.c, alpha.s, cfg.tau, cfg.probability_model, cfg.channel_multiple)
         plan = plan_offspring(parent_model, groups, parent_masks, scfg, np.random.default_rng(seed),
                               counts=allocation.counts)
         child, masks = compact(parent_model, plan.masks, groups, plan.keep, self.example)

@@ -22,6 +22,7 @@ from torch import nn
 from host_trainer.method.compaction import shrink_to_widths, widths
 from host_trainer.method.depth import remove_blocks, removed_blocks
 from host_trainer.models.registry import build_model, fixed_layers
+from host_trainer.rundir import CHECKPOINT, WEIGHTS
 
 FORMAT = "edge-evolver-checkpoint/1"
 MASK_PREFIX = "mask:"
@@ -59,17 +60,17 @@ def to_bytes(model: nn.Module, masks: dict[str, torch.Tensor]) -> bytes:
 
 
 def write_checkpoint(folder: Path, model: nn.Module, masks: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write into `folder`, which the caller makes visible atomically (see runstore)."""
-    (folder / "weights.npz").write_bytes(to_bytes(model, masks))
-    (folder / "checkpoint.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+    """Write into `folder`, which the caller makes visible atomically (RunDir.commit_generation)."""
+    (folder / WEIGHTS).write_bytes(to_bytes(model, masks))
+    (folder / CHECKPOINT).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
-    meta = json.loads((folder / "checkpoint.json").read_text())
+    meta = json.loads((folder / CHECKPOINT).read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{folder}: not an edge-evolver checkpoint ({meta.get('format')!r})")
     model = build_architecture(meta["architecture"])
-    with np.load(folder / "weights.npz", allow_pickle=False) as npz:
+    with np.load(folder / WEIGHTS, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     masks = {k[len(MASK_PREFIX):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(MASK_PREFIX)}
     state = {k: torch.from_numpy(v) for k, v in arrays.items() if not k.startswith(MASK_PREFIX)}

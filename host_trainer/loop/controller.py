@@ -16,8 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from host_trainer.record import GenerationRecord
+
+
+class Alpha(NamedTuple):
+    """One offspring's environmental factor: the fraction of clusters (`c`, what is cut) and of synapses within
+    the kept clusters (`s`) it inherits."""
+
+    c: float
+    s: float
+
 
 MIN_PRESSURE = 0.25
 FULL_GAP = 4.0  # the parent 4x (or more) short of the target: the user's full pressure
@@ -78,9 +88,9 @@ class Controller:
         return min(1.0, max(MIN_PRESSURE, 1.0 - (baseline - parent) / self.tolerance))
 
     def alpha(self, baseline: float, parent: float, attempt: int,
-              fitness: GenerationRecord | None = None) -> tuple[float, float]:
+              fitness: GenerationRecord | None = None) -> Alpha:
         scale = self.headroom(baseline, parent) * speed_pressure(self.goals, fitness) * 0.5 ** attempt
-        return (1.0 - (1.0 - self.alpha_c) * scale, 1.0 - (1.0 - self.alpha_s) * scale)
+        return Alpha(1.0 - (1.0 - self.alpha_c) * scale, 1.0 - (1.0 - self.alpha_s) * scale)
 
     def verdict(self, baseline: float, accuracy: float, loss: float) -> str | None:
         """None when the offspring survives, else the reason it does not."""

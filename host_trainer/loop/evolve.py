@@ -23,17 +23,15 @@ import structlog
 import torch
 from torch import nn
 
+from host_trainer import distributed
 from host_trainer.config import AUTO, EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
-from host_trainer.files import atomic_write_json
-from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, PROFILE, DeviceError, Measurer
+from host_trainer.fleet.measurers import AGREEMENT_SAMPLES, DeviceError, Measurer
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop import distributed
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
-from host_trainer.loop.controller import Controller, Goals, speed_pressure
-from host_trainer.loop.runstore import RunDir
+from host_trainer.loop.controller import Alpha, Controller, Goals, speed_pressure
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,
@@ -51,12 +49,13 @@ from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, load_weights
 from host_trainer.progress import NULL, RunView, Step
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import MODEL, RunDir, onnx_path
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed
 
 PARITY_SAMPLES = 256
 SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs", "accuracy", "val_accuracy",
                 "fps", "latency_ms_p50", "model_sha256", "accepted", "reject_reason")
-PARETO = "pareto.json"
 log = structlog.get_logger("host_trainer")
 
 
@@ -91,9 +90,24 @@ class Candidate:
     onnx: bytes = b""
 
 
+def dense_model(cfg: EvolveConfig, data: Any, load: bool = True) -> nn.Module:
+    """Generation 0's network, built with the run's generation-0 seed (so its initial weights are the run's), with
+    --weights loaded into it (unless `load` is False: a follower, or a resumed run past generation 0)."""
+    torch.manual_seed(derive_seed(cfg.seed, 0, 0))
+    model = build_model(cfg.model, data.num_classes, data.input_shape)
+    if cfg.weights and load:
+        check_unchanged(cfg.weights, cfg.weights_sha256)
+        load_weights(model, cfg.weights, cfg.model)
+    return model
+
+
 class Evolution:
     def __init__(self, cfg: EvolveConfig, data: Any, run: RunDir, measurer: Measurer, task: Task,
-                 view: RunView = NULL):
+                 view: RunView = NULL, device: torch.device = CPU, dense: nn.Module | None = None):
+        """`device`: where networks train, are scored and evaluated (`--train-device`, resolved by the session);
+        between those steps every network rests on the CPU. `dense`: generation 0's network as `dense_model`
+        built it (the session builds it once, up front, to check the input); built here when not given."""
+        self.device, self._dense = device, dense
         self.cfg, self.data, self.run, self.measurer, self.task, self.view = cfg, data, run, measurer, task, view
         self.example = torch.zeros((1, *data.input_shape))
         self.goals = Goals(cfg.target_fps, cfg.target_latency_ms, cfg.max_power_w)
@@ -101,7 +115,7 @@ class Evolution:
         self.records: list[GenerationRecord] = []
         self.train_split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
         self.allocator = DeviceAllocator(cfg, run.path, measurer, self.example, view)
-        self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator)
+        self.breeder = Breeder(cfg, self.train_split, task, self.example, self.allocator, device)
         self._gen0: nn.Module | None = None  # the distillation teacher (--distill), loaded when first needed
 
     # ---- the run -------------------------------------------------------------------------
@@ -128,13 +142,14 @@ class Evolution:
                       "final_tune", baseline)
 
     def _retrain(self, parent: Member, generation: int, seed: int, epochs: float, flag: str,
-                 baseline: float) -> Member | None:
+                 baseline: float, attempt: int = 0) -> Member | None:
         """Train a copy of `parent` for `epochs` on the fine-tune schedule (training.fine_tune), no cut; it lands as
-        `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`."""
+        `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`.
+        `attempt` keeps its record, and its measurement job's id, apart from the generation's offspring."""
         model, masks = copy.deepcopy(parent.model), dict(parent.masks)
         loss = self._train(model, masks, generation, epochs, seed, final=True)
         candidate = self._finish(model, masks, generation, parent.generation, seed, None, loss)
-        candidate.record.update({flag: True, "epochs_trained": epochs})
+        candidate.record.update({flag: True, "epochs_trained": epochs, "attempt": attempt})
         reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
         if reason is None and candidate.member.val_accuracy < parent.val_accuracy:
             reason = f"training without a cut lowered validation accuracy ({parent.val_accuracy:.4f} -> " \
@@ -157,11 +172,8 @@ class Evolution:
         """The dense ancestor: built (or the user's --weights), trained for --gen0-epochs (a number, 0, or auto:
         until validation accuracy stops improving, the best epoch kept), restricted, measured."""
         cfg, seed = self.cfg, derive_seed(self.cfg.seed, 0, 0)
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, self.data.num_classes, self.data.input_shape)
-        if cfg.weights:
-            check_unchanged(cfg.weights, cfg.weights_sha256)
-            load_weights(model, cfg.weights, cfg.model)
+        model = self._dense if self._dense is not None else dense_model(cfg, self.data)
+        self._dense = None  # trained from here on: never handed out twice
         masks, loss, trained = dense_masks(model), float("nan"), 0.0
         if cfg.gen0_epochs == AUTO:
             tcfg = self._train_config(seed)
@@ -250,7 +262,7 @@ class Evolution:
 
     # ---- one offspring ---------------------------------------------------------------------
     def _offspring(self, parent: Member, fitness: GenerationRecord, generation: int, seed: int,
-                   alpha: tuple[float, float], k: int, attempt: int):
+                   alpha: Alpha, k: int, attempt: int):
         """Breed (loop/breeding.py) and train one offspring; its record fields besides the metrics."""
         cfg = self.cfg
         bred = self.breeder.breed(parent.model, parent.masks, fitness, seed, alpha, k, attempt,
@@ -263,7 +275,7 @@ class Evolution:
         teacher = self._teacher() if cfg.distill > 0 else None
         tcfg = recovery(self._train_config(seed, cfg.epochs), bred.lost, splits.images_in(self.train_split))
         loss = self._train_with(child, masks, generation, tcfg, teacher)
-        target = alpha[0] * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
+        target = alpha.c * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
         fields = {**bred.allocation.to_record(), "parent_sha256": fitness.model_sha256,
                   "importance_lost": bred.lost, "epochs_trained": tcfg.epochs, "time_target_ms": target}
         return child, masks, loss, fields
@@ -289,17 +301,19 @@ class Evolution:
 
     def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
                        generation: int, teacher: nn.Module | None = None) -> contextlib.AbstractContextManager:
-        """Under torchrun, every rank trains this network with rank 0 (loop/distributed.py)."""
+        """Under torchrun, every rank trains this network with rank 0 (host_trainer/distributed/)."""
         return distributed.lead_training(kind, model, masks, dataclasses.asdict(tcfg), generation, self._architecture,
                                          teacher)
 
     def _train_config(self, seed: int, epochs: float = 0.0) -> TrainConfig:
-        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr)
+        return TrainConfig(epochs=epochs, seed=seed, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
+                           device=str(self.device))
 
     def _finish(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, parent: int | None,
-                seed: int, alpha: tuple[float, float] | None, loss: float, attempt: int = 0) -> Candidate:
+                seed: int, alpha: Alpha | None, loss: float, attempt: int = 0) -> Candidate:
         """Restrict precision, evaluate before and after, and start the offspring's record."""
-        with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"):
+        with self.view.step(f"gen {generation}: restricting to {self.cfg.precision_format} and evaluating"), \
+                placed(self.device, model):
             before = self.task.evaluate(model, self.data.test)
             restrict(model, self.cfg.precision_format)
             apply_masks(model, masks)
@@ -307,8 +321,8 @@ class Evolution:
             val = self.task.evaluate(model, self.data.val)
         record = GenerationRecord(
             generation=generation, parent=parent, attempt=attempt, seed=seed, task=self.task.name,
-            alpha=list(alpha) if alpha else None, alpha_c=alpha[0] if alpha else None,
-            alpha_s=alpha[1] if alpha else None, precision_format=self.cfg.precision_format,
+            alpha=list(alpha) if alpha else None, alpha_c=alpha.c if alpha else None,
+            alpha_s=alpha.s if alpha else None, precision_format=self.cfg.precision_format,
             val_accuracy=val.accuracy, train_loss=loss, accuracy_before_restriction=before.accuracy)
         record.update(size_metrics(model, self.data.input_shape).to_dict()).update(test.to_dict())
         return Candidate(Member(generation, model, masks, val.accuracy), record, seed)
@@ -344,11 +358,10 @@ class Evolution:
         name += ".carry" if record.carried_over else ""
         started = time.perf_counter()
         try:
-            fields = self.measurer.measure(name, candidate.onnx, splits.head(self.data.test, AGREEMENT_SAMPLES),
-                                           {"generation": record.generation, "attempt": record.attempt})
-            profile = fields.pop(PROFILE, None) or []
-            record.update(fields)
-            record.update(self.allocator.observe(record, candidate.member.model, profile))
+            measured = self.measurer.measure(name, candidate.onnx, splits.head(self.data.test, AGREEMENT_SAMPLES),
+                                             {"generation": record.generation, "attempt": record.attempt})
+            record.update(measured.fields)
+            record.update(self.allocator.observe(record, candidate.member.model, measured.profile))
         except DeviceError as exc:
             return str(exc)
         finally:
@@ -358,19 +371,19 @@ class Evolution:
     def _land(self, candidate: Candidate) -> None:
         """Write the generation folder, then its record (folder first), the Pareto front, the progress."""
         member, record = candidate.member, candidate.record
-        record.onnx_path = f"gen-{member.generation:03d}/model.onnx"
+        record.onnx_path = onnx_path(member.generation)
         meta = {"generation": member.generation, "parent": record.parent, "seed": candidate.seed,
                 "architecture": self._architecture(member.model), "config": self.cfg.to_dict(),
                 "metrics": {k: getattr(record, k) for k in ("synapses", "clusters", "params", "macs", "accuracy")}}
 
         def fill(folder: Path) -> None:
             ckpt.write_checkpoint(folder, member.model, member.masks, meta)
-            (folder / "model.onnx").write_bytes(candidate.onnx)
+            (folder / MODEL).write_bytes(candidate.onnx)
 
         self.run.commit_generation(member.generation, fill)
         self.records.append(record)
         self.run.write_records(self.records)
-        atomic_write_json(self.run.path / PARETO, pareto_front([r for r in self.records if r.fps is not None]))
+        self.run.write_pareto(pareto_front([r for r in self.records if r.fps is not None]))
         self.view.generation(record)
         self.measurer.publish(record)
         log.info("generation", **{k: getattr(record, k) for k in SUMMARY_KEYS})
@@ -382,7 +395,7 @@ class Evolution:
         if self.cfg.epochs <= 0:
             return None
         seed = derive_seed(self.cfg.seed, generation, self.cfg.max_attempts)
-        return self._retrain(parent, generation, seed, self.cfg.epochs, "rest", baseline)
+        return self._retrain(parent, generation, seed, self.cfg.epochs, "rest", baseline, self.cfg.max_attempts)
 
     def _carry_over(self, parent: Member, generation: int) -> Member:
         """No offspring survived: the parent lives on as this generation, recorded as such."""

@@ -12,9 +12,10 @@ from typing import Any
 
 import structlog
 import torch
+from torch import nn
 
 from edge_evolver.mqtt import TlsFiles
-from host_trainer import events
+from host_trainer import distributed, events
 from host_trainer.config import EvolveConfig
 from host_trainer.data import splits
 from host_trainer.errors import UserError
@@ -23,16 +24,15 @@ from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
-from host_trainer.loop import distributed
-from host_trainer.loop.evolve import Evolution, resume_member
-from host_trainer.loop.runstore import CONFIG, EVENTS, RunDir
+from host_trainer.loop.evolve import Evolution, dense_model, resume_member
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
-from host_trainer.models.registry import build_model
-from host_trainer.models.weights import check_unchanged, file_sha256, load_weights
+from host_trainer.models.weights import file_sha256
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import CONFIG, EMBEDDED, EVENTS, RESULTS, RunDir
 from host_trainer.tasks.base import Task
 from host_trainer.tasks.registry import load_data, make_task
+from host_trainer.torch_device import resolve, use
 
 log = structlog.get_logger("host_trainer")
 
@@ -45,16 +45,26 @@ class Finished:
     records: list[GenerationRecord]
 
 
-def _prepare(cfg: EvolveConfig, view: RunView, check_weights: bool = True) -> tuple[Any, Task]:
-    """Load the data, build the model (with --weights, loaded into it) and the task once, so that bad input
-    fails before any write."""
+@dataclass
+class Prepared:
+    """What a rank needs before it writes anything: the data, generation 0's network, the task, the device."""
+
+    data: Any
+    dense: nn.Module
+    task: Task
+    device: torch.device
+
+
+def _prepare(cfg: EvolveConfig, view: RunView, load: bool = True) -> Prepared:
+    """Resolve where this rank trains, load the data, build generation 0's network (loop/evolve.py's
+    `dense_model`; with --weights loaded unless not `load`) and the task once, so that bad input (a CUDA device
+    torch cannot see, too) fails before any write."""
+    world = distributed.world()
+    device = use(resolve(cfg.train_device, world.local_rank, world.local_size))
     torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
-    model = build_model(cfg.model, data.num_classes, data.input_shape)
-    if cfg.weights and check_weights:
-        check_unchanged(cfg.weights, cfg.weights_sha256)
-        load_weights(model, cfg.weights, cfg.model)
-    return data, make_task(cfg.task, data, model, cfg.distill, model_name=cfg.model)
+    dense = dense_model(cfg, data, load)
+    return Prepared(data, dense, make_task(cfg.task, data, dense, cfg.distill, model_name=cfg.model), device)
 
 
 def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = NULL) -> Finished:
@@ -62,10 +72,12 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
         cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     if cfg.broker and not cfg.no_mqtt:
         open_trust(cfg.keys_dir, cfg.insecure, 3600.0)  # a missing host key fails before any write
-    data, task = _prepare(cfg, view)
-    cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights else ""
+    # Hashed before it is read, so the recorded sha256 is that of the bytes generation 0 starts from (dense_model
+    # checks them against it); a missing file is load_weights' one-line error.
+    cfg.weights_sha256 = file_sha256(cfg.weights) if cfg.weights and Path(cfg.weights).is_file() else ""
+    ready = _prepare(cfg, view)
     cfg.world_size = distributed.world().size
-    distributed.order({"op": "setup", "config": cfg.to_dict()})  # under torchrun: the other ranks load the data
+    distributed.send(distributed.Setup(cfg.to_dict()))  # under torchrun: the other ranks load the data
     path = Path(parent_dir) / run_id
     suffix = 1
     while path.exists():
@@ -75,18 +87,22 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
     run = RunDir(path)
     run.write_config(cfg.to_dict())
     log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
-             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid())
+             generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid(),
+             train_device=str(ready.device))
     view.note(f"run directory: {path}")
-    with measuring(cfg, path, task, view) as measurer:
-        return Finished(path, Evolution(cfg, data, run, measurer, task, view).run_all())
+    with measuring(cfg, path, ready.task, view) as measurer:
+        evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
+        return Finished(path, evolution.run_all())
 
 
-def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Finished:
+def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_device: str | None = None) -> Finished:
+    """Continue a run directory. `train_device` (--train-device, where given) replaces config.json's: a run may
+    move to another machine."""
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise UserError(f"not a run directory (no {CONFIG}): {path}")
     run = RunDir(path)
-    cfg = EvolveConfig.from_dict(run.read_config())
+    cfg = EvolveConfig.from_dict(run.read_config(), str(path / CONFIG))
     size = distributed.world().size
     if size != cfg.world_size:  # the shards change, so the next generations differ from an uninterrupted run
         log.warning("world size changed", was=cfg.world_size, now=size)
@@ -95,16 +111,18 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
         cfg.world_size = size
         run.write_config(cfg.to_dict())
     records = run.completed_records()
-    data, task = _prepare(cfg.validate(), view, check_weights=not records)  # generation 0 done: not needed
-    distributed.order({"op": "setup", "config": cfg.to_dict()})
+    cfg.train_device = cfg.train_device if train_device is None else train_device
+    ready = _prepare(cfg.validate(), view, load=not records)  # generation 0 done: its weights are not needed
+    distributed.send(distributed.Setup(cfg.to_dict()))
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
     events.attach_run_log(path / EVENTS)
-    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations)
+    log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations,
+             train_device=str(ready.device))
     view.note(f"run directory: {path} (resuming after generation {last})")
-    with measuring(cfg, path, task, view) as measurer:
-        evolution = Evolution(cfg, data, run, measurer, task, view)
+    with measuring(cfg, path, ready.task, view) as measurer:
+        evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
         evolution.records = records
         return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
 
@@ -112,31 +130,26 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL) -> Fin
 def follow_run() -> bool:
     """A rank other than 0 under torchrun: load the data rank 0 names, then train every network it sends, with
     it, until it says stop (True) or that the run failed (False). Writes nothing, shows nothing."""
-    message = distributed.next_order()
-    if message["op"] != "setup":
-        return message["op"] == "stop"
-    cfg = EvolveConfig.from_dict(message["config"])
-    data, task = _prepare(cfg, NULL, check_weights=False)  # rank 0 sends generation 0's weights
-    split = splits.take(data.train, cfg.train_subset) if cfg.train_subset else data.train
-    while (message := distributed.next_order())["op"] == "train":
-        with distributed.guarded(f"training generation {message['generation']}"):
-            _follow_training(message, split, task)
-    return message["op"] == "stop"
+    order = distributed.receive()
+    if not isinstance(order, distributed.Setup):
+        return isinstance(order, distributed.Stop) and order.ok
+    cfg = EvolveConfig.from_dict(order.config)
+    ready = _prepare(cfg, NULL, load=False)  # rank 0 sends generation 0's weights
+    split = splits.take(ready.data.train, cfg.train_subset) if cfg.train_subset else ready.data.train
+    while isinstance(order := distributed.receive(), distributed.Train):
+        with distributed.guarded(f"training generation {order.generation}"):
+            _follow_training(order, split, ready.task, ready.device)
+    return isinstance(order, distributed.Stop) and order.ok
 
 
-def _follow_training(message: dict, split: Any, task: Task) -> None:
-    model = ckpt.build_architecture(message["architecture"])
-    masks = distributed.load_network(model, distributed.share(message["spec"]))
-    teacher = None
-    if message.get("teacher"):
-        teacher = ckpt.build_architecture(message["teacher"])
-        teacher.load_state_dict(distributed.share(message["teacher_spec"]))
-    tcfg = TrainConfig(**message["train"])
-    if message["kind"] == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
+def _follow_training(order: distributed.Train, split: Any, task: Task, device: torch.device) -> None:
+    model, masks, teacher = distributed.receive_networks(order, ckpt.build_architecture)
+    tcfg = TrainConfig(**{**order.train, "device": str(device)})  # this rank's own device (cuda:LOCAL_RANK)
+    if order.kind == "plateau":  # the score is rank 0's (distributed.agree): no need to evaluate here
         train_until_plateau(model, masks, split, tcfg, task, lambda _m: 0.0)
     else:
         train(model, masks, split, tcfg, task, teacher)
-    distributed.check_identical(model, masks, f"generation {message['generation']}")
+    distributed.check_identical(model, masks, f"generation {order.generation}")
 
 
 @contextlib.contextmanager
@@ -145,7 +158,7 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
     if cfg.no_mqtt:
         yield LocalMeasurer(cfg, view)
         return
-    local = None if cfg.broker else LocalFleet(run_path / "embedded", cfg.bench_threads, cfg.prefix, view).start()
+    local = None if cfg.broker else LocalFleet(run_path / EMBEDDED, cfg.bench_threads, cfg.prefix, view).start()
     fleet = None
     ttl_s = max(3600.0, 2 * cfg.job_timeout_s * (cfg.job_retries + 1))  # covers every resend of a job
     trust = local.trust(ttl_s) if local else open_trust(cfg.keys_dir, cfg.insecure, ttl_s)
@@ -157,7 +170,7 @@ def measuring(cfg: EvolveConfig, run_path: Path, task: Task, view: RunView = NUL
             any_device=cfg.any_device, prefix=cfg.prefix, job_timeout_s=cfg.job_timeout_s,
             job_retries=cfg.job_retries, device_timeout_s=cfg.device_timeout_s,
             bench={"batch": 1, "min_iterations": cfg.bench_min_iterations, "min_seconds": cfg.bench_min_seconds})
-        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / "results", progress=view, trust=trust,
+        fleet = Fleet(fleet_cfg, run_path.name, results_dir=run_path / RESULTS, progress=view, trust=trust,
                       tls=tls).start()
         yield FleetMeasurer(fleet, task)
     finally:

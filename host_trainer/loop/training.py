@@ -17,10 +17,15 @@ A training depends only on (model, masks, data, config): the batch order comes f
 `config.seed` and no state carries over between generations, so a resumed run repeats exactly what an
 uninterrupted one would have done. The task (host_trainer/tasks/) supplies the labels and the loss.
 
-Under torchrun (loop/distributed.py, docs/distributed.md) every rank draws the same global batch of `batch_size`
+Under torchrun (host_trainer/distributed/, docs/distributed.md) every rank draws the same global batch of `batch_size`
 images from the same seeded permutation and trains on its share of it (`distributed.shard`) under
 DistributedDataParallel; steps, and so the learning-rate schedule, count global batches. On one process each
 `distributed` call is a no-op and training is what it always was.
+
+Where: `TrainConfig.device` (`--train-device`, host_trainer/torch_device.py). Each training, BatchNorm
+recalibration and scoring pass takes the model (and masks, teacher, batches) to that device for its duration and
+leaves it where it was; streamed batches come from pinned memory there with non-blocking copies when it is CUDA.
+The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves: bit for bit as before.
 """
 
 from __future__ import annotations
@@ -33,14 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from host_trainer.data.splits import images_in, loader_workers, streamed
-from host_trainer.data.stream_loader import make_loader
-from host_trainer.loop import distributed
+from host_trainer import distributed
+from host_trainer.data.batching import sample_batches, training_batches
+from host_trainer.data.splits import images_in, loader_workers
 from host_trainer.method.masks import apply_masks
 from host_trainer.tasks.base import Task
+from host_trainer.torch_device import CPU, placed, to_device
 
 # --gen0-epochs auto (docs/method.md, "Training"): evaluate once an epoch; decay after PATIENCE epochs without a
 # better validation score, over DECAY_FRACTION of the epochs trained so far (at least one); never past CAP.
@@ -71,6 +76,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.05  # linear warm-up, then cosine decay to zero; 0: start at the peak
     augment_shift: int = 2         # random translation in pixels (0 = off); cheap and helps glyphs
+    device: str = "cpu"            # where it trains (a torch device; every rank puts its own in)
+
+    @property
+    def on(self) -> torch.device:
+        return torch.device(self.device)
 
 
 # on_step(step, total_steps, loss, batch_score) is called after every optimiser step; batch_score is the
@@ -105,16 +115,6 @@ def total_steps(images: int, cfg: TrainConfig) -> int:
     return max(1, round(math.ceil(images / cfg.batch_size) * cfg.epochs))
 
 
-def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `max_shift` pixels with zero fill (one shift per batch)."""
-    if max_shift <= 0 or x.dim() != 4:
-        return x
-    dx, dy = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=gen))
-    padded = F.pad(x, (max_shift,) * 4)
-    h, w = x.shape[2], x.shape[3]
-    return padded[:, :, max_shift + dy: max_shift + dy + h, max_shift + dx: max_shift + dx + w]
-
-
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -131,11 +131,11 @@ class _Steps:
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
                  teacher: nn.Module | None = None):
         torch.manual_seed(cfg.seed)
+        self.device = cfg.on  # the model and teacher are there already (`placed` by the caller)
+        masks = {name: mask.to(self.device) for name, mask in masks.items()}
         self.model, self.masks, self.cfg, self.task, self.teacher = model, masks, cfg, task, teacher
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.data, self.streamed = data, streamed(data)
-        if not self.streamed:  # in memory: index the arrays (the labels of the whole split, once)
-            self.x, self.labels = torch.from_numpy(data.x), task.labels(data)
+        self.data = data
         self.shift = cfg.augment_shift if task.augment else 0
         self.per_epoch = math.ceil(images_in(data) / cfg.batch_size)
         self.opt = _optimizer(model, cfg)
@@ -145,33 +145,14 @@ class _Steps:
         apply_masks(model, masks)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch."""
-        if self.streamed:
-            yield from self._streamed_batches()
-            return
-        while True:
-            order = torch.randperm(len(self.x), generator=self.gen)
-            for start in range(0, len(order), self.cfg.batch_size):
-                idx = distributed.shard(order[start: start + self.cfg.batch_size])
-                yield _shift(self.x[idx], self.shift, self.gen), [t[idx] for t in self.labels]
-
-    def _streamed_batches(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """The same seeded permutation and shares, but the images decoded and augmented per batch by a
-        DataLoader's workers (data/stream_loader.py): this rank's shares of one pass, in order, are the
-        loader's sampler; every share but the pass's last holds ceil(batch_size / world size) images."""
-        order = _Order()
+        """Endless: a fresh permutation of the data for every pass; this rank's share of each global batch, on the
+        training device (data/batching.py)."""
         world = distributed.world()
-        loader = make_loader(self.data, math.ceil(self.cfg.batch_size / world.size), train=True, seed=self.cfg.seed,
-                             sampler=order, workers=loader_workers(world.local_size))
-        epoch = 0
-        while True:
-            perm = torch.randperm(images_in(self.data), generator=self.gen)
-            order.items = [int(i) for start in range(0, len(perm), self.cfg.batch_size)
-                           for i in distributed.shard(perm[start: start + self.cfg.batch_size])]
-            loader.set_epoch(epoch)
-            epoch += 1
-            for batch in loader:
-                yield batch.x, self.task.batch_labels(batch)
+        for x, labels in training_batches(self.data, self.task, self.cfg.batch_size, self.gen,
+                                          max_shift=self.shift, shard=distributed.shard, world_size=world.size,
+                                          seed=self.cfg.seed, workers=loader_workers(world.local_size),
+                                          pin=self.device.type == "cuda"):
+            yield to_device(x, self.device), [to_device(t, self.device) for t in labels]
 
     def step(self, x: torch.Tensor, labels: list[torch.Tensor], lr: float) -> tuple[float, float | None]:
         """One optimiser step at `lr`; masked synapses back to zero. (loss over every rank, the batch's score)."""
@@ -197,18 +178,20 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: Trai
     last loss (NaN: training stopped there, and the caller rejects the offspring).
 
     `teacher` (generation 0, for distillation) is run on every batch when given; the task weighs its outputs.
+    Both train on `cfg.device` and are back where they were afterwards.
     """
-    steps = _Steps(model, masks, data, cfg, task, teacher)
-    total = total_steps(images_in(data), cfg)
-    last = float("nan")
-    for step, (x, labels) in zip(range(total), steps.batches()):
-        last, score = steps.step(x, labels, lr_at(step, total, cfg))
-        if on_step is not None:
-            on_step(step + 1, total, last, score)
-        if not math.isfinite(last):
-            return last
-    recalibrate_batchnorm(model, data, cfg)
-    return last
+    with placed(cfg.on, model, teacher):
+        steps = _Steps(model, masks, data, cfg, task, teacher)
+        total = total_steps(images_in(data), cfg)
+        last = float("nan")
+        for step, (x, labels) in zip(range(total), steps.batches()):
+            last, score = steps.step(x, labels, lr_at(step, total, cfg))
+            if on_step is not None:
+                on_step(step + 1, total, last, score)
+            if not math.isfinite(last):
+                return last
+        recalibrate_batchnorm(model, data, cfg)
+        return last
 
 
 @dataclass(frozen=True)
@@ -229,7 +212,13 @@ def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: 
     """Warm up, hold the peak learning rate until `score(model)` (validation accuracy, once an epoch) has not
     improved for `patience` epochs, then decay to zero over DECAY_FRACTION of the epochs so far, all within
     `cap` epochs. The model ends with the best weights seen, the starting ones included (weights the user
-    gave are never made worse)."""
+    gave are never made worse). It trains (and `score` sees it) on `cfg.device`."""
+    with placed(cfg.on, model):
+        return _plateau(model, masks, data, cfg, task, score, on_step, patience, cap)
+
+
+def _plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
+             score: Callable[[nn.Module], float], on_step: OnStep | None, patience: int, cap: int) -> Plateau:
     steps = _Steps(model, masks, data, cfg, task)
     batches, per_epoch = steps.batches(), steps.per_epoch
     warm = max(1, round(per_epoch * AUTO_WARMUP_EPOCHS))
@@ -272,10 +261,17 @@ def _plateau_lr(peak: float, step: int, per_epoch: int, warm: int, decay: tuple[
 def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches: int = BN_BATCHES) -> None:
     """Estimate every BatchNorm's running mean and variance again, as an equal average over up to `batches`
     training batches (in a seeded order, unshifted), with the weights as they are. No BatchNorm: nothing to do.
-    Under torchrun every rank does the same over the same batches, then takes rank 0's statistics bit for bit."""
+    Under torchrun every rank does the same over the same batches, then takes rank 0's statistics bit for bit.
+    Runs on `cfg.device`."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    with placed(cfg.on, model):
+        _recalibrate(model, norms, data, cfg, batches)
+
+
+def _recalibrate(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], data: Any, cfg: TrainConfig,
+                 batches: int) -> None:
     was_training = model.training
     model.eval()
     momenta = [m.momentum for m in norms]
@@ -284,7 +280,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
         m.momentum = None  # a cumulative average over the batches below
         m.train()
     for x in _bn_batches(data, cfg, batches):
-        model(x)
+        model(to_device(x, cfg.on))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -293,44 +289,16 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, cfg: TrainConfig, batches
 
 def _bn_batches(data: Any, cfg: TrainConfig, batches: int) -> Iterator[torch.Tensor]:
     """Up to `batches` training batches in an order seeded by cfg.seed + 1, un-augmented: the same on every rank."""
-    count = min(batches, math.ceil(images_in(data) / cfg.batch_size))
-    if streamed(data):
-        loader = make_loader(data, cfg.batch_size, train=True, seed=cfg.seed + 1, augment=None,
-                             workers=loader_workers(distributed.world().local_size))
-        for _, batch in zip(range(count), loader):
-            yield batch.x
-        return
-    x = torch.from_numpy(data.x)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + 1))
-    for i in range(count):
-        yield x[order[i * cfg.batch_size: (i + 1) * cfg.batch_size]]
-
-
-class _Order:
-    """A sampler whose indices the training loop sets before each pass (the loader reads it in this process)."""
-
-    def __init__(self) -> None:
-        self.items: list[int] = []
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
+    for x, _ in sample_batches(data, None, cfg.seed + 1, batches, cfg.batch_size,
+                               workers=loader_workers(distributed.world().local_size), pin=cfg.on.type == "cuda"):
+        yield x
 
 
 def scoring_batches(data: Any, task: Task, seed: int, count: int = TAYLOR_BATCHES,
-                    batch_size: int = TAYLOR_BATCH_SIZE) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """`count` training batches in an order seeded by `seed`, un-augmented, with their labels: what the parent's
-    Taylor importance is measured on (host_trainer/method/importance.py)."""
-    count = min(count, math.ceil(images_in(data) / batch_size))
-    if streamed(data):
-        loader = make_loader(data, batch_size, train=True, seed=seed, augment=None, workers=loader_workers())
-        for _, batch in zip(range(count), loader):
-            yield batch.x, task.batch_labels(batch)
-        return
-    x, labels = torch.from_numpy(data.x), task.labels(data)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    for i in range(count):
-        idx = order[i * batch_size: (i + 1) * batch_size]
-        yield x[idx], [t[idx] for t in labels]
+                    batch_size: int = TAYLOR_BATCH_SIZE,
+                    device: torch.device = CPU) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """`count` training batches in an order seeded by `seed`, un-augmented, with their labels, on `device`: what
+    the parent's Taylor importance is measured on (host_trainer/method/importance.py)."""
+    for x, labels in sample_batches(data, task, seed, count, batch_size, workers=loader_workers(),
+                                    pin=device.type == "cuda"):
+        yield to_device(x, device), [to_device(t, device) for t in labels]

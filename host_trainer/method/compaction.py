@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from host_trainer.method.masks import PRUNABLE, prunable_layers
+from host_trainer.torch_device import device_of
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,7 @@ def _out_handler(module: nn.Module):
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()  # tracing in eval mode keeps BatchNorm running statistics untouched
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example.to(device_of(model)))
     model.train(was_training)
     return graph
 

@@ -8,6 +8,8 @@
   Tolerance (fp16 arithmetic inside the graph): |onnx - torch| <= ATOL + RTOL * |torch| for
   every output value; each task adds its own check on top (top-1 for a classifier, decoded boxes
   for a detector: host_trainer/tasks/).
+- Both run on the CPU: a model that lives on a GPU is exported and compared from a copy on the CPU
+  (`on_cpu`), so the file and its parity figures do not depend on where the model was trained.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import onnx
 import torch
 from onnxconverter_common import float16
 from torch import nn
+
+from host_trainer.torch_device import on_cpu
 
 OPSET = 17
 ATOL, RTOL = 0.05, 0.02
@@ -47,12 +51,13 @@ class Parity:
 def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], number_format: str, output_name: str) -> bytes:
     """Export with a dynamic batch dimension; fp16/bf16 runs store fp16 weights and compute."""
     model.eval()
+    source = on_cpu(model)
     buf = io.BytesIO()
     example = torch.zeros((1, *input_shape))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the classic exporter's deprecation notice
         # torch accepts a file object here, though its annotation says path only
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
+        torch.onnx.export(source, (example,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                           input_names=[INPUT_NAME], output_names=[output_name],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
@@ -71,7 +76,7 @@ def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], number_format:
 
 
 def onnx_and_torch(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The first output of ONNX Runtime (1 thread, CPU) and of torch on the same inputs `x`."""
+    """The first output of ONNX Runtime (1 thread, CPU) and of torch (on the CPU) on the same inputs `x`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -80,7 +85,7 @@ def onnx_and_torch(onnx_bytes: bytes, model: nn.Module, x: np.ndarray) -> tuple[
     got = session.run(None, {INPUT_NAME: x.astype(np.float32)})[0]
     model.eval()
     with torch.no_grad():
-        ref = model(torch.from_numpy(x.astype(np.float32))).numpy()
+        ref = on_cpu(model)(torch.from_numpy(x.astype(np.float32))).detach().cpu().numpy()
     return got, ref
 
 

@@ -78,21 +78,22 @@ def _item_slices(module: nn.Module, handler: str, idxs: list[int], roots: list[i
 
 
 def cluster_scores(slices: list[Slice], size: int) -> torch.Tensor:
-    """Σ g·w per cluster over the slices (signed), from the gradients currently in `.grad`."""
+    """Σ g·w per cluster over the slices (signed), from the gradients currently in `.grad`; a CPU tensor."""
     total = torch.zeros(size, dtype=torch.float64)
     for s in slices:
         if s.param.grad is None:
             continue
-        gw = (s.param.grad.detach() * s.param.detach()).double().index_select(s.dim, s.idxs)
+        gw = (s.param.grad.detach() * s.param.detach()).double().index_select(s.dim, s.idxs.to(s.param.device))
         per_index = gw.transpose(0, s.dim).reshape(len(s.idxs), -1).sum(dim=1)
-        total.index_add_(0, s.roots, per_index)
+        total.index_add_(0, s.roots, per_index.cpu())  # the sums on the CPU, wherever the model is
     return total
 
 
 def taylor_importance(model: nn.Module, groups: list[ClusterGroup], example: torch.Tensor,
                       batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], loss_fn: LossFn) -> dict[str,
                                                                                                          np.ndarray]:
-    """I_c per group root (see the module docstring). The model is left as it was (mode, weights, no grads)."""
+    """I_c per group root (see the module docstring). The model is left as it was (mode, weights, no grads).
+    It is scored where it lives, on batches already there; the sums are kept on the CPU."""
     slices = group_slices(model, groups, example)
     sizes = {g.root: g.size for g in groups}
     sums = {root: torch.zeros(size, dtype=torch.float64) for root, size in sizes.items()}

@@ -27,4 +27,4 @@ def dense_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero every synapse the masks say does not exist, in place."""
     for name, layer in prunable_layers(model).items():
-        layer.weight.mul_(masks[name].to(layer.weight.dtype))
+        layer.weight.mul_(masks[name].to(layer.weight.device, layer.weight.dtype))  # masks may rest on the CPU

@@ -30,6 +30,3 @@ def restrict(model: nn.Module, number_format: str) -> nn.Module:
         tensor.copy_(restrict_tensor(tensor, number_format))
     return model
 
-
-def is_representable(t: torch.Tensor, number_format: str) -> bool:
-    return bool(torch.equal(restrict_tensor(t, number_format), t))

@@ -9,7 +9,8 @@ This is step 1 of docs/method.md:
 - or, with device-aware allocation (host_trainer/method/allocation.py), an exact count per group: heredity
   still decides *which* clusters survive, the board's latency model decides *how many*.
 
-The numpy functions here know nothing about torch; `plan_offspring` reads a model.
+The numpy functions here know nothing about torch; `plan_offspring` reads a model, on the CPU whatever device
+it lives on (`.detach().cpu()`), so the draw is the same whether the parent trained on the CPU or on a GPU.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def cluster_strength(model: torch.nn.Module, group: ClusterGroup) -> np.ndarray:
     modules = dict(model.named_modules())
     total = np.zeros(group.size, dtype=np.float64)
     for name in group.members:
-        w = modules[name].weight.detach().double().abs().reshape(group.size, -1)
+        w = modules[name].weight.detach().cpu().double().abs().reshape(group.size, -1)
         total += w.sum(dim=1).numpy()
     return total
 
@@ -183,9 +184,9 @@ def plan_offspring(model: torch.nn.Module, groups: list[ClusterGroup], masks: di
     modules = dict(model.named_modules())
     new_masks: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
-        weight = modules[name].weight.detach().numpy()
+        weight = modules[name].weight.detach().cpu().numpy()
         rows = rows_kept.get(name, np.ones(weight.shape[0], dtype=bool))
-        new_masks[name] = torch.from_numpy(sample_synapses(weight, mask.numpy(), rows, cfg, rng))
+        new_masks[name] = torch.from_numpy(sample_synapses(weight, mask.detach().cpu().numpy(), rows, cfg, rng))
     before = sum(g.size for g in groups)
     after = sum(int(k.size) for k in keep.values())
     return OffspringPlan(keep=keep, masks=new_masks, clusters_before=before, clusters_after=after)

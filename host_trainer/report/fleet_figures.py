@@ -12,8 +12,7 @@ from host_trainer.loop.selection import pareto_front
 from host_trainer.record import GenerationRecord
 from host_trainer.report import labels
 from host_trainer.report.figures import finish, legend_below, new_figure
-
-PARETO_PNG, DEVICES_PNG = "pareto.png", "fps_per_device.png"
+from host_trainer.rundir import DEVICES_PNG, PARETO_PNG
 
 
 def device_series(lineage: Sequence[GenerationRecord]) -> dict[str, list[tuple[int, float]]]:

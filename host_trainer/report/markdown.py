@@ -11,8 +11,7 @@ from typing import Any, Optional
 from host_trainer.record import COLUMNS, REPORT_COLUMNS, GenerationRecord
 from host_trainer.report import labels
 from host_trainer.report.labels import DASH, fmt, num, ratio
-
-SYNAPSES_PNG, PRECISION_PNG, REPORT_MD = "synapses_fps.png", "precision_recall.png", "report.md"
+from host_trainer.rundir import PRECISION_PNG, SYNAPSES_PNG
 
 
 def _cell(value: Any) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from host_trainer.errors import UserError
-from host_trainer.loop.runstore import CONFIG, GENERATIONS, RunDir
 from host_trainer.record import GenerationRecord
+from host_trainer.rundir import CONFIG, GENERATIONS, RunDir
 
 
 def check_run_dir(run: Path) -> None:

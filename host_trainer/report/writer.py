@@ -8,8 +8,9 @@ from host_trainer.files import atomic_write_bytes
 from host_trainer.record import lineage as lineage_of
 from host_trainer.report.figures import plot_precision_recall, plot_synapses_fps
 from host_trainer.report.fleet_figures import fleet_figures
-from host_trainer.report.markdown import PRECISION_PNG, REPORT_MD, SYNAPSES_PNG, render_markdown
+from host_trainer.report.markdown import render_markdown
 from host_trainer.report.reading import load_run
+from host_trainer.rundir import PRECISION_PNG, REPORT, SYNAPSES_PNG
 
 
 def write_report(run: Path) -> list[Path]:
@@ -20,7 +21,7 @@ def write_report(run: Path) -> list[Path]:
     outputs = {
         run / SYNAPSES_PNG: plot_synapses_fps(config, lineage),
         run / PRECISION_PNG: plot_precision_recall(config, lineage, rejected),
-        run / REPORT_MD: render_markdown(config, lineage, rejected).encode("utf-8"),
+        run / REPORT: render_markdown(config, lineage, rejected).encode("utf-8"),
     }
     outputs.update({run / name: png for name, png in fleet_figures(config, records, lineage).items()})
     # Everything is rendered before the first write, so a failure leaves no half-updated report behind.

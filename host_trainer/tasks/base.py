@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from host_trainer.method.export import Parity
+from host_trainer.torch_device import device_of
 
 
 class Scores(Protocol):
@@ -48,9 +49,10 @@ class Task(Protocol):
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """The model's outputs for every row of x, in eval mode."""
+    """The model's outputs for every row of x, in eval mode, computed where the model lives."""
     model.eval()
-    outs = [model(torch.from_numpy(x[i: i + batch_size])) for i in range(0, len(x), batch_size)]
+    device = device_of(model)
+    outs = [model(torch.from_numpy(x[i: i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -62,7 +64,8 @@ def predict_split(model: nn.Module, split: Any, batch_size: int = 512) -> np.nda
     if not streamed(split):
         return predict(model, split.x, batch_size)
     model.eval()
-    outs = [model(torch.from_numpy(x)) for x in images(split, batch_size)]
+    device = device_of(model)
+    outs = [model(torch.from_numpy(x).to(device)).cpu() for x in images(split, batch_size)]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 

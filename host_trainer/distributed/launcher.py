@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from host_trainer.loop.distributed import LAUNCHER_ENV
+from host_trainer.distributed.world import LAUNCHER_ENV
 
 
 def launch(nproc: int, args: list[str]) -> int:

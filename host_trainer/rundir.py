@@ -1,14 +1,27 @@
-"""The run directory. Every write is atomic, so a run killed at any instant (SIGKILL included)
-leaves only complete files and complete generation folders behind.
+"""The run directory: every name in it, and writes that survive any kill (SIGKILL included).
 
-    <run>/config.json           the EvolveConfig, written once
-    <run>/gen-003/              checkpoint.json, weights.npz, model.onnx of generation 3
-    <run>/generations.jsonl     one GenerationRecord per offspring attempt (accepted or rejected)
-    <run>/events.jsonl          the structured event log (appended; see host_trainer/events.py)
+    <run>/config.json           the EvolveConfig, written once (loop/session.py)
+    <run>/generations.jsonl     one GenerationRecord per offspring attempt, accepted or rejected (loop/evolve.py)
+    <run>/events.jsonl          the structured event log, appended (host_trainer/events.py)
+    <run>/pareto.json           the Pareto front of the measured offspring (loop/evolve.py)
+    <run>/gen-003/              generation 3: checkpoint.json and weights.npz (loop/checkpoint.py), model.onnx
+    <run>/results/              every device result the fleet kept, <job id>.json (fleet/jobs.py)
+    <run>/board-keys/           the enrolled keys of the boards that signed them (fleet/trust.py, `keys verify`)
+    <run>/latency/              one latency model per device, <device>.json (latency/store.py)
+    <run>/embedded/             the embedded fleet (fleet/local_fleet.py, fleet/trust.py):
+        broker/                 the Mosquitto's configuration and state
+        edge/                   the local daemon's --state-dir (spool, results, engine cache: the board's names)
+        edge.log                the local daemon's output
+        pids.json               the broker's and the daemon's process ids, to stop them after a SIGKILL
+        host-keys/              this run's host key and the board keys it enrolled
+        edge-keys/              the local daemon's --keys-dir (board.key, trusted-hosts: the board's names)
+    <run>/report.md, *.png      `host-trainer report` (report/)
 
-A generation folder is built under a temporary name and renamed into place; the jsonl is
-rewritten whole through a temporary file and os.replace. The folder lands before its rows, so
-on resume a folder without an accepted row is left over from a kill and is redone.
+Nothing else spells these names. Every write is atomic, so a kill at any instant leaves only complete
+files and complete generation folders behind: a generation folder is built under a temporary name and
+renamed into place; the jsonl is rewritten whole through a temporary file and os.replace. The folder
+lands before its rows, so on resume a folder without an accepted row is left over from a kill and is
+redone.
 """
 
 from __future__ import annotations
@@ -19,15 +32,33 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from host_trainer.errors import UserError
 from host_trainer.files import atomic_write_bytes, atomic_write_json
 from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
-CONFIG, GENERATIONS, EVENTS = "config.json", "generations.jsonl", "events.jsonl"
+CONFIG, GENERATIONS, EVENTS, PARETO = "config.json", "generations.jsonl", "events.jsonl", "pareto.json"
+RESULTS, BOARD_KEYS, LATENCY, EMBEDDED = "results", "board-keys", "latency", "embedded"
+# Inside embedded/: the broker, the daemon's state and log, their process ids, the two sides' keys.
+EMBEDDED_BROKER, EMBEDDED_STATE, EMBEDDED_LOG, EMBEDDED_PIDS = "broker", "edge", "edge.log", "pids.json"
+EMBEDDED_HOST_KEYS, EMBEDDED_BOARD_KEYS = "host-keys", "edge-keys"
+GENERATION = "gen-"  # + the generation number in three digits: gen-003
+MODEL, CHECKPOINT, WEIGHTS = "model.onnx", "checkpoint.json", "weights.npz"  # in a generation folder
+REPORT, SYNAPSES_PNG, PRECISION_PNG = "report.md", "synapses_fps.png", "precision_recall.png"
+PARETO_PNG, DEVICES_PNG = "pareto.png", "fps_per_device.png"
 # Temporary names a killed run leaves: generation folders and atomic writes (`.tmp-`), and the atomic
 # writes of 0.1 (`.<file name>.<random>`).
-TEMPORARY = (".gen-", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", ".pareto.json.")
+TEMPORARY = (f".{GENERATION}", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", f".{PARETO}.")
+
+
+def generation_name(generation: int) -> str:
+    return f"{GENERATION}{generation:03d}"
+
+
+def onnx_path(generation: int) -> str:
+    """The generation's model, relative to the run directory, as its record names it."""
+    return f"{generation_name(generation)}/{MODEL}"
 
 
 def read_records(path: Path) -> list[GenerationRecord]:
@@ -59,7 +90,7 @@ class RunDir:
         self.path = Path(path)
 
     def gen_dir(self, generation: int) -> Path:
-        return self.path / f"gen-{generation:03d}"
+        return self.path / generation_name(generation)
 
     def read_config(self) -> dict:
         path = self.path / CONFIG
@@ -80,6 +111,9 @@ class RunDir:
     def write_records(self, records: list[GenerationRecord]) -> None:
         text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
         atomic_write_bytes(self.path / GENERATIONS, text.encode())
+
+    def write_pareto(self, front: Any) -> None:
+        atomic_write_json(self.path / PARETO, front)
 
     def commit_generation(self, generation: int, fill: Callable[[Path], None]) -> Path:
         """Let `fill` write a complete folder under a temporary name, then rename it into place."""
@@ -108,10 +142,11 @@ class RunDir:
         """Remove temporary folders and generation folders beyond the last completed one."""
         for child in self.path.iterdir():
             temporary = child.name.startswith(TEMPORARY)
+            number = child.name[len(GENERATION):]
             if temporary and child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             elif temporary:
                 child.unlink(missing_ok=True)
-            elif (child.name.startswith("gen-") and child.name[4:].isdigit() and child.is_dir()
-                  and int(child.name[4:]) > last_generation):
+            elif (child.name.startswith(GENERATION) and number.isdigit() and child.is_dir()
+                  and int(number) > last_generation):
                 shutil.rmtree(child)
