@@ -83,7 +83,7 @@ from pareto_report import report
 
 from host_trainer.config import EvolveConfig
 from host_trainer.record import lineage as lineage_of
-from host_trainer.rundir import RunDir
+from host_trainer.rundir import CHECKPOINT, RunDir, generation_name
 from host_trainer.tasks.registry import load_data, make_task
 
 ALLOCATIONS = {"device": rules.OURS, "magnitude": rules.ABLATION}
@@ -184,7 +184,7 @@ class Ours:
 
     def architecture(self, generation: int) -> str:
         """The generation's architecture (its checkpoint's model, input and widths), as comparable text."""
-        meta = json.loads((self.run / f"gen-{generation:03d}" / "checkpoint.json").read_text())
+        meta = json.loads((self.run / generation_name(generation) / CHECKPOINT).read_text())
         return json.dumps(meta["architecture"], sort_keys=True)
 
 

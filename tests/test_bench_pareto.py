@@ -189,8 +189,8 @@ def test_ours_is_timed_once_per_architecture_by_its_last_generation(tmp_path):
 
     import pareto
 
-    from host_trainer.loop.runstore import RunDir
     from host_trainer.record import GenerationRecord
+    from host_trainer.rundir import RunDir
 
     widths = {0: 64, 1: 48, 2: 32, 3: 32, 4: 32, 5: 32}  # 3: rest of 2, 4: carried over, 5: the final fine-tune
     records = [GenerationRecord(generation=g, parent=g - 1 if g else None, accepted=True,
