@@ -35,10 +35,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from host_trainer import distributed
+    from host_trainer.data.stream import load_data
     from host_trainer.loop.training import TrainConfig, train
     from host_trainer.method.masks import dense_masks
     from host_trainer.models.registry import build_model
-    from host_trainer.tasks.registry import load_data, make_task
+    from host_trainer.tasks.registry import make_task
 
     me = distributed.init(300.0)
     if not me.active:

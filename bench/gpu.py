@@ -102,7 +102,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 def epochs_part(args: argparse.Namespace) -> dict[str, Any]:
-    from host_trainer.tasks.registry import load_data
+    from host_trainer.data.stream import load_data
     from host_trainer.torch_device import resolve, use
 
     use(resolve("cuda"))

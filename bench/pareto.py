@@ -82,9 +82,10 @@ from pareto_peers import (
 from pareto_report import report
 
 from host_trainer.config import EvolveConfig
+from host_trainer.data.stream import load_data
 from host_trainer.record import lineage as lineage_of
 from host_trainer.rundir import CHECKPOINT, RunDir, generation_name
-from host_trainer.tasks.registry import load_data, make_task
+from host_trainer.tasks.registry import make_task
 
 ALLOCATIONS = {"device": rules.OURS, "magnitude": rules.ABLATION}
 SEEDS = {"classify": (0, 1), "detect": (0,)}

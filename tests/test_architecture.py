@@ -157,7 +157,7 @@ def test_every_choice_is_implemented() -> None:
 
     for model in PROBABILITY_MODELS:
         assert keep_probability(np.array([1.0, 2.0]), 0.5, 0.1, model).shape == (2,)
-    assert tuple(registry._LOADERS) == TASKS
+    assert tuple(registry.KINDS) == TASKS
 
 
 def test_generations_doc_lists_every_record_field() -> None:

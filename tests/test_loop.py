@@ -307,10 +307,11 @@ class _FailingOnce:
 
 def test_a_device_error_makes_the_offspring_unfit(tmp_path):
     from host_trainer.config import EvolveConfig
+    from host_trainer.data.stream import load_data
     from host_trainer.loop.evolve import Evolution
     from host_trainer.models.registry import build_model
     from host_trainer.rundir import RunDir
-    from host_trainer.tasks.registry import load_data, make_task
+    from host_trainer.tasks.registry import make_task
 
     cfg = EvolveConfig(model="mlp", dataset="digits", generations=1, epochs=1, gen0_epochs=2, final_epochs=0,
                        alpha_c=0.7, alpha_s=0.7, max_accuracy_drop=100, no_mqtt=True).validate()
@@ -412,12 +413,13 @@ def test_a_damaged_kept_result_is_measured_again(tmp_path):
 
 def test_distillation_learns_from_generation_zero(tmp_path, monkeypatch):
     from host_trainer.config import EvolveConfig
+    from host_trainer.data.stream import load_data
     from host_trainer.fleet.measurers import LocalMeasurer
     from host_trainer.loop import evolve
     from host_trainer.loop.checkpoint import read_checkpoint
     from host_trainer.models.registry import build_model
     from host_trainer.rundir import RunDir
-    from host_trainer.tasks.registry import load_data, make_task
+    from host_trainer.tasks.registry import make_task
 
     cfg = EvolveConfig(model="mlp", dataset="digits", generations=2, epochs=0.5, gen0_epochs=1, final_epochs=0,
                        max_accuracy_drop=100, distill=0.5, no_mqtt=True, bench_min_seconds=0.05,

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from host_trainer.data import splits
-from host_trainer.data.stream import stream_data
+from host_trainer.data.stream import load_data, stream_data
 from host_trainer.loop.training import TrainConfig, recalibrate_batchnorm, train
 from host_trainer.method.masks import dense_masks
 from host_trainer.models.registry import build_model
-from host_trainer.tasks.registry import load_data, make_task
+from host_trainer.tasks.registry import make_task
 
 from .test_stream_data import write_folder, write_yolo
 

@@ -174,10 +174,10 @@ def test_the_terminal_marks_the_final_fine_tune():
 def test_a_mobilenet_style_offspring_recovers_only_with_batchnorm_reestimated(monkeypatch):
     """Inverted residuals with BatchNorm (tests/fixtures/mobilenet_v2.py), cut at α 0.8, half an epoch (5 steps):
     with the parent's running statistics the offspring is near chance; re-estimated, it keeps most of it."""
+    from host_trainer.data.stream import load_data
     from host_trainer.method.compaction import cluster_groups, compact
     from host_trainer.method.synthesis import SynthesisConfig, plan_offspring
     from host_trainer.models.registry import build_model, fixed_layers
-    from host_trainer.tasks.registry import load_data
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # depthwise convolutions on 2 busy threads are many times slower

@@ -2,7 +2,8 @@
 time, by a torch DataLoader's workers, so that memory does not grow with the number of images (docs/data.md).
 These are the only readers of those formats.
 
-`stream_data(task, ref, seed, image_size)` is what tasks/registry.py `load_data` returns. For the user's files
+`load_data(task, ref, seed, image_size)` is how the loop and the bench scripts read any data set (it is
+`stream_data` with the task checked). For the user's files
 each split holds only paths and labels (data/stream_files.py); the built-in sets (digits, glyphs, shapes-det)
 come from data/classify.py and data/detect.py in memory, as a `Dataset`/`DetDataset`, and so does the one-line
 error for any other reference. `make_loader` (data/stream_loader.py) takes either kind of split.
@@ -32,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from host_trainer.config import TASKS
 from host_trainer.data.classify import held_out, load_dataset, stratified_split
 from host_trainer.data.coco import coco_annotations
 from host_trainer.data.detect import load_det_dataset, random_split
@@ -60,6 +62,14 @@ class StreamDataset:
     class_names: tuple[str, ...]
     mean: float
     std: float
+
+
+def load_data(task: str, ref: str, seed: int, image_size: int, progress: Progress = NULL) -> Any:
+    """The task's data set `ref`: the user's files (imagefolder:, coco:, yolo:) streamed, the built-in sets in
+    memory (a Dataset or a DetDataset); an unknown task, or a set of the other task, is a one-line error."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}: choose {' or '.join(TASKS)}")
+    return stream_data(task, ref, seed=seed, image_size=image_size, progress=progress)
 
 
 def stream_data(task: str, ref: str, seed: int, image_size: int, progress: Progress = NULL,

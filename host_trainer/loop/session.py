@@ -18,6 +18,7 @@ from edge_evolver.mqtt import TlsFiles
 from host_trainer import distributed, events
 from host_trainer.config import EvolveConfig
 from host_trainer.data import splits
+from host_trainer.data.stream import load_data
 from host_trainer.errors import UserError
 from host_trainer.fleet.jobs import Fleet, FleetConfig
 from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
@@ -31,7 +32,7 @@ from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 from host_trainer.rundir import CONFIG, EMBEDDED, EVENTS, RESULTS, RunDir
 from host_trainer.tasks.base import Task
-from host_trainer.tasks.registry import load_data, make_task
+from host_trainer.tasks.registry import make_task
 from host_trainer.torch_device import resolve, use
 
 log = structlog.get_logger("host_trainer")
