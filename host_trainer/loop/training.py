@@ -20,12 +20,12 @@ uninterrupted one would have done. The task (host_trainer/tasks/) supplies the l
 Under torchrun (host_trainer/distributed/, docs/distributed.md) every rank draws the same global batch of `batch_size`
 images from the same seeded permutation and trains on its share of it (`distributed.shard`) under
 DistributedDataParallel; steps, and so the learning-rate schedule, count global batches. On one process each
-`distributed` call is a no-op and training is what it always was.
+`distributed` call is a no-op.
 
 Where: `TrainConfig.device` (`--train-device`, host_trainer/torch_device.py). Each training, BatchNorm
 recalibration and scoring pass takes the model (and masks, teacher, batches) to that device for its duration and
 leaves it where it was; streamed batches come from pinned memory there with non-blocking copies when it is CUDA.
-The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves: bit for bit as before.
+The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves, so a seeded run is bit-identical from run to run.
 """
 
 from __future__ import annotations
