@@ -7,7 +7,8 @@ without TF32, this rank's current CUDA device, deterministic cuBLAS workspaces (
 Networks rest on the CPU. Training, Taylor scoring, BatchNorm recalibration and evaluation take one to the
 device for their duration (`placed`) and feed it batches there (`to_device`); synthesis, compaction, export and
 checkpoints read it on the CPU (`.detach().cpu()`, `on_cpu`). On the CPU every move here is a no-op
-(`.to(cpu)` of a CPU tensor is the tensor itself), so a CPU run computes exactly what it would with no device placement at all.
+(`.to(cpu)` of a CPU tensor is the tensor itself), so a CPU run computes exactly what it would with no device
+placement at all.
 """
 
 from __future__ import annotations

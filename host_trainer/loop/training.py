@@ -25,7 +25,8 @@ DistributedDataParallel; steps, and so the learning-rate schedule, count global 
 Where: `TrainConfig.device` (`--train-device`, host_trainer/torch_device.py). Each training, BatchNorm
 recalibration and scoring pass takes the model (and masks, teacher, batches) to that device for its duration and
 leaves it where it was; streamed batches come from pinned memory there with non-blocking copies when it is CUDA.
-The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves, so a seeded run is bit-identical from run to run.
+The arithmetic is fp32 on every device (TF32 off on CUDA). On the CPU nothing moves, so a seeded run is
+bit-identical from run to run.
 """
 
 from __future__ import annotations
