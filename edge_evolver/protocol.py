@@ -30,6 +30,17 @@ _LENGTH = struct.Struct(">I")
 HEADER_OFFSET = len(MAGIC) + _LENGTH.size
 MAX_HEADER_BYTES = 1024 * 1024
 DEFAULT_MAX_PAYLOAD_MB = 64
+# The most a result may weigh on the wire: far below any broker's packet limit a fleet could run with
+# (ours is 64 MiB), so a result can never get its board disconnected. The board trims what is above it
+# (edge_evolver/daemon/outbox.py): raw samples and the profile go first, the figures stay.
+MAX_RESULT_BYTES = 1024 * 1024
+# What a trimmed result keeps, whatever else it had: identity, binding, verdict and the headline figures.
+RESULT_ESSENTIAL_FIELDS = ("protocol", "job_id", "device_id", "status", "code", "message", "model_sha256",
+                           "payload_sha256", "job_auth", "refusal", "unopened", "repeated", "reply_to",
+                           "fps", "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+                           "iterations", "agreement", "power_w_mean", "energy_mj_per_inference", "power_reason",
+                           "precision", "backend", "power_mode", "clocks_locked",
+                           "received_at", "started_at", "finished_at", "queue_s", "edge_evolver_version", "trimmed")
 
 # kind -> (QoS, retained). Status is retained so a late subscriber sees every board's state;
 # telemetry is QoS 0 because a lost sample is replaced a second later.
@@ -46,8 +57,10 @@ RUN_PROGRESS_QOS = 1
 # A device's retained status "state" (docs/protocol.md, "Status"); the only values a board publishes.
 DEVICE_STATES = ("online", "offline", "stopped")
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched whole (fullmatch): a "$" anchor would let a trailing newline through, and an id ends up in topics
+# and file names.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Header fields: name -> (required, meaning). Unknown fields are ignored (forward compatible).
 JOB_HEADER_FIELDS: Dict[str, Tuple[bool, str]] = {
@@ -136,11 +149,11 @@ class FrameError(Exception):
 
 
 def valid_job_id(value: Any) -> bool:
-    return isinstance(value, str) and bool(_ID.match(value))
+    return isinstance(value, str) and bool(_ID.fullmatch(value))
 
 
 def valid_device_id(value: Any) -> bool:
-    return isinstance(value, str) and bool(_DEVICE_ID.match(value))
+    return isinstance(value, str) and bool(_DEVICE_ID.fullmatch(value))
 
 
 class Topics:

@@ -1,5 +1,6 @@
 """The host's side of trust: `host-trainer keys`, and a Fleet that keeps only results signed by an enrolled
-board key and stops at once on a board's refusal of its very payload (and only then)."""
+board key and stops at once on a board's refusal of its very payload (and only then). Every binding rule, with forged
+answers of each kind and a fuzz: tests/test_result_binding.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from edge_evolver.trust.keys import ensure_signing_key, generate_key, load_signi
 from edge_evolver.trust.results import sign_result
 from host_trainer.cli import app
 from host_trainer.errors import UserError
+from host_trainer.fleet.binding import SentJob
 from host_trainer.fleet.jobs import Fleet, FleetConfig, FleetError
 from host_trainer.fleet.trust import HostTrust, embedded_trust, enroll, open_trust
 
@@ -50,7 +52,7 @@ def _fleet(tmp_path, trust: HostTrust) -> Fleet:
 
 
 def _result(job_id="run1.g001.a0.tx1-a", **fields):
-    body = {"job_id": job_id, "device_id": "tx1-a", "status": "ok", "fps": 100.0, "model_sha256": None}
+    body = {"job_id": job_id, "device_id": "tx1-a", "status": "ok", "fps": 100.0, "model_sha256": "m" * 64}
     body.update(fields)
     return body
 
@@ -64,12 +66,18 @@ def fleet(tmp_path):
     return fleet
 
 
+def _sent(fleet, job_id="run1.g001.a0.tx1-a", payload=b"our payload"):
+    """Record a job as sent; the result that answers it echoes its key id and sequence number."""
+    fleet._remember(SentJob(job_id, "tx1-a", sha256_hex(payload), "m" * 64, fleet.trust.signer.key.key_id, 7))
+    return {"job_auth": {"key_id": fleet.trust.signer.key.key_id, "seq": 7}}
+
+
 def _deliver(fleet, body, device="tx1-a"):
     fleet._on_message(f"edge-evolver/devices/{device}/results", dumps(body))
 
 
 def test_only_results_signed_by_the_enrolled_key_count(fleet):
-    good = sign_result(_result(), fleet.board)
+    good = sign_result(_result(**_sent(fleet)), fleet.board)
     _deliver(fleet, sign_result(_result(fps=1e9), generate_key()))  # a stranger's key
     _deliver(fleet, _result(fps=1e9))  # unsigned
     _deliver(fleet, dict(good, fps=1e9))  # altered after signing
@@ -81,17 +89,17 @@ def test_only_results_signed_by_the_enrolled_key_count(fleet):
 
 def test_a_refusal_of_our_payload_stops_at_once_and_a_planted_one_is_ignored(fleet):
     job_id = "run1.g002.a0.tx1-a"
-    fleet.sent[job_id] = sha256_hex(b"our payload")
-    planted = sign_result(_result(job_id, status="error", code="UNSIGNED", message="unsigned",
+    _sent(fleet, job_id)
+    planted = sign_result(_result(job_id, status="error", code="WRONG_TARGET", message="not me", refusal=True,
                                   payload_sha256=sha256_hex(b"someone else's")), fleet.board)
     _deliver(fleet, planted)
     assert job_id not in fleet.refused and job_id not in fleet.results
-    ours = sign_result(_result(job_id, status="error", code="UNKNOWN_KEY", message="key abc not trusted",
+    ours = sign_result(_result(job_id, status="error", code="EXPIRED", message="expired 5 s ago", refusal=True,
                                payload_sha256=sha256_hex(b"our payload")), fleet.board)
     _deliver(fleet, ours)
     fleet.status["tx1-a"] = {"state": "online"}
-    with pytest.raises(FleetError, match="refused job .*UNKNOWN_KEY"):
-        fleet._wait(job_id, "tx1-a", "digest", _NullBar())
+    with pytest.raises(FleetError, match="refused job .*EXPIRED"):
+        fleet._wait(job_id, "tx1-a", _NullBar())
 
 
 def test_kept_results_carry_their_signature_and_the_run_keeps_the_board_key(fleet, tmp_path):
@@ -127,6 +135,7 @@ class _NullBar:
 def test_hostile_result_messages_never_reach_paho_s_thread(fleet):
     """Anything on a results topic ends in _on_message: deep nesting, odd types, a non-string key id."""
     job_id = "run1.g003.a0.tx1-a"
+    _sent(fleet, job_id)
     for payload in (b"[" * 100000 + b"]" * 100000, b'{"job_id": ["run1.x"]}', b"\xff\xfe",
                     dumps(_result(job_id, signature={"key_id": ["x"], "sig": 5})),
                     dumps(_result(job_id, signature={"key_id": fleet.board.key_id, "sig": None})),

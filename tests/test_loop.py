@@ -232,14 +232,16 @@ def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
     held = hold(measuring_child(daemons[0]))
     try:
         cmd = [sys.executable, "-m", "host_trainer.cli", "evolve", *TINY, "--generations", "2", "--run-dir",
-               str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-x"]
+               str(tmp_path / "runs"), "--broker", broker.url, "--device", "dev-x", "--job-timeout-s", "20"]
         host = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=_host_env(tmp_path))
         spool = tmp_path / "state-dev-x" / "spool"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (spool.exists() and any(spool.iterdir())):
             time.sleep(0.05)
-        daemons[0].kill()  # dev-x dies holding gen 0's job: the host sends it to dev-y
+        # dev-x dies holding gen 0's job. Its Last Will is unsigned, so the host waits out the job's timeout; the
+        # resend then goes to dev-y, another board whose key is enrolled.
+        daemons[0].kill()
         end_held(held)
         out, err = host.communicate(timeout=300)
         assert host.returncode == 0, err[-3000:]

@@ -11,10 +11,20 @@ simply published again once connected, and a duplicate is harmless.
 """
 
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..protocol import dumps, qos, retained
+import structlog
+
+from ..errors import ErrorCode, clip_line
+from ..protocol import MAX_RESULT_BYTES, RESULT_ESSENTIAL_FIELDS, dumps, qos, retained
 from .jobstore import JobStore
+
+log = structlog.get_logger("edge_evolver.outbox")
+# Publishes of one stored result, while connected, that the broker never confirmed: after TRIM_AFTER the result
+# goes out trimmed to its essentials (a broker with a smaller packet limit than ours drops the connection
+# instead of answering); after DROP_AFTER it is dropped, and said so, so nothing wedges the outbox.
+TRIM_AFTER = 3
+DROP_AFTER = 6
 
 
 def _state(info: Any) -> str:
@@ -36,15 +46,25 @@ class Outbox:
         self.default_topic = default_topic
         self.allowed = allowed
         self._pending: Dict[str, Any] = {}  # job_id -> MQTTMessageInfo, or None = not yet sent
+        self._tries: Dict[str, int] = {}  # job_id -> publishes made while connected, none confirmed
         self._lock = threading.Lock()
 
     def topic_for(self, reply_to: Optional[str]) -> str:
         return reply_to if reply_to and self.allowed(reply_to) else self.default_topic
 
     def publish(self, body: Dict[str, Any], reply_to: Optional[str] = None) -> Any:
-        """Fire and forget (answers that are not stored: rejections, repeats)."""
-        return self.mqtt.publish(self.topic_for(reply_to), dumps(self.sign(body)), qos("results"),
-                                 retained("results"))
+        """Fire and forget (answers that are not stored: rejections, repeats). Never above MAX_RESULT_BYTES."""
+        data = self.encode(body)
+        return self.mqtt.publish(self.topic_for(reply_to), data, qos("results"), retained("results"))
+
+    def encode(self, body: Dict[str, Any], limit: int = MAX_RESULT_BYTES) -> bytes:
+        """The signed result's bytes, trimmed to ``limit`` (bulky fields first, then all but the essentials)."""
+        data = dumps(self.sign(body))
+        if len(data) <= limit:
+            return data
+        trimmed, dropped = fit(body, limit)
+        log.warning("result_trimmed", job_id=body.get("job_id"), bytes=len(data), limit=limit, dropped=dropped)
+        return dumps(self.sign(trimmed))
 
     def send(self, job_id: str, body: Dict[str, Any]) -> None:
         """Publish a stored result; its spool file goes once the broker confirms it."""
@@ -67,15 +87,49 @@ class Outbox:
                     del self._pending[job_id]
         for job_id, state in states.items():
             if state == "acked":
+                self._tries.pop(job_id, None)
                 self.store.finish(job_id)
             elif state == "failed" and self.mqtt.connected.is_set():
-                body = self.store.result(job_id)
-                if body is None:  # result file gone (pruned): nothing left to deliver
-                    with self._lock:
-                        self._pending.pop(job_id, None)
-                    self.store.finish(job_id)
-                    continue
-                info = self.publish(body, body.get("reply_to"))
-                with self._lock:
-                    self._pending[job_id] = info
+                self._resend(job_id)
         return len(self._pending)
+
+    def _resend(self, job_id: str) -> None:
+        body = self.store.result(job_id)
+        tries = self._tries.get(job_id, 0) + 1
+        if body is None or tries > DROP_AFTER:  # pruned, or refused by the broker every time: never a wedge
+            if body is not None:
+                log.error("result_dropped", job_id=job_id, tries=tries - 1,
+                          note="the broker never confirmed it; it stays in the results directory")
+            with self._lock:
+                self._pending.pop(job_id, None)
+            self._tries.pop(job_id, None)
+            self.store.finish(job_id)
+            return
+        if tries > TRIM_AFTER and not body.get("trimmed"):
+            body, dropped = fit(body, 0)  # essentials only: a smaller broker limit than ours is the likely cause
+            log.warning("result_trimmed_after_refusals", job_id=job_id, tries=tries - 1, dropped=dropped)
+            self.store.store_result(job_id, self.sign(body))
+        self._tries[job_id] = tries
+        info = self.publish(body, body.get("reply_to"))
+        with self._lock:
+            self._pending[job_id] = info
+
+
+def fit(body: Dict[str, Any], limit: int) -> Tuple[Dict[str, Any], List[str]]:
+    """``body`` without its bulkiest optional fields until its JSON fits ``limit`` (0: keep only the essentials),
+    marked ``trimmed`` with what went; past that, a coded error that keeps the job's identity."""
+    out = {k: v for k, v in body.items() if k != "signature"}
+    optional = sorted((k for k in out if k not in RESULT_ESSENTIAL_FIELDS), key=lambda k: -len(dumps({k: out[k]})))
+    dropped: List[str] = []
+    for key in optional:
+        if limit and len(dumps(out)) + 200 <= limit:  # room for the signature and the "trimmed" list
+            break
+        dropped.append(key)
+        del out[key]
+    out["trimmed"] = dropped
+    if len(dumps(out)) + 200 > (limit or MAX_RESULT_BYTES):  # the essentials themselves are too big
+        out = {k: out.get(k) for k in ("protocol", "job_id", "device_id", "model_sha256", "payload_sha256",
+                                       "job_auth", "refusal", "unopened", "reply_to")}
+        out.update(status="error", code=ErrorCode.INTERNAL, trimmed=dropped,
+                   message=clip_line("the result was too large to publish, even trimmed"))
+    return out, dropped

@@ -18,9 +18,9 @@ from ..errors import ErrorCode, clip_line
 from ..job import decode_job
 from ..mqtt import MqttConnection, TlsFiles
 from ..protocol import FrameError, Topics, dumps, qos, retained, sha256_hex, split_frame
-from ..trust.jobs import unwrap
+from ..trust.jobs import open_job, sealed_auth, unwrap
 from .config import ServeConfig, broker_with_credentials
-from .gate import Gate, job_id_hint, peek_auth
+from .gate import Gate, job_id_hint
 from .jobstore import JobStore
 from .outbox import Outbox
 from .payloads import result_payload, status_payload, telemetry_payload, will_payload
@@ -109,12 +109,46 @@ class EdgeDaemon:
         self.mqtt.request_stop()  # also ends a first-connection retry loop (broker unreachable)
 
     def _recover(self) -> None:
-        """Jobs spooled by an earlier run: queue unfinished ones, resend unconfirmed results."""
+        """Jobs spooled by an earlier run: queue unfinished ones, resend unconfirmed results.
+
+        An unfinished job is verified again, signature and all, before it is queued: the spool is a directory
+        on disk, and what sits there now need not be what was accepted."""
         for job_id in self.store.pending():
-            if self.store.result(job_id) is None:
-                self._enqueue(job_id, received_at=None)
-            else:  # stored, but killed before the broker confirmed the result
+            if self.store.result(job_id) is not None:  # stored, but killed before the broker confirmed the result
                 self.outbox.resend_later(job_id)
+                continue
+            problem = self._spool_problem(job_id)
+            if problem is None:
+                self._enqueue(job_id, received_at=None)
+                continue
+            log.error("spooled_job_refused", job_id=job_id, code=problem.code, message=problem.message)
+            payload = self._read_spool(job_id)
+            self.store.finish(job_id)
+            self._reject(job_id, problem.code, f"spooled job failed its check at start-up: {problem.message}",
+                         payload=payload, unopened=True)
+
+    def _read_spool(self, job_id: str) -> Optional[bytes]:
+        try:
+            return self.store.read_job(job_id)
+        except OSError:
+            return None
+
+    def _spool_problem(self, job_id: str) -> Optional[FrameError]:
+        """None when the spooled job still opens as it did at intake (as of when it was spooled), else why not."""
+        payload = self._read_spool(job_id)
+        if payload is None:
+            return FrameError(ErrorCode.INTERNAL, "the spool file cannot be read")
+        if len(payload) > self.config.max_payload_bytes:
+            return FrameError(ErrorCode.OVERSIZE, f"the spooled job is {len(payload)} bytes, above the limit")
+        try:
+            spooled_at = os.stat(self.store.job_path(job_id)).st_mtime
+            frame, _ = open_job(payload, self.gate.policy(), now=min(spooled_at, time.time()))
+            header, _ = split_frame(frame, len(frame))
+        except (FrameError, OSError) as exc:
+            return exc if isinstance(exc, FrameError) else FrameError(ErrorCode.INTERNAL, str(exc))
+        if header.get("job_id") != job_id:
+            return FrameError(ErrorCode.INVALID_FRAME, "the spooled job's header names another job id")
+        return None
 
     # ------------------------------------------------------------------ MQTT callbacks (paho's thread)
     def _on_connect(self, session_present: bool) -> None:
@@ -139,23 +173,25 @@ class EdgeDaemon:
             self._intake(payload, duplicate)
         except Exception as exc:  # never let one message take the network thread down, nor go unanswered
             log.exception("intake_internal_error", topic=topic, bytes=len(payload))
-            self._reject(None, ErrorCode.INTERNAL, f"job intake failed: {type(exc).__name__}: {exc}")
+            self._reject(None, ErrorCode.INTERNAL, f"job intake failed: {type(exc).__name__}: {exc}",
+                         payload=payload, unopened=True)
 
     def _intake(self, payload: bytes, duplicate: bool = False) -> None:
         received_at = time.time()
         try:
             frame, auth = self.gate.open(payload)  # signature, expiry, target: before anything is parsed
         except FrameError as exc:  # refused unauthenticated: the answer goes to our own results topic only
-            self._reject(job_id_hint(payload), exc.code, exc.message, payload=payload)
+            self._reject(job_id_hint(payload), exc.code, exc.message, payload=payload, unopened=True)
             return
         try:
             job = decode_job(frame, self.config.max_payload_bytes)
         except FrameError as exc:
-            self._reject(exc.job_id, exc.code, exc.message, self._reply_topic(exc.reply_to, exc.run_id), payload)
+            self._reject(exc.job_id, exc.code, exc.message, self._reply_topic(exc.reply_to, exc.run_id), payload,
+                         auth)
             return
         if job.reply_to is not None and self._reply_topic(job.reply_to, job.run_id) is None:
             self._reject(job.job_id, ErrorCode.BAD_INPUT, f"reply_to '{job.reply_to}' is neither this board's "
-                         f"results topic nor the results topic of the job's run_id")
+                         f"results topic nor the results topic of the job's run_id", payload=payload, auth=auth)
             return
         with self._lock:  # one decision per job_id, also against the worker storing its result
             stored = self.store.result(job.job_id)
@@ -171,10 +207,10 @@ class EdgeDaemon:
                 log.info("job_duplicate_delivery", job_id=job.job_id)
             elif len(self._known) >= self.config.max_queue:
                 self._reject(job.job_id, ErrorCode.QUEUE_FULL, f"{len(self._known)} jobs already waiting",
-                             job.reply_to)
+                             job.reply_to, payload, auth)
             elif not self.gate.remember(auth):
                 self._reject(job.job_id, ErrorCode.REPLAYED, "this signed job was accepted before and its "
-                             "stored answer is gone: a job never runs twice", payload=payload)
+                             "stored answer is gone: a job never runs twice", payload=payload, auth=auth)
             else:
                 self._accept(job.job_id, payload, received_at, job.reply_to, auth)
 
@@ -189,7 +225,7 @@ class EdgeDaemon:
             self.store.spool(job_id, payload)  # durable before paho acknowledges the message
         except OSError as exc:
             self.gate.forget(auth)  # not taken: the same job may come again
-            self._reject(job_id, ErrorCode.INTERNAL, f"cannot store the job: {exc}", reply_to)
+            self._reject(job_id, ErrorCode.INTERNAL, f"cannot store the job: {exc}", reply_to, payload, auth)
             return
         self._enqueue(job_id, received_at)
 
@@ -200,20 +236,23 @@ class EdgeDaemon:
         self.jobs.put(job_id)
 
     def _reject(self, job_id: Optional[str], code: str, message: str, reply_to: Optional[str] = None,
-                payload: Optional[bytes] = None) -> None:
-        """An error result for a job that was never accepted (not stored: it may be resent fixed).
+                payload: Optional[bytes] = None, auth: Any = None, unopened: bool = False) -> None:
+        """A signed refusal of a job that was never accepted (not stored: it may be resent fixed).
 
-        ``payload_sha256`` names the exact payload refused, so its sender can tell this refusal from
-        one of a job someone else sent under the same id.
+        ``refusal`` marks it; ``payload_sha256`` names the exact payload refused, the only thing a host binds a
+        refusal by (docs/security.md). ``unopened``: the board could not verify the frame, so the job id it
+        quotes came from an unsigned header. ``job_auth`` echoes a verified job's key id and sequence number.
         """
         message = clip_line(message)  # a message may quote a sender's value: never a megabyte of it
-        log.warning("job_rejected", job_id=job_id, code=code, message=message)
+        log.warning("job_rejected", job_id=job_id, code=code, message=message, unopened=unopened)
         now = time.time()
         body = result_payload(self.config.device_id, job_id, error_result(code, message),
                               {"received_at": now, "started_at": None, "finished_at": now}, {})
-        if payload is not None:
-            body["payload_sha256"] = sha256_hex(payload)
-        self.outbox.publish(body, reply_to)
+        body.update(refusal=True, unopened=unopened,
+                    payload_sha256=sha256_hex(payload) if payload is not None else None)
+        if auth is not None:
+            body["job_auth"] = auth.to_dict()
+        self.outbox.publish(body, None if unopened else reply_to)
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -229,7 +268,8 @@ class EdgeDaemon:
                 self._handle(job_id)
             except Exception as exc:  # our own failure: the job still gets a final, coded answer
                 log.exception("job_internal_error", job_id=job_id)
-                self._finish(job_id, error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), {}, {})
+                self._finish(job_id, error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), {},
+                             self._spooled_header(job_id))
             finally:
                 with self._lock:
                     self._known.discard(job_id)
@@ -239,25 +279,35 @@ class EdgeDaemon:
         board = self.board_state()
         started = time.time()
         self.activity = {"activity": "building", "job_id": job_id}
-        payload = self.store.read_job(job_id)
-        header, _ = split_frame(unwrap(payload), len(payload))  # checked and verified at intake
-        auth = peek_auth(payload)
-        if auth is not None:
-            header["job_auth"] = auth
+        header = self._spooled_header(job_id)
         limit = min(header.get("timeout_s") or self.config.job_timeout_s, self.config.job_timeout_s)
         measured = self.runner.run(self.store.job_path(job_id), limit, self._progress(job_id),
                                    cancelled=self.stopping.is_set)
         if measured is None:
             log.info("job_interrupted", job_id=job_id, note="left in the spool; it runs again after restart")
             return
-        measured.setdefault("model_sha256", (header.get("model") or {}).get("sha256"))
         self._finish(job_id, measured, board, header, started)
+
+    def _spooled_header(self, job_id: str) -> Dict[str, Any]:
+        """The spooled job's header (verified at intake and again at start-up), with what binds its answer to
+        it: the payload's SHA-256 and, for a signed job, its key id and sequence number; {} when unreadable."""
+        try:
+            payload = self.store.read_job(job_id)
+            header, _ = split_frame(unwrap(payload), len(payload))
+        except (OSError, FrameError):
+            return {}
+        header["payload_sha256"] = sha256_hex(payload)
+        header["job_auth"] = sealed_auth(payload)
+        return header
 
     def _finish(self, job_id: str, measured: Dict[str, Any], board: Dict[str, Any], header: Dict[str, Any],
                 started: Optional[float] = None) -> None:
         timing = {"received_at": self._received.pop(job_id, None), "started_at": started, "finished_at": time.time()}
         body = result_payload(self.config.device_id, job_id, measured, timing, board, header.get("meta"))
         body["reply_to"] = self._reply_topic(header.get("reply_to"), header.get("run_id"))
+        if not body.get("model_sha256"):  # the measurement names it; an early failure does not
+            body["model_sha256"] = (header.get("model") or {}).get("sha256")
+        body["payload_sha256"] = header.get("payload_sha256")
         if header.get("job_auth") is not None:
             body["job_auth"] = header["job_auth"]
         body = self.gate.sign(body)

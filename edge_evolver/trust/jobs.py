@@ -218,3 +218,18 @@ def _check_target(auth: JobAuth, policy: VerifyPolicy) -> None:
     if group is not None and group not in (ANY_GROUP, policy.group):
         raise FrameError(ErrorCode.WRONG_TARGET, f"the job is addressed to group {group[:64]!r}, this board "
                          f"is in {policy.group or 'no group'!r}")
+
+
+def sealed_auth(payload: bytes) -> Optional[Dict[str, Any]]:
+    """{"key_id", "seq"} of a signed job, read without verifying: for its own sender, which must bind the
+    board's answer to what it sealed, and for the board's spool, whose jobs are verified again on start.
+    None for an unsigned or malformed payload."""
+    if not is_signed(payload):
+        return None
+    try:
+        block, frame = split_signed(payload)
+        header = json.loads(_raw_header(frame).decode("utf-8"))
+        seq = header["auth"]["seq"]
+    except (FrameError, KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return {"key_id": block["key_id"], "seq": seq} if isinstance(seq, int) and not isinstance(seq, bool) else None

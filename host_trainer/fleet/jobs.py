@@ -2,9 +2,11 @@
 
 Protocol and fields: docs/protocol.md. Job ids are stable (`<run>.g<gen>.a<attempt>[.k<k>][.carry].<device or "any">`,
 `.r<n>` for a retry), and every result is also kept in the run directory (`results/<job_id>.json`), so
-after a host crash `--resume` reuses what was measured instead of measuring again. Faults:
+after a host crash `--resume` reuses what was measured instead of measuring again. An answer counts only
+when it is bound to the job sent (binding.py). Faults:
 - no result within `job_timeout_s`: the job is sent again, up to `job_retries` times;
-- the device goes offline (its Last Will): the job goes to another connected device of the run;
+- the device is offline when a job is sent: the job goes to another online board of the run (a --device,
+  else one whose key is enrolled); status is unsigned, so it never ends a wait nor names a new board;
 - no device connected: wait up to `device_timeout_s`, then stop with FleetError (the run
   directory stays resumable, the current generation is simply not committed).
 """
@@ -23,18 +25,18 @@ import structlog
 
 from edge_evolver.job import encode_job
 from edge_evolver.mqtt import MqttConnection, TlsFiles, parse_broker_url
-from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_job_id
+from edge_evolver.protocol import RUN_PROGRESS_QOS, Topics, dumps, loads, sha256_hex, valid_device_id, valid_job_id
+from edge_evolver.trust.jobs import sealed_auth
 from host_trainer.config import default_of
 from host_trainer.errors import UserError
 from host_trainer.files import atomic_write_json
-from host_trainer.fleet.trust import AUTH_CODES, HostTrust
+from host_trainer.fleet.binding import ANY, TRANSIENT_CODES, SentJob, Verdict, is_refusal, unbound, verdict
+from host_trainer.fleet.trust import HostTrust
 from host_trainer.progress import NULL, Progress, Step
 from host_trainer.record import GenerationRecord
 
 log = structlog.get_logger("host_trainer.fleet")
-ANY = "any"
-# Answers that say nothing about the model: the job is sent again under a new id.
-TRANSIENT_CODES = ("TIMEOUT", "INTERNAL", "QUEUE_FULL", "BACKEND_UNAVAILABLE")
+__all__ = ["ANY", "TRANSIENT_CODES", "Fleet", "FleetConfig", "FleetError"]
 
 
 class FleetError(UserError):
@@ -73,10 +75,12 @@ class Fleet:
             self.conn = MqttConnection(url, f"host-trainer-{run_id}", persistent=True, tls=tls)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.status: dict[str, dict] = {}
+        self.status: dict[str, dict] = {}  # unsigned: it may make the host wait, never send elsewhere
         self.results: dict[str, dict] = {}
-        self.sent: dict[str, str] = {}  # job id -> sha256 of the payload sent: binds a board's refusal to it
-        self.refused: dict[str, dict] = {}  # job id -> a board's refusal of exactly that payload
+        self.sent: dict[str, SentJob] = {}  # job id -> what was published under it (binding.py)
+        self._by_payload: dict[str, str] = {}  # payload sha256 -> job id: refusals are found by digest
+        self.refused: dict[str, dict] = {}  # job id -> the addressed board's proof the job can never run
+        self.bounced: dict[str, dict] = {}  # job id -> the addressed board could not open our payload
         self._cond = threading.Condition()
         self.conn.on_connect = self._on_connect
         self.conn.on_message = self._on_message
@@ -98,40 +102,51 @@ class Fleet:
     def _on_message(self, topic: str, payload: bytes) -> None:
         """paho's thread: anything a message holds must end here, never in that thread (it would stop)."""
         parsed = self.topics.parse(topic)
+        if parsed is None or not valid_device_id(parsed[0]):
+            return
         try:
             data = loads(payload)
         except (ValueError, RecursionError):  # not JSON, or absurdly nested
             return
         with self._cond:
             try:
-                if parsed and parsed[1] == "status":
+                if parsed[1] == "status":
                     self.status[parsed[0]] = data
-                elif parsed and parsed[1] == "results" and isinstance(data.get("job_id"), str) \
-                        and data["job_id"].startswith(self.run_id + "."):
-                    self._receive(parsed[0], data)  # other runs' results are not ours to keep
+                elif parsed[1] == "results":
+                    self._receive(parsed[0], data)
             except Exception:
                 log.exception("message_unusable", topic=topic, bytes=len(payload))
             self._cond.notify_all()
 
     def _receive(self, device: str, data: dict) -> None:
-        """Keep a result only when the board it names signed it with an enrolled key (caller holds _cond)."""
-        job_id = data["job_id"]
-        problem = self.trust.check(data) or (None if data.get("device_id") == device else
-                                             f"published on {device!r}'s topic but names {data.get('device_id')!r}")
+        """Keep an answer only when its board signed it and it answers a job we sent there (caller holds _cond)."""
+        job_id = self._by_payload.get(str(data.get("payload_sha256"))) if is_refusal(data) else data.get("job_id")
+        sent = self.sent.get(job_id) if isinstance(job_id, str) else None
+        if sent is None:
+            return  # other runs' traffic, or answers to nothing we asked: not ours to judge or log
+        problem = self.trust.check(data) or unbound(data, device, sent, self._in_group)
         if problem is not None:
-            hint = self.status.get(str(data.get("device_id")), {}).get("public_key")
-            log.warning("result_refused", job_id=job_id, device=device, reason=problem,
-                        hint=f"if that board is yours, enrol its key: host-trainer keys enroll {device} {hint}"
-                        if hint and "enrolled" in problem else None)
+            log.warning("answer_ignored", job_id=sent.job_id, device=device, reason=problem,
+                        hint="enrol a board's key from the board itself (`edge-evolver keys show`), never from "
+                             "a message" if "enrolled" in problem else None)
             return
-        if data.get("code") in AUTH_CODES:
-            # Anyone may send a board a bad job under our id; only a refusal of our very payload counts.
-            if data.get("payload_sha256") == self.sent.get(job_id):
-                self.refused[job_id] = data
-            log.warning("job_refused_by_board", job_id=job_id, device=device, code=data.get("code"),
-                        message=data.get("message"), ours=data.get("payload_sha256") == self.sent.get(job_id))
-            return
-        self.results[job_id] = data
+        what, why = verdict(data)
+        log.info("answer_bound", job_id=sent.job_id, device=device, verdict=what.value, reason=why)
+        if what is Verdict.STOP:
+            self.refused[sent.job_id] = data
+        elif what is Verdict.BOUNCE:
+            self.bounced[sent.job_id] = data
+        else:
+            self.results[sent.job_id] = data
+
+    def _enrolled(self, device: str) -> bool:
+        return not self.trust.insecure and bool(self.trust.board_keys(device))
+
+    def _in_group(self, device: str) -> bool:
+        """May this board answer a group job: one of the run's --device boards, else any enrolled board."""
+        if self.cfg.devices:
+            return device in self.cfg.devices
+        return self.trust.insecure or self._enrolled(device)
 
     def publish_progress(self, record: GenerationRecord) -> None:
         """One generation's record (without bulky fields) on the run's retained progress topic."""
@@ -172,21 +187,27 @@ class Fleet:
                 device = self._pick(destination)
                 topic = self.topics.group_jobs() if device == ANY else self.topics.jobs(device)
                 data = payload(job_id, device)
-                with self._cond:
-                    self.sent[job_id] = sha256_hex(data)
+                self._remember(SentJob(job_id, device, sha256_hex(data), digest, **(sealed_auth(data) or {})))
                 self.conn.publish(topic, data, qos=1)
                 log.info("job_sent", job_id=job_id, device=device, attempt=attempt)
                 with self.progress.step(f"{job_id}: waiting for device {device!r}") as bar:
-                    result = self._wait(job_id, device, digest, bar)
+                    result = self._wait(job_id, device, bar)
             if result is not None and result.get("code") not in TRANSIENT_CODES:
                 return result
             last = result or last
             log.warning("job_retry", job_id=job_id, code=(result or {}).get("code", "no result"))
         if last is not None:  # the device kept failing on this model (a crash, say): unfit, not a stop
             return last
-        raise FleetError(f"no usable result for job {base} after {self.cfg.job_retries + 1} tries "
-                         f"(timeouts of {self.cfg.job_timeout_s:g} s, or transient device errors); "
+        bounce = self.bounced.get(job_id)
+        why = (f"board {bounce.get('device_id')!r} could not open it: {bounce.get('code')}: {bounce.get('message')}"
+               if bounce else f"timeouts of {self.cfg.job_timeout_s:g} s, or transient device errors")
+        raise FleetError(f"no usable result for job {base} after {self.cfg.job_retries + 1} tries ({why}); "
                          "resume the run with --resume once the devices answer")
+
+    def _remember(self, sent: SentJob) -> None:
+        with self._cond:
+            self.sent[sent.job_id] = sent
+            self._by_payload[sent.payload_sha256] = sent.job_id
 
     def _stored(self, job_id: str, digest: str) -> dict | None:
         """A result this run already received (before a host crash): never measured twice."""
@@ -246,8 +267,9 @@ class Fleet:
             return ANY
         if destination in online:
             return destination
-        # Another device of the run first, else any connected device (the result names who measured).
-        wanted = [d for d in self.cfg.devices if d in online] or online
+        # Another device of the run, else another board whose key is enrolled here: never a board that only
+        # says it is online (status is unsigned), so a forged status can make the host wait, not leak a job.
+        wanted = [d for d in self.cfg.devices if d in online] or [d for d in online if self._enrolled(d)]
         if wanted:
             log.warning("device_offline_failover", device=destination, instead=wanted[0])
             return wanted[0]
@@ -257,9 +279,11 @@ class Fleet:
         with self._cond:
             return ", ".join(f"{d}={s.get('state')}" for d, s in sorted(self.status.items())) or "none"
 
-    def _wait(self, job_id: str, device: str, digest: str, bar: Step) -> dict | None:
-        """The result, or None on timeout or when the device went offline (then the caller resends)."""
-        started = time.monotonic()
+    def _wait(self, job_id: str, device: str, bar: Step) -> dict | None:
+        """The bound result, or None on timeout or an unopened bounce of our payload (the caller resends).
+
+        A device's retained status saying "offline" is unsigned: it is logged, and never ends the wait."""
+        started, lost = time.monotonic(), False
         deadline = started + self.cfg.job_timeout_s
         with self._cond:
             while True:
@@ -270,15 +294,14 @@ class Fleet:
                     raise FleetError(f"board {refusal.get('device_id')!r} refused job {job_id}: "
                                      f"{refusal.get('code')}: {refusal.get('message')}")
                 result = self.results.pop(job_id, None)
-                if result is not None and result.get("model_sha256") not in (digest, None):
-                    log.warning("result_for_another_model", job_id=job_id)  # a stale id reused: ignore it
-                    result = None
                 if result is not None:
                     self._keep(job_id, result)
                     return result
-                if device != ANY and self.status.get(device, {}).get("state") != "online":
-                    log.warning("device_lost", job_id=job_id, device=device)
+                if job_id in self.bounced:  # our payload, unopened by its board: resend, never keep
                     return None
+                if device != ANY and self.status.get(device, {}).get("state") != "online" and not lost:
+                    lost = True  # unsigned news: logged, and the job's own timeout still decides
+                    log.warning("device_reported_offline", job_id=job_id, device=device)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning("job_timeout", job_id=job_id, device=device, timeout_s=self.cfg.job_timeout_s)
