@@ -10,6 +10,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import uuid
 from typing import Any, Dict, Optional
 
@@ -148,6 +149,10 @@ def serve(
         _fail(ErrorCode.BAD_INPUT, f"cannot prepare the state directory: {exc}")
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
+    # SIGHUP (`systemctl reload`) re-reads the trust file now. On a helper thread, as daemon.stop does: the
+    # handler runs on the main thread, which may be inside a lock (the event's, logging's) the re-read needs.
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=daemon.gate.reload, name="reload",
+                                                             daemon=True).start())
     raise typer.Exit(code=daemon.run())
 
 

@@ -172,25 +172,41 @@ class TrustedKeys:
         return isinstance(key, PublicKey) and key.key_id in self._by_id
 
 
-def read_trusted(path: str) -> TrustedKeys:
-    """A trust file; a missing file is an empty list, a malformed line an EdgeError naming it."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return TrustedKeys()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read trust file '{path}': {exc}") from None
+class TrustFileError(ValueError):
+    """A trust file's first malformed line: ``line`` (from 1), and ``detail``, which quotes the line."""
+
+    def __init__(self, line: int, detail: str) -> None:
+        super().__init__(f"line {line}: {detail}")
+        self.line, self.detail = line, detail
+
+
+def parse_trusted(text: str) -> TrustedKeys:
+    """The keys of a trust file's text; TrustFileError at its first malformed line."""
     entries = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.split("#", 1)[0].strip():
             continue
         try:
             key = parse_public_key(line)
         except ValueError as exc:
-            raise EdgeError(ErrorCode.BAD_INPUT, f"{path}:{number}: {exc}") from None
+            raise TrustFileError(number, str(exc)) from None
         entries.append((key, line.split("#", 1)[1].strip() if "#" in line else ""))
     return TrustedKeys(entries)
+
+
+def read_trusted(path: str) -> TrustedKeys:
+    """A trust file; a missing file is an empty list, a malformed line an EdgeError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return TrustedKeys()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read trust file '{path}': {exc}") from None
+    try:
+        return parse_trusted(text)
+    except TrustFileError as exc:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"{path}:{exc.line}: {exc.detail}") from None
 
 
 def add_trusted(path: str, key: PublicKey, comment: str = "") -> bool:
