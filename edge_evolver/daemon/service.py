@@ -68,6 +68,7 @@ class EdgeDaemon:
         self.mqtt.on_retained = self._on_retained
         self.outbox = Outbox(self.mqtt, self.store, self.topics.results(config.device_id),
                              lambda topic: self.topics.is_reply_topic(topic, config.device_id), self.gate.sign)
+        self.gate.on_trust_change = self._trust_changed
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
@@ -149,6 +150,15 @@ class EdgeDaemon:
         if header.get("job_id") != job_id:
             return FrameError(ErrorCode.INVALID_FRAME, "the spooled job's header names another job id")
         return None
+
+    def _trust_changed(self, state: Dict[str, Any]) -> None:
+        """The trust file's keys or state changed (seen at a job, on SIGHUP or by the telemetry loop): the
+        retained status says so. Runs on the thread that saw it: paho's, `reload` or `telemetry`."""
+        self.facts.update(state)
+        if self.mqtt.connected.is_set():
+            device = self.config.device_id
+            online = status_payload("online", device, self.facts, since=self.started_at)
+            self.mqtt.publish(self.topics.status(device), dumps(online), qos("status"), retained("status"))
 
     # ------------------------------------------------------------------ MQTT callbacks (paho's thread)
     def _on_connect(self, session_present: bool) -> None:
@@ -327,6 +337,7 @@ class EdgeDaemon:
     # ------------------------------------------------------------------ telemetry
     def _telemetry(self) -> None:
         while not self.stopping.is_set():
+            self.gate.trusted()  # about 20 us: an edit made while idle reaches the status within one interval
             busy = self.activity.get("activity") != "idle"
             if self.mqtt.connected.is_set():
                 try:
