@@ -15,7 +15,9 @@ results topic; a run topic that is not the job's run_id: nothing may be publishe
 after its stored result was deleted (pruning), and again after a daemon restart; retained (published
 with retain=True: no answer, nothing run) while the board is online, on an MQTT 5 board (the default) and an
 MQTT 3.1.1 one, and left on the broker while the board restarts (--retained-restarts rounds per board, one
-restart each).
+restart each). Then bench/security_host.py's attacks on what the host believes and on wedging a board
+(forged, cross-board and forwarded answers, status steering, newline ids, huge results, spool tampering,
+a trust-file swap), against a real Fleet, its own table.
 
 Verification cost: open_job (signature over the header + SHA-256 of the body) timed in-process for a
 small conv model and a ~10 MB model, against the same jobs' time on the board (received_at ->
@@ -38,6 +40,7 @@ import uuid
 from collections import Counter
 
 import numpy as np
+import security_host
 from common import markdown, save  # also puts the repository on sys.path
 
 from edge_evolver.job import encode_job
@@ -379,10 +382,13 @@ def main() -> None:
                         help="daemon restarts per board for the retained-at-restart classes, one job each (default: n)")
     parser.add_argument("--reps", type=int, default=2000, help="open_job repetitions for the small model")
     parser.add_argument("--big-runs", type=int, default=5, help="~10 MB jobs run on the board for the ratio")
+    parser.add_argument("--host-rounds", type=int, default=3, help="attempts per class of bench/security_host.py")
     args = parser.parse_args()
     started = time.monotonic()
     restarts = args.n if args.retained_restarts is None else args.retained_restarts
     out = run(args.n, restarts, args.reps, args.big_runs)
+    with tempfile.TemporaryDirectory() as workdir:  # what the host believes, and wedging a board
+        out["host_rows"] = security_host.run(workdir, args.host_rounds)
     out["wall_s"] = time.monotonic() - started
     rows = out["rows"]
     total = {"class": "all bad jobs", **{k: sum(r[k] for r in rows) for k in
@@ -408,6 +414,7 @@ def main() -> None:
                           ("body hash us", "body_hash_us", ".1f"), ("board received->finished s", "board_total_s",
                                                                     ".3f"),
                           ("jobs", "jobs", "d"), ("open_job / board", "ratio", ".2e")]),
+        security_host.table(out["host_rows"]),
         f"Wall time: {out['wall_s']:.0f} s.",
     ]
     save("security", out, "\n\n".join(tables))
