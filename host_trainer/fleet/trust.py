@@ -5,7 +5,8 @@
 
 The keys dir is `--keys-dir`, by default ~/.config/edge-evolver/host. The embedded default run makes
 a run-local pair of keys (host and board) in its own folder, so it is signed with no set-up.
-A result counts only when a key enrolled for the device it names signed it (edge_evolver/trust).
+A result counts only when a key enrolled for the device it names signed it (edge_evolver/trust), and only when
+it answers a job this host sent there (binding.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ log = structlog.get_logger("host_trainer.trust")
 
 HOST_KEY = "host.key"
 BOARDS = "boards"
-# Codes of a board that refused the job itself: a fix of keys, targets or clocks is needed, not a resend.
-AUTH_CODES = ("UNSIGNED", "UNKNOWN_KEY", "BAD_SIGNATURE", "EXPIRED", "WRONG_TARGET", "REPLAYED")
 
 
 def default_keys_dir() -> Path:
