@@ -97,10 +97,16 @@ def test_no_citation_of_documents_outside_the_repository() -> None:
 
 
 # ---- one source of defaults and choices -------------------------------------------------------------------
-def _readme_options() -> dict[str, str]:
-    """`--option` -> its default cell, from the README's option table."""
-    rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M)
+def _documented_options() -> dict[str, str]:
+    """`--option` -> its default cell, from docs/options.md's table."""
+    rows = re.findall(r"^\| `(--[a-z0-9-]+)`[^|]* \| ([^|]*) \|", (ROOT / "docs" / "options.md").read_text(), re.M)
     return {option: cell.strip() for option, cell in rows}
+
+
+def test_options_page_is_generated_from_the_command() -> None:
+    from host_trainer.options_doc import options_markdown
+
+    assert (ROOT / "docs" / "options.md").read_text() == options_markdown(), "run `make docs`"
 
 
 OPTION_FIELDS = {"--task": "task", "--model": "model", "--dataset": "dataset", "--image-size": "image_size",
@@ -119,8 +125,8 @@ OPTION_FIELDS = {"--task": "task", "--model": "model", "--dataset": "dataset", "
                  "--cert-file": "cert_file", "--key-file": "key_file"}
 
 
-def test_readme_option_table_shows_the_config_defaults() -> None:
-    table = _readme_options()
+def test_option_table_shows_the_config_defaults() -> None:
+    table = _documented_options()
     assert set(OPTION_FIELDS) <= set(table), sorted(set(OPTION_FIELDS) - set(table))
     for option, name in OPTION_FIELDS.items():
         assert table[option] == config.default_text(name), option
