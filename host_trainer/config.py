@@ -31,8 +31,10 @@ AUTO = "auto"  # --gen0-epochs auto: train until validation accuracy stops impro
 # that point (precision 72%, recall 70%), which short offspring training then does not hold; `auto` took 32 epochs
 # there and moved it the same way (docs/method.md, "Generation 0, auto, measured"), so detection keeps 12.
 WATCH_BROKER = "mqtt://localhost:1883"  # `host-trainer watch` without --broker (a run's own broker is printed)
+# Detection cuts by magnitude: measured against Torch-Pruning on shapes-det, the device-aware rule lost to its own
+# ablation there (2.1x fewer MACs at 50.41% mAP against 1.4x at 48.32%; docs/results.md, section 7).
 DETECT_DEFAULTS: dict[str, Any] = {"model": "det-small", "dataset": "shapes-det", "image_size": 128, "epochs": 1.5,
-                                   "gen0_epochs": 12.0, "batch_size": 64}
+                                   "gen0_epochs": 12.0, "batch_size": 64, "allocation": "magnitude"}
 # With --weights, generation 0 is the user's trained model as given (restricted, evaluated, measured).
 WEIGHTS_DEFAULTS: dict[str, Any] = {"gen0_epochs": 0.0}
 # How the run is launched (docs/distributed.md), not part of config.json: --nproc-per-node N re-runs the command
