@@ -17,7 +17,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import EdgeError, ErrorCode, clip_line
+from ..errors import EdgeError, ErrorCode, clip_line, printable
 from .base import Backend, Engine
 from .model_policy import MAX_ONNX_OPSET, ModelPolicy
 from .profiling import ProfileSettings, RawProfile
@@ -118,18 +118,39 @@ def _spec(node_arg: Any) -> TensorSpec:
     return TensorSpec(name=node_arg.name, shape=shape, dtype=ort_dtype(node_arg.type))
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a systemd ``CPUAffinity=``
+    or a container narrows it), else every CPU of the board."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: Any) -> int:
+    """``threads`` as an int from 1 to the usable cores, else EdgeError(BAD_INPUT).
+
+    More intra-op threads than cores only adds contention (64 on a 2-core board made a child of 130
+    threads), so a job asking for more is refused rather than silently clamped: its numbers would not
+    mean what it asked for.
+    """
+    cores = usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cores:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"threads must be an integer from 1 to {cores} (the board's usable "
+                                             f"cores), got {printable(repr(threads))}")
+    return int(threads)
+
+
 def _parse_options(options: Optional[Dict[str, Any]]) -> Tuple[int, List[str]]:
     # Unknown keys are ignored on purpose: one options dict is shared by all backends
     # (e.g. TensorRT's "fp16"), and backend="auto" may land on either.
     options = options or {}
     threads = options.get("threads")
-    threads = DEFAULT_THREADS if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise EdgeError(ErrorCode.BAD_INPUT, f"threads must be an integer >= 1 (got {threads!r})")
+    threads = check_threads(DEFAULT_THREADS if threads is None else threads)
     providers = options.get("providers") or DEFAULT_PROVIDERS
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
-    return int(threads), list(providers)
+    return threads, list(providers)
 
 
 def _check_providers(ort: Any, providers: Sequence[str]) -> None:
