@@ -7,15 +7,19 @@ OOM score, and a child handed a path into the state directory. Python 3.6 compat
 onnx and onnxruntime.
 """
 
+import io
+import json
 import os
 
 import pytest
 
+from edge_evolver.backends import _ort_profile
 from edge_evolver.backends import onnxruntime_backend as ort_backend
-from edge_evolver.backends.profiling import ProfileSettings
+from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfile
 from edge_evolver.daemon.config import build_config
 from edge_evolver.errors import EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job
+from edge_evolver.measure import layer_map, profile
 from edge_evolver.protocol import FrameError
 
 MB = 1024 * 1024
@@ -60,3 +64,142 @@ def test_the_daemon_refuses_a_threads_setting_above_the_cores():
         build_config(None, {"threads": CORES + 1, "device_id": "b1"})
     assert info.value.code == ErrorCode.BAD_INPUT
     assert f"threads {CORES + 1} is more than this board's {CORES} usable cores" in info.value.message
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. the per-layer profile: entries, nodes and names bounded; the mapping's scan bounded
+# --------------------------------------------------------------------------------------------------
+def _chain(count, name, op="Relu"):
+    """``count`` nodes in a chain, the i-th named ``name(i)``."""
+    onnx = pytest.importorskip("onnx")
+    helper, tp = onnx.helper, onnx.TensorProto
+    nodes, previous = [], "x"
+    for i in range(count):
+        nodes.append(helper.make_node(op, [previous], [name(i) + "_out"], name=name(i)))
+        previous = name(i) + "_out"
+    nodes.append(helper.make_node("Identity", [previous], ["y"], name="last"))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", tp.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", tp.FLOAT, [1, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model.SerializeToString()
+
+
+def test_a_profile_keeps_the_slowest_entries_and_sums_the_rest():
+    model = _chain(100, lambda i: f"n{i}")
+    names = tuple(f"n{i}" for i in range(100))
+    # 100 layers, layer i took i ms; the first names every node of the model and has a long name.
+    layers = [RawLayer("L" * 5000, "Relu", 0.5, names)] + [RawLayer(f"n{i}", "Relu", float(i)) for i in range(1, 100)]
+    entries, truncated = profile.bounded_profile(RawProfile(layers, 1), model)
+    assert truncated and len(entries) == profile.MAX_ENTRIES == 64
+    kept, other = entries[:-1], entries[-1]
+    assert [e.name for e in kept] == [f"n{i}" for i in range(37, 100)]  # the 63 slowest, in execution order
+    assert other.name == "(other: 37 entries)" and other.nodes == [] and other.ms == 0.5 + sum(range(1, 37))
+    assert abs(sum(e.share for e in entries) - 1.0) < 1e-9
+    small, cut = profile.bounded_profile(RawProfile(layers[:1], 1), model)
+    assert cut and len(small[0].name) == profile.MAX_TEXT == 256 and len(small[0].nodes) == profile.MAX_NODES == 32
+    plain, cut = profile.bounded_profile(RawProfile(layers[1:10], 1), model)
+    assert not cut and [e.nodes for e in plain] == [[f"n{i}"] for i in range(1, 10)]
+
+
+def test_the_node_search_reads_a_bounded_part_of_a_name():
+    model = _chain(3, lambda i: ("abc/" * 100) + f"n{i}" if i == 2 else f"n{i}")
+    from edge_evolver.onnxgraph import read_nodes
+
+    index = layer_map.GraphIndex(read_nodes(model))
+    assert index.longest <= layer_map.MAX_MATCH  # a 406-character node name is not searched for in layer names
+    found = [index.label(i) for i, _ in layer_map.named_nodes("x/n0/" + "-" * 5000 + "/n1", index)]
+    assert found == ["n0"]  # n1 lies beyond the first MAX_SCAN characters
+    recorded = layer_map.assign_nodes([RawLayer("anything", "Relu", 1.0, (("abc/" * 100) + "n2",))],
+                                      read_nodes(model))
+    assert recorded == [[("abc/" * 100) + "n2"]]  # a name the runtime recorded still counts, whatever its length
+
+
+def test_the_trace_is_read_one_event_at_a_time(monkeypatch):
+    events = [{"cat": "Session", "name": "model_run", "ts": 1, "dur": 9},
+              {"cat": "Node", "name": "a_kernel_time", "ts": 2, "dur": 4, "args": {"op_name": "Relu", "x": [1] * 50}},
+              {"cat": "Node", "name": "a_fence_before", "ts": 2, "dur": 0}, [1, 2], "text"]
+    text = "[\n" + ",\n".join(json.dumps(e) for e in events) + "\n]\n"
+    monkeypatch.setattr(_ort_profile, "_READ_CHUNK", 7)  # events cut anywhere between two reads
+    assert list(_ort_profile._events(io.StringIO(text))) == events
+    kept = [_ort_profile._kept(e) for e in events if _ort_profile._wanted(e)]
+    assert kept[1] == {"cat": "Node", "name": "a_kernel_time", "ts": 2, "dur": 4, "args": {"op_name": "Relu"}}
+    with pytest.raises(ValueError):
+        list(_ort_profile._events(io.StringIO(text[:-10])))  # a trace cut short is not a trace
+
+
+def test_a_trace_at_its_bound_is_not_read(tmp_path, monkeypatch):
+    path = tmp_path / "profile.json"
+    with open(str(path), "wb") as out:
+        out.truncate(_ort_profile.MAX_TRACE_BYTES)  # sparse: the size without the bytes
+
+    def never(*args, **kwargs):
+        raise AssertionError("the trace was opened")
+
+    monkeypatch.setattr(_ort_profile, "open", never, raising=False)
+    with pytest.raises(EdgeError) as info:
+        _ort_profile._read_trace(str(path), str(tmp_path))
+    assert info.value.code == ErrorCode.OVERSIZE and "16 MiB" in info.value.message
+
+
+def test_the_run_budget_follows_the_names_and_refuses_what_cannot_fit():
+    short = _ort_profile.run_bytes(_chain(10, lambda i: f"n{i}"))
+    long = _ort_profile.run_bytes(_chain(10, lambda i: "n" * 4000 + str(i)))
+    assert 0 < short < long
+    settings = ProfileSettings(warmup_runs=2, min_runs=20, max_runs=1000)
+    assert _ort_profile.within_trace_budget(settings, short) == settings
+    tight = _ort_profile.within_trace_budget(settings, _ort_profile.MAX_TRACE_BYTES // 12)
+    assert (tight.max_runs, tight.min_runs, tight.warmup_runs) == (10, 10, 2)
+    with pytest.raises(EdgeError) as info:
+        _ort_profile.within_trace_budget(settings, _ort_profile.MAX_TRACE_BYTES // 2)
+    assert info.value.code == ErrorCode.OVERSIZE
+
+
+# ----- with ONNX Runtime
+def _measure(model, **request):
+    pytest.importorskip("onnxruntime")
+    from edge_evolver.measure.benchmark import BenchSettings
+    from edge_evolver.measure.pipeline import MeasureRequest, measure_model
+
+    settings = BenchSettings(min_iterations=5, min_seconds=0.0, warmup_s=0.0)
+    return measure_model(model, request=MeasureRequest(backend="onnxruntime", settings=settings, **request))
+
+
+@pytest.fixture
+def trace_sizes(monkeypatch):
+    """The size of every profile trace ONNX Runtime wrote, seen before it is read."""
+    sizes = []
+    read = _ort_profile._read_trace
+
+    def spy(path, directory):
+        sizes.append(os.path.getsize(path))
+        return read(path, directory)
+
+    monkeypatch.setattr(_ort_profile, "_read_trace", spy)
+    return sizes
+
+
+def test_long_node_names_make_a_bounded_trace_and_a_small_result(trace_sizes):
+    model = _chain(48, lambda i: "/" + "ab/" * 1330 + f"Relu_{i:02d}")  # 48 names of 4,000 characters
+    result = _measure(model)
+    flat = result.to_dict()
+    assert result.ok and flat["profile_runs"] >= 1 and flat["profile_truncated"] is True, flat.get("profile_error")
+    assert trace_sizes and max(trace_sizes) < _ort_profile.MAX_TRACE_BYTES
+    assert all(len(e["name"]) <= 256 and len(e["nodes"]) <= 32 for e in flat["profile"])
+    assert len(json.dumps(flat)) < 64 * 1024 < len(model)
+
+
+def test_a_model_whose_trace_cannot_fit_gets_a_profile_error(monkeypatch, trace_sizes):
+    monkeypatch.setattr(_ort_profile, "MAX_TRACE_BYTES", 64 * 1024)
+    flat = _measure(_chain(48, lambda i: "n" * 1000 + str(i)), profile=FAST_PASS).to_dict()
+    assert flat["status"] == "ok" and "profile" not in flat and "bound" in flat["profile_error"]
+    assert trace_sizes == []  # refused before ORT ran a single profiled run
+
+
+def test_ort_stops_writing_the_trace_at_its_bound(monkeypatch, trace_sizes):
+    monkeypatch.setattr(_ort_profile, "MAX_TRACE_BYTES", 256 * 1024)
+    monkeypatch.setattr(_ort_profile, "run_bytes", lambda source: 0)  # no estimate: the file size limit alone
+    flat = _measure(_chain(48, lambda i: "n" * 1000 + str(i)), profile=FAST_PASS).to_dict()
+    assert flat["status"] == "ok" and "profile" not in flat
+    assert "reached its 0.25 MiB bound" in flat["profile_error"]
+    assert trace_sizes == [256 * 1024]  # the file stopped at the bound and was not read

@@ -9,11 +9,13 @@ machine; loading it skips the optimiser.
 ``onnxruntime`` is imported inside functions so a board without it can still list backends.
 """
 
+import contextlib
 import os
 import platform
 import re
+import signal
 import tempfile
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -188,6 +190,32 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[bool]:
+    """While the body runs, no file this process writes grows past ``max_bytes`` (RLIMIT_FSIZE): a runtime's
+    write fails there (EFBIG) instead of filling the disk. SIGXFSZ, which would kill the process, is ignored
+    meanwhile. Yields whether the limit is in force: only the main thread may change a signal's handler, and
+    the measuring process runs every runtime call on its main thread."""
+    try:
+        import resource
+
+        saved_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        saved_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    except (ImportError, AttributeError, ValueError, OSError):  # not Linux, or not the main thread
+        saved_limit = saved_signal = None
+    if saved_limit is None:
+        yield False
+        return
+    soft, hard = saved_limit
+    value = min(v for v in (max_bytes, soft, hard) if v != resource.RLIM_INFINITY)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (value, hard))
+        yield True
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved_limit)
+        signal.signal(signal.SIGXFSZ, saved_signal if saved_signal is not None else signal.SIG_DFL)
+
+
 def _read_and_remove(path: str) -> Optional[bytes]:
     try:
         with open(path, "rb") as handle:
@@ -221,12 +249,14 @@ class OnnxRuntimeEngine(Engine):
         """Per-kernel times from a second, profiling session (``_ort_profile``)."""
         if self._session is None or self._source is None:
             raise EdgeError(ErrorCode.INFERENCE_FAILED, "engine is closed")
-        from ._ort_profile import profile_session
+        from ._ort_profile import MAX_TRACE_BYTES, profile_session
 
         ort, source = _import_ort(), self._source
         try:
-            return profile_session(ort, source.model, lambda: _session_options(ort, source.threads, source.optimize),
-                                   source.providers, feeds, settings)
+            with file_size_limit(MAX_TRACE_BYTES):  # ORT writes the trace: it stops at the bound, see _ort_profile
+                return profile_session(ort, source.model, lambda: _session_options(ort, source.threads,
+                                                                                    source.optimize),
+                                       source.providers, feeds, settings)
         except EdgeError:
             raise
         except Exception as exc:

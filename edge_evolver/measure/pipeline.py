@@ -33,7 +33,7 @@ from .engine_cache import EngineCache
 from .inputs import synthesize_inputs
 from .model_guard import check_model_safety
 from .onnx_check import check_onnx, check_size
-from .profile import error_line, finish_profile, profile_option
+from .profile import bounded_profile, error_line, profile_option
 
 log = structlog.get_logger("edge_evolver.measure")
 
@@ -65,6 +65,7 @@ class MeasureResult:
     profile: Optional[List[LayerTime]] = None
     profile_runs: Optional[int] = None
     profile_error: Optional[str] = None
+    profile_truncated: bool = False  # the size bounds of measure/profile.py left entries, nodes or text out
 
     @property
     def ok(self) -> bool:
@@ -113,6 +114,8 @@ class MeasureResult:
         if self.profile is not None:
             out["profile"] = [entry.to_dict() for entry in self.profile]
             out["profile_runs"] = self.profile_runs
+            if self.profile_truncated:
+                out["profile_truncated"] = True
         elif self.profile_error is not None:
             out["profile_error"] = self.profile_error
         return out
@@ -214,9 +217,11 @@ def _profile(result: MeasureResult, engine: Engine, feeds: Mapping[str, np.ndarr
     """The per-layer pass; any failure becomes ``profile_error``, never a failed measurement."""
     try:
         raw = engine.profile(dict(feeds), settings)
-        result.profile, result.profile_runs = finish_profile(raw, model_bytes), raw.runs
+        result.profile, result.profile_truncated = bounded_profile(raw, model_bytes)
+        result.profile_runs = raw.runs
     except Exception as exc:  # a profiler problem must never cost the measurement (MemoryError included)
         result.profile, result.profile_runs, result.profile_error = None, None, error_line(exc)
+        result.profile_truncated = False
         log.warning("profile_failed", model_sha256=result.model_sha256[:12], error=result.profile_error)
 
 
