@@ -17,9 +17,11 @@ from edge_evolver.backends import _ort_profile
 from edge_evolver.backends import onnxruntime_backend as ort_backend
 from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfile
 from edge_evolver.daemon.config import build_config
-from edge_evolver.errors import EdgeError, ErrorCode
+from edge_evolver.errors import MAX_MESSAGE, EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job
 from edge_evolver.measure import layer_map, profile
+from edge_evolver.measure.benchmark import MAX_RESULT_SAMPLES, BenchResult
+from edge_evolver.measure.pipeline import MeasureResult
 from edge_evolver.protocol import FrameError
 
 MB = 1024 * 1024
@@ -203,3 +205,34 @@ def test_ort_stops_writing_the_trace_at_its_bound(monkeypatch, trace_sizes):
     assert flat["status"] == "ok" and "profile" not in flat
     assert "reached its 0.25 MiB bound" in flat["profile_error"]
     assert trace_sizes == [256 * 1024]  # the file stopped at the bound and was not read
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. raw samples and messages in a result
+# --------------------------------------------------------------------------------------------------
+def _bench(samples):
+    return BenchResult(latencies_ms=samples, iterations=len(samples), seconds=1.0, batch=1, warmup_iterations=0,
+                       fps=1.0, mean=1.0, p50=1.0, p90=1.0, p99=1.0, min=0.0, max=1.0)
+
+
+def test_raw_latency_samples_in_a_result_are_capped():
+    many = [float(i) for i in range(250000)]
+    out = _bench(many).to_dict(include_samples=True)
+    kept = out["latencies_ms"]
+    assert len(kept) == MAX_RESULT_SAMPLES == 10000 and out["samples_truncated"] is True
+    assert kept[0] == 0.0 and kept[-1] == 249999.0 and kept == sorted(set(kept))  # evenly spread, in order
+    assert out["iterations"] == 250000  # the statistics and the count still cover every sample
+    few = _bench([1.0, 2.0, 3.0]).to_dict(include_samples=True)
+    assert few["latencies_ms"] == [1.0, 2.0, 3.0] and few["samples_truncated"] is False
+    assert "latencies_ms" not in _bench(many).to_dict()
+
+
+def test_power_samples_are_capped_and_the_message_is_one_short_line():
+    power = {"mean_w": 5.0, "samples_w": [5.0] * 30000, "meter": "fake", "rail": "VDD_IN", "reason": None}
+    result = MeasureResult(status="ok", bench=_bench([1.0] * 20), power=power)
+    out = result.to_dict(include_samples=True)
+    assert len(out["power_samples_w"]) == MAX_RESULT_SAMPLES and out["power_samples_total"] == 30000
+    assert out["samples_truncated"] is True and len(out["latencies_ms"]) == 20
+    failed = MeasureResult(status="error", code=ErrorCode.INTERNAL, message="boom " * 100000).to_dict()
+    assert len(failed["message"]) <= MAX_MESSAGE and failed["message"].endswith("...")
+    assert len(json.dumps(out)) < 400 * 1024

@@ -25,10 +25,10 @@ from ..backends import resolve_backend
 from ..backends.base import Backend, Engine
 from ..backends.profiling import ProfileSettings
 from ..backends.tensors import check_feeds
-from ..errors import EdgeError, ErrorCode
+from ..errors import EdgeError, ErrorCode, clip_line
 from ..protocol import LayerTime
 from .agreement import compare_outputs
-from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
+from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, even_subsample, run_benchmark
 from .engine_cache import EngineCache
 from .inputs import synthesize_inputs
 from .model_guard import check_model_safety
@@ -92,7 +92,7 @@ class MeasureResult:
         out: Dict[str, Any] = {
             "status": self.status,
             "code": self.code,
-            "message": self.message,
+            "message": clip_line(self.message) if self.message else "",  # may quote a runtime's text at length
             "backend": self.backend,
             "backend_version": self.backend_version,
             "threads": self.threads,
@@ -110,7 +110,7 @@ class MeasureResult:
         out.update(self.power_fields())
         out["agreement"] = self.agreement
         if include_samples and self.power is not None:
-            out["power_samples_w"] = self.power.get("samples_w")
+            self._power_samples(out)
         if self.profile is not None:
             out["profile"] = [entry.to_dict() for entry in self.profile]
             out["profile_runs"] = self.profile_runs
@@ -119,6 +119,16 @@ class MeasureResult:
         elif self.profile_error is not None:
             out["profile_error"] = self.profile_error
         return out
+
+    def _power_samples(self, out: Dict[str, Any]) -> None:
+        """The power samples, at most MAX_RESULT_SAMPLES of them like the latencies (``samples_truncated``)."""
+        samples = (self.power or {}).get("samples_w")
+        if samples is None:
+            out["power_samples_w"] = None
+            return
+        out["power_samples_w"], truncated = even_subsample(samples)
+        out["power_samples_total"] = len(samples)
+        out["samples_truncated"] = bool(out.get("samples_truncated")) or truncated
 
 
 class _PowerWindow(WindowMonitor):
