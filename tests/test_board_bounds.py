@@ -11,6 +11,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 
 from edge_evolver.backends import _ort_profile
@@ -19,8 +20,9 @@ from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfil
 from edge_evolver.daemon.config import build_config
 from edge_evolver.errors import MAX_MESSAGE, EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job
-from edge_evolver.measure import layer_map, profile
+from edge_evolver.measure import engine_cache, layer_map, profile
 from edge_evolver.measure.benchmark import MAX_RESULT_SAMPLES, BenchResult
+from edge_evolver.measure.engine_cache import EngineCache
 from edge_evolver.measure.pipeline import MeasureResult
 from edge_evolver.protocol import FrameError
 
@@ -236,3 +238,59 @@ def test_power_samples_are_capped_and_the_message_is_one_short_line():
     failed = MeasureResult(status="error", code=ErrorCode.INTERNAL, message="boom " * 100000).to_dict()
     assert len(failed["message"]) <= MAX_MESSAGE and failed["message"].endswith("...")
     assert len(json.dumps(out)) < 400 * 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. the engine cache: nothing over the entry limit reaches the disk
+# --------------------------------------------------------------------------------------------------
+def _folding_model(count):
+    """A few hundred bytes that ONNX Runtime's constant folding turns into a ``4 * count``-byte initializer."""
+    onnx = pytest.importorskip("onnx")
+    helper, numpy_helper, tp = onnx.helper, onnx.numpy_helper, onnx.TensorProto
+    shape = numpy_helper.from_array(np.array([count], dtype=np.int64), "shape")
+    value = helper.make_tensor("v", tp.FLOAT, [1], [1.0])
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["shape"], ["c"], value=value),
+                               helper.make_node("Add", ["x", "c"], ["y"])], "fold",
+                              [helper.make_tensor_value_info("x", tp.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", tp.FLOAT, [count])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model.SerializeToString()
+
+
+def test_the_cache_checks_an_entry_before_it_opens_a_file(tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a file was written")
+
+    monkeypatch.setattr(engine_cache, "atomic_write", never)
+    cache = EngineCache(str(tmp_path), max_bytes=10 * MB)
+    assert cache.put("big", {"backend": "x"}, b"p" * (11 * MB), model_bytes=10) is False
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_an_optimised_model_over_the_limit_never_reaches_the_disk(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(engine_cache, "ENTRY_FLOOR_BYTES", 1 * MB)
+    written = []
+    read = ort_backend._read_and_remove
+
+    def spy(path, limit):
+        written.append((os.path.getsize(path), limit))
+        return read(path, limit)
+
+    monkeypatch.setattr(ort_backend, "_read_and_remove", spy)
+    cache = EngineCache(str(tmp_path / "cache"), max_bytes=64 * MB)
+    model = _folding_model(4 * MB)  # ~150 bytes, a 16 MiB optimised model
+    result = _measure(model, cache=cache, options={"profile": False})
+    assert result.ok and result.cache_hit is False and result.engine_bytes is None, result.message
+    assert "not kept" in result.engine_info["optimized_model"]
+    assert written == [(1 * MB, 1 * MB)]  # ORT's write stopped at the limit
+    assert cache.entries() == [] and os.listdir(str(tmp_path / "cache")) == []
+    small = _measure(_folding_model(1000), cache=cache, options={"profile": False})
+    assert small.ok and small.engine_bytes and len(cache.entries()) == 1  # a plan within the limit is kept
+
+
+def test_measure_model_without_a_cache_keeps_the_plan_bounded(monkeypatch):
+    monkeypatch.setattr(engine_cache, "ENTRY_FLOOR_BYTES", 1 * MB)
+    result = _measure(_folding_model(4 * MB), options={"profile": False})
+    assert result.ok and result.engine_bytes is None

@@ -27,6 +27,11 @@ from .tensors import TensorSpec
 
 DEFAULT_THREADS = 1
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
+# The options key measure_model sets for ``build``: the largest optimised model worth writing (the engine
+# cache's entry limit); 0: none is wanted. Not a job option: job.py refuses it.
+PLAN_LIMIT_OPTION = "plan_max_bytes"
+# Without PLAN_LIMIT_OPTION (a direct caller), still a bound on what ORT may write while building.
+MAX_FILE_BYTES = 2 * 1024 ** 3
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -216,8 +221,18 @@ def file_size_limit(max_bytes: int) -> Iterator[bool]:
         signal.signal(signal.SIGXFSZ, saved_signal if saved_signal is not None else signal.SIG_DFL)
 
 
-def _read_and_remove(path: str) -> Optional[bytes]:
+def _size(path: str) -> int:
     try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_and_remove(path: str, limit: int) -> Optional[bytes]:
+    """The file's bytes, None when it is missing or has reached ``limit`` (the write stopped there: a part)."""
+    try:
+        if _size(path) >= limit:
+            return None
         with open(path, "rb") as handle:
             return handle.read()
     except OSError:
@@ -225,6 +240,42 @@ def _read_and_remove(path: str) -> Optional[bytes]:
     finally:
         if os.path.exists(path):
             os.remove(path)
+
+
+def _optimized_session(ort: Any, model: bytes, threads: int, providers: List[str],
+                       plan_limit: Optional[int]) -> Tuple[Any, Optional[bytes]]:
+    """The session, and ORT's optimised model (the cacheable plan) when it is smaller than ``plan_limit``.
+
+    ORT writes that model to disk while it builds the session; constant folding once made 96 MiB of a
+    167-byte model. Under the limit the write fails instead (ORT then refuses the session: it is built again
+    without writing anything) and no file over the limit ever exists. ``plan_limit`` 0: no plan is wanted.
+    """
+    if plan_limit == 0:
+        return _new_session(ort, model, _session_options(ort, threads), providers), None
+    bound = plan_limit or MAX_FILE_BYTES
+    so = _session_options(ort, threads)
+    handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
+    os.close(handle)
+    so.optimized_model_filepath = plan_path
+    session = None
+    try:
+        with file_size_limit(bound):
+            session = ort.InferenceSession(model, sess_options=so, providers=providers)
+    except Exception as exc:
+        if _size(plan_path) < bound:
+            raise classify_load_error(exc) from None
+    finally:
+        plan = _read_and_remove(plan_path, bound)
+    if session is None:  # only the optimised model's write failed, at the limit
+        session = _new_session(ort, model, _session_options(ort, threads), providers)
+    return session, plan
+
+
+def _new_session(ort: Any, model: bytes, so: Any, providers: List[str]) -> Any:
+    try:
+        return ort.InferenceSession(model, sess_options=so, providers=providers)
+    except Exception as exc:
+        raise classify_load_error(exc) from None
 
 
 class _Source(NamedTuple):
@@ -324,21 +375,15 @@ class OnnxRuntimeBackend(Backend):
         _check_providers(ort, providers)
         if not model_bytes:
             raise EdgeError(ErrorCode.INVALID_MODEL, "model is empty (0 bytes)")
-        so = _session_options(ort, threads)
-        handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
-        os.close(handle)
-        so.optimized_model_filepath = plan_path
         # Bytes, never a path. Even so ORT would read a tensor's external data relative to the working
         # directory: measure_model refuses such models first (measure/model_guard.py).
-        try:
-            session = ort.InferenceSession(bytes(model_bytes), sess_options=so, providers=providers)
-        except Exception as exc:
-            raise classify_load_error(exc) from None
-        finally:
-            plan = _read_and_remove(plan_path)
+        limit = (options or {}).get(PLAN_LIMIT_OPTION)
+        session, plan = _optimized_session(ort, bytes(model_bytes), threads, providers, limit)
         source = _Source(bytes(model_bytes), threads, providers, True)
-        engine = OnnxRuntimeEngine(session, self._info(session, threads, "ORT_ENABLE_ALL"), source)
-        return engine, plan or None
+        info = self._info(session, threads, "ORT_ENABLE_ALL")
+        if limit and plan is None:
+            info["optimized_model"] = f"not kept: ORT wrote none under the {limit}-byte limit of a cached plan"
+        return OnnxRuntimeEngine(session, info, source), plan or None
 
     def load_plan(self, plan: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
         ort = _import_ort()

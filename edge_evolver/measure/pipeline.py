@@ -23,13 +23,14 @@ import structlog
 
 from ..backends import resolve_backend
 from ..backends.base import Backend, Engine
+from ..backends.onnxruntime_backend import PLAN_LIMIT_OPTION
 from ..backends.profiling import ProfileSettings
 from ..backends.tensors import check_feeds
 from ..errors import EdgeError, ErrorCode, clip_line
 from ..protocol import LayerTime
 from .agreement import compare_outputs
 from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, even_subsample, run_benchmark
-from .engine_cache import EngineCache
+from .engine_cache import DEFAULT_MAX_BYTES, EngineCache, entry_limit
 from .inputs import synthesize_inputs
 from .model_guard import check_model_safety
 from .onnx_check import check_onnx, check_size
@@ -182,7 +183,9 @@ def _engine(runtime: Backend, model_bytes: bytes, result: MeasureResult, options
         except EdgeError as exc:
             log.warning("engine_cache_stale", sha256=result.model_sha256[:12], error=exc.message)
             cache.discard(result.model_sha256, key)
-    engine, plan = runtime.build(model_bytes, options)
+    # The cache's entry limit bounds what the build itself writes (ONNX Runtime writes its plan to disk).
+    limit = entry_limit(len(model_bytes), cache.max_bytes if cache is not None else DEFAULT_MAX_BYTES)
+    engine, plan = runtime.build(model_bytes, dict(options, **{PLAN_LIMIT_OPTION: limit}))
     result.cache_hit = False
     result.engine_bytes = len(plan) if plan else None
     if cache is not None and plan:
