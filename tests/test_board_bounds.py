@@ -17,7 +17,10 @@ import pytest
 from edge_evolver.backends import _ort_profile
 from edge_evolver.backends import onnxruntime_backend as ort_backend
 from edge_evolver.backends.profiling import ProfileSettings, RawLayer, RawProfile
+from edge_evolver.daemon import runner as runner_module
 from edge_evolver.daemon.config import build_config
+from edge_evolver.daemon.containment import MemoryLimit, available_memory_bytes, raise_oom_score
+from edge_evolver.daemon.runner import RunnerClient, error_result
 from edge_evolver.errors import MAX_MESSAGE, EdgeError, ErrorCode
 from edge_evolver.job import decode_job, encode_job
 from edge_evolver.measure import engine_cache, layer_map, profile
@@ -294,3 +297,93 @@ def test_measure_model_without_a_cache_keeps_the_plan_bounded(monkeypatch):
     monkeypatch.setattr(engine_cache, "ENTRY_FLOOR_BYTES", 1 * MB)
     result = _measure(_folding_model(4 * MB), options={"profile": False})
     assert result.ok and result.engine_bytes is None
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. and 6. the measuring process: OOM killer's first choice, the job as bytes
+# --------------------------------------------------------------------------------------------------
+def test_available_memory_and_oom_score_helpers(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  4000000 kB\nMemFree:  100 kB\nMemAvailable:  2500000 kB\n")
+    assert available_memory_bytes(str(meminfo)) == 2500000 * 1024
+    meminfo.write_text("MemTotal:  4000000 kB\n")
+    assert available_memory_bytes(str(meminfo)) == 0
+    assert raise_oom_score(str(tmp_path / "missing" / "oom_score_adj")) is False  # logged, never raised
+
+
+def test_messages_of_the_measuring_process_are_one_short_line():
+    assert len(error_result(ErrorCode.INTERNAL, "x\n" * 100000)["message"]) <= MAX_MESSAGE
+    limit = MemoryLimit("RLIMIT_AS", 512, "child_memory_mb")
+    failed = {"status": "error", "code": ErrorCode.INFERENCE_FAILED, "message": "out of memory " * 10000}
+    explained = runner_module.explain_memory_failure(failed, limit)
+    assert explained["code"] == ErrorCode.OVERSIZE and len(explained["message"]) <= MAX_MESSAGE
+
+
+def _small_model():
+    return _chain(2, lambda i: f"n{i}")
+
+
+@pytest.fixture
+def client(tmp_path):
+    pytest.importorskip("onnxruntime")
+    runner = RunnerClient({"backend": "onnxruntime", "cache_dir": str(tmp_path / "engines"), "cache_max_mb": 64,
+                           "work_dir": str(tmp_path / "work"), "memory_mb": 1024, "log_level": "warning"})
+    runner.start()
+    yield runner
+    runner.stop()
+
+
+def test_the_measuring_process_is_the_oom_killers_first_choice(client):
+    with open("/proc/self/oom_score_adj") as handle:
+        own = handle.read().strip()
+    result = client.run(encode_job("oom-score", _small_model(), bench=QUICK), 120, lambda m: None)
+    assert result["status"] == "ok", result
+    with open(f"/proc/{client.pid()}/oom_score_adj") as handle:
+        assert handle.read().strip() == "1000"
+    with open("/proc/self/oom_score_adj") as handle:
+        assert handle.read().strip() == own  # the daemon keeps its own
+
+
+def test_the_child_gets_the_job_as_bytes_and_the_daemon_reads_the_spool(client, tmp_path):
+    payload = encode_job("bytes-1", _small_model(), bench=QUICK)
+    result = client.run(payload, 120, lambda m: None)  # no file anywhere: the child works from the bytes
+    assert result["status"] == "ok" and result["model_sha256"], result
+    pid = client.pid()
+    missing = client.run(str(tmp_path / "spool" / "gone.job"), 120, lambda m: None)
+    assert missing["code"] == ErrorCode.INTERNAL and "could not be read" in missing["message"]
+    assert client.pid() == pid  # the daemon found out, the child never saw a path
+    spooled = tmp_path / "job.job"
+    spooled.write_bytes(encode_job("path-1", _small_model(), bench=QUICK))
+    assert client.run(str(spooled), 120, lambda m: None)["status"] == "ok"  # service.py's call still works
+
+
+class _Pipe:
+    """The child's end of the pipe, in this process: what RunnerClient sends, and what comes back."""
+
+    def __init__(self, *messages):
+        self.incoming, self.sent = list(messages), []
+
+    def recv(self):
+        message = self.incoming.pop(0)
+        assert not isinstance(message, bytes), "a job's bytes read as a request"
+        return message
+
+    def recv_bytes(self):
+        message = self.incoming.pop(0)
+        assert isinstance(message, bytes), "the child expected the job's bytes"
+        return message
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+def test_the_childs_loop_measures_the_bytes_it_receives(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(str(tmp_path))
+    payload = encode_job("loop-1", _small_model(), bench=QUICK)
+    pipe = _Pipe({"bytes": len(payload)}, payload, None)
+    params = {"backend": "onnxruntime", "threads": 1}
+    runner_module._serve(pipe, params, (None, None, MemoryLimit("", 0, "test"), str(tmp_path)), pipe.send)
+    results = [message[1] for message in pipe.sent if message[0] == "result"]
+    assert len(results) == 1 and results[0]["status"] == "ok", results
+    assert pipe.incoming == []
