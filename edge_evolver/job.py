@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .backends.onnxruntime_backend import check_threads
 from .backends.tensors import MAX_ELEMENTS
 from .errors import EdgeError, ErrorCode, printable
 from .measure.benchmark import BenchSettings
@@ -196,14 +197,24 @@ def _decode(header: Dict[str, Any], body: memoryview) -> Job:
     return _job(header, job_id, model, digest, settings, inputs, reference)
 
 
-def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, settings: BenchSettings,
-         inputs: Dict[str, np.ndarray], reference: List[np.ndarray]) -> Job:
+def _options(header: Dict[str, Any], job_id: str) -> Dict[str, Any]:
     options = header.get("options") or {}
     _require(isinstance(options, dict), "'options' must be an object", job_id)
     unknown = sorted(set(options) - set(OPTION_FIELDS))
     _require(not unknown, f"unknown option(s) {unknown}; known: {list(OPTION_FIELDS)}", job_id, ErrorCode.BAD_INPUT)
     _require(options.get("profile") is None or isinstance(options.get("profile"), bool),
              f"option 'profile' must be true or false (got {options.get('profile')!r})", job_id, ErrorCode.BAD_INPUT)
+    if options.get("threads") is not None:  # refused at intake: it would only fail later in the measuring process
+        try:
+            check_threads(options["threads"])
+        except EdgeError as exc:
+            raise FrameError(exc.code, exc.message, job_id) from None
+    return dict(options)
+
+
+def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, settings: BenchSettings,
+         inputs: Dict[str, np.ndarray], reference: List[np.ndarray]) -> Job:
+    options = _options(header, job_id)
     timeout = header.get("timeout_s")
     _require(timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "timeout_s must be > 0", job_id)
     reply_to = header.get("reply_to")
@@ -219,7 +230,7 @@ def _job(header: Dict[str, Any], job_id: str, model: bytes, digest: str, setting
     _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32,
              "seed must be a uint32", job_id)
     return Job(job_id=job_id, model=model, model_sha256=digest, settings=settings, inputs=inputs or None,
-               reference=reference or None, reply_to=reply_to, run_id=run_id, options=dict(options), timeout_s=timeout,
+               reference=reference or None, reply_to=reply_to, run_id=run_id, options=options, timeout_s=timeout,
                include_samples=bool(header.get("include_samples", False)), seed=seed, meta=meta,
                check=_check(header.get("check"), job_id))
 

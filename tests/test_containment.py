@@ -17,6 +17,7 @@ import pytest
 from edge_evolver.daemon import runner as runner_module
 from edge_evolver.daemon.containment import (
     MemoryLimit,
+    available_memory_bytes,
     explain_memory_failure,
     job_directory,
     plan_memory_limit,
@@ -38,9 +39,13 @@ SLOW = {"min_iterations": 5, "min_seconds": 1.5, "warmup_s": 0.0}  # long enough
 # The pieces, without a child process
 # --------------------------------------------------------------------------------------------------
 def test_memory_limit_plan_keeps_rlimit_as_away_from_cuda():
-    automatic = MemoryLimit("RLIMIT_AS", 4096, "automatic: the physical memory")
-    assert plan_memory_limit("onnxruntime", 0, 4096 * MB) == automatic
-    assert plan_memory_limit("onnxruntime", 700, 4096 * MB)[:2] == ("RLIMIT_AS", 700)
+    # Automatic: 75% of what is available at the child's start, at least 1024 MB, never above the RAM.
+    automatic = plan_memory_limit("onnxruntime", 0, 4096 * MB, 2800 * MB)
+    assert automatic[:2] == ("RLIMIT_AS", 2100) and "75% of the 2800 MB available" in automatic.reason
+    assert plan_memory_limit("onnxruntime", 0, 4096 * MB, 400 * MB)[:2] == ("RLIMIT_AS", 1024)  # the floor
+    assert plan_memory_limit("onnxruntime", 0, 800 * MB, 400 * MB)[:2] == ("RLIMIT_AS", 800)  # never above RAM
+    assert plan_memory_limit("onnxruntime", 0, 4096 * MB)[:2] == ("RLIMIT_AS", 4096)  # available unknown
+    assert plan_memory_limit("onnxruntime", 700, 4096 * MB, 2800 * MB)[:2] == ("RLIMIT_AS", 700)
     assert plan_memory_limit("onnxruntime", 0, 0).resource == ""
     # CUDA reserves address space far beyond RAM: tensorrt never gets RLIMIT_AS.
     automatic = plan_memory_limit("tensorrt", 0, 4096 * MB)
@@ -241,14 +246,18 @@ def test_a_child_killed_mid_job_is_restarted_for_the_next(client, tmp_path):
     assert os.listdir(str(tmp_path / "work")) == []  # the killed job's directory was swept
 
 
-def test_automatic_limit_for_onnxruntime_is_the_physical_memory(tmp_path):
+def test_automatic_limit_for_onnxruntime_is_below_the_available_memory(tmp_path):
+    before = available_memory_bytes()
     runner = RunnerClient({"backend": "onnxruntime", "cache_dir": str(tmp_path / "engines"),
                            "log_level": "warning"})  # no work_dir: a private temp directory
     runner.start()
     try:
         assert runner.run(_spool(tmp_path, "auto-1", _small_model(), QUICK), 120, lambda m: None)["status"] == "ok"
-        expected = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) >> 20 << 20
-        assert _limits(runner.pid(), "Max address space") == [str(expected)] * 2
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        soft, hard = (int(value) for value in _limits(runner.pid(), "Max address space"))
+        assert soft == hard and soft % MB == 0 and soft <= physical
+        # 75% of MemAvailable when the child started (which moves a little between the two reads), or the floor.
+        assert soft == 1024 * MB or 0.6 * before <= soft <= 0.75 * physical
         cwd = os.readlink(f"/proc/{runner.pid()}/cwd")
         assert os.path.basename(cwd).startswith("edge-evolver-work-") and os.listdir(cwd) == []
     finally:

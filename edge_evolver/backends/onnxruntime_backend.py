@@ -9,15 +9,17 @@ machine; loading it skips the optimiser.
 ``onnxruntime`` is imported inside functions so a board without it can still list backends.
 """
 
+import contextlib
 import os
 import platform
 import re
+import signal
 import tempfile
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import EdgeError, ErrorCode, clip_line
+from ..errors import EdgeError, ErrorCode, clip_line, printable
 from .base import Backend, Engine
 from .model_policy import MAX_ONNX_OPSET, ModelPolicy
 from .profiling import ProfileSettings, RawProfile
@@ -25,6 +27,11 @@ from .tensors import TensorSpec
 
 DEFAULT_THREADS = 1
 DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
+# The options key measure_model sets for ``build``: the largest optimised model worth writing (the engine
+# cache's entry limit); 0: none is wanted. Not a job option: job.py refuses it.
+PLAN_LIMIT_OPTION = "plan_max_bytes"
+# Without PLAN_LIMIT_OPTION (a direct caller), still a bound on what ORT may write while building.
+MAX_FILE_BYTES = 2 * 1024 ** 3
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -118,18 +125,39 @@ def _spec(node_arg: Any) -> TensorSpec:
     return TensorSpec(name=node_arg.name, shape=shape, dtype=ort_dtype(node_arg.type))
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a systemd ``CPUAffinity=``
+    or a container narrows it), else every CPU of the board."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: Any) -> int:
+    """``threads`` as an int from 1 to the usable cores, else EdgeError(BAD_INPUT).
+
+    More intra-op threads than cores only adds contention (64 on a 2-core board made a child of 130
+    threads), so a job asking for more is refused rather than silently clamped: its numbers would not
+    mean what it asked for.
+    """
+    cores = usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cores:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"threads must be an integer from 1 to {cores} (the board's usable "
+                                             f"cores), got {printable(repr(threads))}")
+    return int(threads)
+
+
 def _parse_options(options: Optional[Dict[str, Any]]) -> Tuple[int, List[str]]:
     # Unknown keys are ignored on purpose: one options dict is shared by all backends
     # (e.g. TensorRT's "fp16"), and backend="auto" may land on either.
     options = options or {}
     threads = options.get("threads")
-    threads = DEFAULT_THREADS if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise EdgeError(ErrorCode.BAD_INPUT, f"threads must be an integer >= 1 (got {threads!r})")
+    threads = check_threads(DEFAULT_THREADS if threads is None else threads)
     providers = options.get("providers") or DEFAULT_PROVIDERS
     if isinstance(providers, str):
         providers = [p.strip() for p in providers.split(",") if p.strip()]
-    return int(threads), list(providers)
+    return threads, list(providers)
 
 
 def _check_providers(ort: Any, providers: Sequence[str]) -> None:
@@ -167,8 +195,44 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _read_and_remove(path: str) -> Optional[bytes]:
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[bool]:
+    """While the body runs, no file this process writes grows past ``max_bytes`` (RLIMIT_FSIZE): a runtime's
+    write fails there (EFBIG) instead of filling the disk. SIGXFSZ, which would kill the process, is ignored
+    meanwhile. Yields whether the limit is in force: only the main thread may change a signal's handler, and
+    the measuring process runs every runtime call on its main thread."""
     try:
+        import resource
+
+        saved_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        saved_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    except (ImportError, AttributeError, ValueError, OSError):  # not Linux, or not the main thread
+        saved_limit = saved_signal = None
+    if saved_limit is None:
+        yield False
+        return
+    soft, hard = saved_limit
+    value = min(v for v in (max_bytes, soft, hard) if v != resource.RLIM_INFINITY)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (value, hard))
+        yield True
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved_limit)
+        signal.signal(signal.SIGXFSZ, saved_signal if saved_signal is not None else signal.SIG_DFL)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_and_remove(path: str, limit: int) -> Optional[bytes]:
+    """The file's bytes, None when it is missing or has reached ``limit`` (the write stopped there: a part)."""
+    try:
+        if _size(path) >= limit:
+            return None
         with open(path, "rb") as handle:
             return handle.read()
     except OSError:
@@ -176,6 +240,42 @@ def _read_and_remove(path: str) -> Optional[bytes]:
     finally:
         if os.path.exists(path):
             os.remove(path)
+
+
+def _optimized_session(ort: Any, model: bytes, threads: int, providers: List[str],
+                       plan_limit: Optional[int]) -> Tuple[Any, Optional[bytes]]:
+    """The session, and ORT's optimised model (the cacheable plan) when it is smaller than ``plan_limit``.
+
+    ORT writes that model to disk while it builds the session; constant folding once made 96 MiB of a
+    167-byte model. Under the limit the write fails instead (ORT then refuses the session: it is built again
+    without writing anything) and no file over the limit ever exists. ``plan_limit`` 0: no plan is wanted.
+    """
+    if plan_limit == 0:
+        return _new_session(ort, model, _session_options(ort, threads), providers), None
+    bound = plan_limit or MAX_FILE_BYTES
+    so = _session_options(ort, threads)
+    handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
+    os.close(handle)
+    so.optimized_model_filepath = plan_path
+    session = None
+    try:
+        with file_size_limit(bound):
+            session = ort.InferenceSession(model, sess_options=so, providers=providers)
+    except Exception as exc:
+        if _size(plan_path) < bound:
+            raise classify_load_error(exc) from None
+    finally:
+        plan = _read_and_remove(plan_path, bound)
+    if session is None:  # only the optimised model's write failed, at the limit
+        session = _new_session(ort, model, _session_options(ort, threads), providers)
+    return session, plan
+
+
+def _new_session(ort: Any, model: bytes, so: Any, providers: List[str]) -> Any:
+    try:
+        return ort.InferenceSession(model, sess_options=so, providers=providers)
+    except Exception as exc:
+        raise classify_load_error(exc) from None
 
 
 class _Source(NamedTuple):
@@ -200,12 +300,14 @@ class OnnxRuntimeEngine(Engine):
         """Per-kernel times from a second, profiling session (``_ort_profile``)."""
         if self._session is None or self._source is None:
             raise EdgeError(ErrorCode.INFERENCE_FAILED, "engine is closed")
-        from ._ort_profile import profile_session
+        from ._ort_profile import MAX_TRACE_BYTES, profile_session
 
         ort, source = _import_ort(), self._source
         try:
-            return profile_session(ort, source.model, lambda: _session_options(ort, source.threads, source.optimize),
-                                   source.providers, feeds, settings)
+            with file_size_limit(MAX_TRACE_BYTES):  # ORT writes the trace: it stops at the bound, see _ort_profile
+                return profile_session(ort, source.model, lambda: _session_options(ort, source.threads,
+                                                                                    source.optimize),
+                                       source.providers, feeds, settings)
         except EdgeError:
             raise
         except Exception as exc:
@@ -273,21 +375,15 @@ class OnnxRuntimeBackend(Backend):
         _check_providers(ort, providers)
         if not model_bytes:
             raise EdgeError(ErrorCode.INVALID_MODEL, "model is empty (0 bytes)")
-        so = _session_options(ort, threads)
-        handle, plan_path = tempfile.mkstemp(prefix="edge-evolver-ort-", suffix=".onnx")
-        os.close(handle)
-        so.optimized_model_filepath = plan_path
         # Bytes, never a path. Even so ORT would read a tensor's external data relative to the working
         # directory: measure_model refuses such models first (measure/model_guard.py).
-        try:
-            session = ort.InferenceSession(bytes(model_bytes), sess_options=so, providers=providers)
-        except Exception as exc:
-            raise classify_load_error(exc) from None
-        finally:
-            plan = _read_and_remove(plan_path)
+        limit = (options or {}).get(PLAN_LIMIT_OPTION)
+        session, plan = _optimized_session(ort, bytes(model_bytes), threads, providers, limit)
         source = _Source(bytes(model_bytes), threads, providers, True)
-        engine = OnnxRuntimeEngine(session, self._info(session, threads, "ORT_ENABLE_ALL"), source)
-        return engine, plan or None
+        info = self._info(session, threads, "ORT_ENABLE_ALL")
+        if limit and plan is None:
+            info["optimized_model"] = f"not kept: ORT wrote none under the {limit}-byte limit of a cached plan"
+        return OnnxRuntimeEngine(session, info, source), plan or None
 
     def load_plan(self, plan: bytes, options: Optional[Dict[str, Any]] = None) -> Engine:
         ort = _import_ort()

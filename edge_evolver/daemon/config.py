@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Mapping, Optional
 
+from ..backends.onnxruntime_backend import usable_cores
 from ..errors import EdgeError, ErrorCode
 from ..mqtt import MQTT_VERSIONS, BrokerURL, parse_broker_url
 from ..protocol import DEFAULT_MAX_PAYLOAD_MB, Topics, valid_device_id
@@ -139,6 +140,8 @@ def validate(config: ServeConfig) -> None:
             problems.append(f"{name} must be > 0")
     if config.max_queue < 1 or config.threads < 1 or config.max_results < 1:
         problems.append("max_queue, threads and max_results must be >= 1")
+    elif config.threads > usable_cores():  # every job without its own "threads" would oversubscribe the board
+        problems.append(f"threads {config.threads} is more than this board's {usable_cores()} usable cores")
     if config.clock_skew_s < 0 or config.child_memory_mb < 0:
         problems.append("clock_skew_s and child_memory_mb must be >= 0")
     if bool(config.cert_file) != bool(config.key_file):

@@ -7,8 +7,10 @@ is returned when the child is recycled. All runtime and CUDA work happens on the
 thread; its only other thread reports progress. The child is started with "spawn", so it
 never inherits the parent's MQTT sockets or threads.
 
-Containment of a hostile model (a private working directory per job, a memory limit) is in
-containment.py; docs/security.md explains it.
+Each job reaches the child as bytes over the pipe: the daemon reads the spool file, so the child is
+never handed a path into the state directory. It runs as the daemon's user, though (docs/security.md).
+Containment of a hostile model (a private working directory per job, a memory limit, the OOM killer's
+first choice) is in containment.py; docs/security.md explains it.
 """
 
 import contextlib
@@ -18,18 +20,20 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import structlog
 
-from ..errors import ErrorCode
+from ..errors import ErrorCode, clip_line
 from .containment import (
     apply_memory_limit,
+    available_memory_bytes,
     explain_memory_failure,
     job_directory,
     physical_memory_bytes,
     plan_memory_limit,
     prepare_work_root,
+    raise_oom_score,
     resolve_backend_name,
 )
 
@@ -40,7 +44,7 @@ RECYCLE_AFTER_JOBS = 100
 
 
 def error_result(code: str, message: str) -> Dict[str, Any]:
-    return {"status": "error", "code": code, "message": message}
+    return {"status": "error", "code": code, "message": clip_line(message)}
 
 
 class _Progress:
@@ -99,7 +103,7 @@ def _watch_parent() -> None:
 
 
 def _child_main(conn: Any, params: Dict[str, Any]) -> None:
-    """Loop: receive (job_id, spool path, timeout) -> send progress messages, then ("result", dict)."""
+    """Loop: receive a job's bytes -> send progress messages, then ("result", dict)."""
     _PARENT_PID[0] = params.get("parent_pid") or os.getppid()
     threading.Thread(target=_watch_parent, name="watch-parent", daemon=True).start()
     # systemd signals the whole cgroup on stop; the parent decides what happens to a job.
@@ -108,6 +112,7 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
     from ..logs import configure_logging
 
     configure_logging(params.get("log_level", "info"))
+    raise_oom_score()  # before any runtime loads: whatever this process allocates, the OOM killer takes it first
     lock = threading.Lock()
 
     def send(message: Any) -> None:
@@ -123,7 +128,8 @@ def _child_main(conn: Any, params: Dict[str, Any]) -> None:
                         int(cache_mb * 1024 * 1024) if cache_mb else DEFAULT_MAX_BYTES)
     # Resolve "auto" and import the runtime before the limit, as the limit depends on the runtime.
     params = dict(params, backend=resolve_backend_name(params.get("backend", "auto")))
-    limit = plan_memory_limit(params["backend"], float(params.get("memory_mb") or 0), physical_memory_bytes())
+    limit = plan_memory_limit(params["backend"], float(params.get("memory_mb") or 0), physical_memory_bytes(),
+                              available_memory_bytes())
     apply_memory_limit(limit)
     root = prepare_work_root(params.get("work_dir"))
     os.chdir(root)
@@ -144,8 +150,12 @@ def _serve(conn: Any, params: Dict[str, Any], context: Any, send: Callable[[Any]
         if request is None:
             return
         try:
+            payload = conn.recv_bytes()  # the job itself, announced by ``request`` (RunnerClient.run)
+        except (EOFError, OSError):
+            return
+        try:
             with job_directory(root):
-                result = _measure(request, params, meter, cache, send)
+                result = _measure(payload, params, meter, cache, send)
         except Exception as exc:  # measure_model never raises; this is the job decoding around it
             result = error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         send(("result", explain_memory_failure(result, limit)))
@@ -165,14 +175,12 @@ def _child_meter(name: str, reason: str) -> Any:
         return NoneMeter(f"power meter '{name}' failed in the measuring process: {exc}")
 
 
-def _measure(request: Dict[str, Any], params: Dict[str, Any], meter: Any, cache: Any,
+def _measure(payload: bytes, params: Dict[str, Any], meter: Any, cache: Any,
              send: Callable[[Any], None]) -> Dict[str, Any]:
     from ..job import decode_job
     from ..measure.pipeline import MeasureRequest, measure_model
     from ..protocol import FrameError
 
-    with open(request["path"], "rb") as handle:
-        payload = handle.read()
     try:
         job = decode_job(payload, max_bytes=len(payload))
     except FrameError as exc:
@@ -259,13 +267,13 @@ class RunnerClient:
     def pid(self) -> Optional[int]:
         return self._process.pid if self._process is not None else None
 
-    def run(self, path: str, timeout_s: float, on_progress: ProgressFn,
+    def run(self, job: Union[str, bytes], timeout_s: float, on_progress: ProgressFn,
             cancelled: Callable[[], bool] = lambda: False) -> Optional[Dict[str, Any]]:
-        """The result dict; an error dict on timeout or child death; None when cancelled (shutdown)."""
-        if self._process is None or not self._process.is_alive() or self._jobs_done >= RECYCLE_AFTER_JOBS:
-            self.stop()
-            self.start()
-        self._conn.send({"path": os.path.abspath(path)})  # the child's cwd is the job's own directory
+        """Run ``job``, the spooled job's path (read here, by the daemon) or its bytes. The result dict; an
+        error dict on timeout or child death; None when cancelled (shutdown)."""
+        failed = self._hand_over(job)
+        if failed is not None:
+            return failed
         deadline = time.monotonic() + timeout_s
         while True:
             if cancelled():
@@ -288,14 +296,38 @@ class RunnerClient:
                 self._jobs_done += 1
                 return message[1]
 
+    def _hand_over(self, job: Union[str, bytes]) -> Optional[Dict[str, Any]]:
+        """Send the job's bytes to a live child (the child never gets a path); an error dict when that failed."""
+        try:
+            if isinstance(job, (bytes, bytearray, memoryview)):
+                payload = bytes(job)
+            else:
+                with open(job, "rb") as handle:
+                    payload = handle.read()
+        except OSError as exc:
+            return error_result(ErrorCode.INTERNAL, f"the spooled job could not be read: {exc}")
+        if self._process is None or not self._process.is_alive() or self._jobs_done >= RECYCLE_AFTER_JOBS:
+            self.stop()
+            self.start()
+        try:
+            self._conn.send({"bytes": len(payload)})
+            self._conn.send_bytes(payload)  # no pickling: one copy of a job of up to max_payload_mb
+        except (EOFError, OSError):
+            _, message, code = self._dead()
+            return _death_result(message, code)
+        return None
+
     def _receive(self, wait_s: float) -> Any:
         try:
             if not self._conn.poll(wait_s):
                 return None
             return self._conn.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            self._process.join(1.0)
-            code = self._process.exitcode if code is None else code
-            self.stop()
-            return ("dead", f"the measuring process died (exit code {code}) while running the job", code)
+            return self._dead()
+
+    def _dead(self) -> Any:
+        code = self._process.exitcode if self._process is not None else None
+        self._process.join(1.0)
+        code = self._process.exitcode if code is None else code
+        self.stop()
+        return ("dead", f"the measuring process died (exit code {code}) while running the job", code)

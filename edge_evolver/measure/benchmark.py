@@ -30,6 +30,9 @@ Clock = Callable[[], float]
 # raw samples are ~30 MB in memory and ~20 MB as JSON (under the default 64 MB payload limit).
 MAX_ITERATIONS = 1000000
 MAX_SECONDS = 3600.0
+# Raw samples a result carries (include_samples): the statistics use every sample, but a million of them
+# would make a 20 MB result; 10,000 evenly spaced ones (~200 KB of JSON) still show the distribution and drift.
+MAX_RESULT_SAMPLES = 10000
 
 # Keys of BenchResult.to_dict(), in the order they are documented; the host's generation record
 # (host_trainer/fleet/measurers.py) and the daemon's result payload rely on these names.
@@ -109,8 +112,17 @@ class BenchResult:
         for key in STAT_KEYS:
             out["latency_ms_" + key] = getattr(self, key)
         if include_samples:
-            out["latencies_ms"] = list(self.latencies_ms)
+            out["latencies_ms"], out["samples_truncated"] = even_subsample(self.latencies_ms)
         return out
+
+
+def even_subsample(samples: Sequence[float], limit: int = MAX_RESULT_SAMPLES) -> Tuple[List[float], bool]:
+    """At most ``limit`` of ``samples``, evenly spaced in time with the first and the last kept, and whether
+    any were left out."""
+    if len(samples) <= limit:
+        return [float(value) for value in samples], False
+    picks = np.linspace(0, len(samples) - 1, num=max(1, limit)).round().astype(np.int64)
+    return [float(samples[int(i)]) for i in picks], True
 
 
 def summarize(latencies_ms: Sequence[float]) -> Dict[str, float]:

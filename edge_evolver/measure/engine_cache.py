@@ -10,7 +10,11 @@ cache grows past ``max_bytes``.
 A single entry is refused (not written) when it is far larger than any sane engine for its model:
 more than ``max(ENTRY_FLOOR_BYTES, ENTRY_RATIO * model bytes)``, or more than the whole budget. A
 9 KB model once produced a 513 MB ONNX Runtime optimised model through constant folding; kept,
-such an entry would evict every useful engine and fill the disk with one hostile job.
+such an entry would evict every useful engine and fill the disk with one hostile job. The limit holds
+before anything is written, not after: ``put`` checks the plan's length before it opens a file, and
+measure_model hands the same limit to the build (``plan_max_bytes``), under which ONNX Runtime's optimised
+model, which ORT itself writes to disk while building, stops at the limit and is not kept
+(``backends/onnxruntime_backend.py``).
 """
 
 import hashlib
@@ -36,6 +40,13 @@ ENTRY_FLOOR_BYTES = 64 * 1024 ** 2
 ENTRY_RATIO = 16
 PLAN_SUFFIX = ".plan"
 META_SUFFIX = ".json"
+
+
+def entry_limit(model_bytes: Optional[int], budget: int) -> int:
+    """The largest entry kept for a model of ``model_bytes`` (unknown: only the budget bounds it)."""
+    if model_bytes is None:
+        return budget
+    return min(budget, max(ENTRY_FLOOR_BYTES, ENTRY_RATIO * model_bytes))
 
 
 def cache_digest(model_sha256: str, key: Dict[str, Any]) -> str:
@@ -66,9 +77,7 @@ class EngineCache:
 
     def entry_limit(self, model_bytes: Optional[int] = None) -> int:
         """The largest entry kept for a model of ``model_bytes`` (unknown: only the budget bounds it)."""
-        if model_bytes is None:
-            return self.max_bytes
-        return min(self.max_bytes, max(ENTRY_FLOOR_BYTES, ENTRY_RATIO * model_bytes))
+        return entry_limit(model_bytes, self.max_bytes)
 
     def put(self, model_sha256: str, key: Dict[str, Any], plan: bytes, model_bytes: Optional[int] = None) -> bool:
         """Store ``plan``; False when it was refused as oversized or could not be written."""

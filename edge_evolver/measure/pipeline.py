@@ -23,17 +23,18 @@ import structlog
 
 from ..backends import resolve_backend
 from ..backends.base import Backend, Engine
+from ..backends.onnxruntime_backend import PLAN_LIMIT_OPTION
 from ..backends.profiling import ProfileSettings
 from ..backends.tensors import check_feeds
-from ..errors import EdgeError, ErrorCode
+from ..errors import EdgeError, ErrorCode, clip_line
 from ..protocol import LayerTime
 from .agreement import compare_outputs
-from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, run_benchmark
-from .engine_cache import EngineCache
+from .benchmark import RESULT_KEYS, BenchResult, BenchSettings, WindowMonitor, even_subsample, run_benchmark
+from .engine_cache import DEFAULT_MAX_BYTES, EngineCache, entry_limit
 from .inputs import synthesize_inputs
 from .model_guard import check_model_safety
 from .onnx_check import check_onnx, check_size
-from .profile import error_line, finish_profile, profile_option
+from .profile import bounded_profile, error_line, profile_option
 
 log = structlog.get_logger("edge_evolver.measure")
 
@@ -65,6 +66,7 @@ class MeasureResult:
     profile: Optional[List[LayerTime]] = None
     profile_runs: Optional[int] = None
     profile_error: Optional[str] = None
+    profile_truncated: bool = False  # the size bounds of measure/profile.py left entries, nodes or text out
 
     @property
     def ok(self) -> bool:
@@ -91,7 +93,7 @@ class MeasureResult:
         out: Dict[str, Any] = {
             "status": self.status,
             "code": self.code,
-            "message": self.message,
+            "message": clip_line(self.message) if self.message else "",  # may quote a runtime's text at length
             "backend": self.backend,
             "backend_version": self.backend_version,
             "threads": self.threads,
@@ -109,13 +111,25 @@ class MeasureResult:
         out.update(self.power_fields())
         out["agreement"] = self.agreement
         if include_samples and self.power is not None:
-            out["power_samples_w"] = self.power.get("samples_w")
+            self._power_samples(out)
         if self.profile is not None:
             out["profile"] = [entry.to_dict() for entry in self.profile]
             out["profile_runs"] = self.profile_runs
+            if self.profile_truncated:
+                out["profile_truncated"] = True
         elif self.profile_error is not None:
             out["profile_error"] = self.profile_error
         return out
+
+    def _power_samples(self, out: Dict[str, Any]) -> None:
+        """The power samples, at most MAX_RESULT_SAMPLES of them like the latencies (``samples_truncated``)."""
+        samples = (self.power or {}).get("samples_w")
+        if samples is None:
+            out["power_samples_w"] = None
+            return
+        out["power_samples_w"], truncated = even_subsample(samples)
+        out["power_samples_total"] = len(samples)
+        out["samples_truncated"] = bool(out.get("samples_truncated")) or truncated
 
 
 class _PowerWindow(WindowMonitor):
@@ -169,7 +183,9 @@ def _engine(runtime: Backend, model_bytes: bytes, result: MeasureResult, options
         except EdgeError as exc:
             log.warning("engine_cache_stale", sha256=result.model_sha256[:12], error=exc.message)
             cache.discard(result.model_sha256, key)
-    engine, plan = runtime.build(model_bytes, options)
+    # The cache's entry limit bounds what the build itself writes (ONNX Runtime writes its plan to disk).
+    limit = entry_limit(len(model_bytes), cache.max_bytes if cache is not None else DEFAULT_MAX_BYTES)
+    engine, plan = runtime.build(model_bytes, dict(options, **{PLAN_LIMIT_OPTION: limit}))
     result.cache_hit = False
     result.engine_bytes = len(plan) if plan else None
     if cache is not None and plan:
@@ -214,9 +230,11 @@ def _profile(result: MeasureResult, engine: Engine, feeds: Mapping[str, np.ndarr
     """The per-layer pass; any failure becomes ``profile_error``, never a failed measurement."""
     try:
         raw = engine.profile(dict(feeds), settings)
-        result.profile, result.profile_runs = finish_profile(raw, model_bytes), raw.runs
+        result.profile, result.profile_truncated = bounded_profile(raw, model_bytes)
+        result.profile_runs = raw.runs
     except Exception as exc:  # a profiler problem must never cost the measurement (MemoryError included)
         result.profile, result.profile_runs, result.profile_error = None, None, error_line(exc)
+        result.profile_truncated = False
         log.warning("profile_failed", model_sha256=result.model_sha256[:12], error=result.profile_error)
 
 

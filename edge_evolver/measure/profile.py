@@ -1,18 +1,26 @@
 """The result's per-layer profile: a backend's :class:`RawProfile` (``backends/profiling.py``, the pass
 itself) turned into ``LayerTime`` entries, each mapped to the nodes of the ONNX model as sent
 (``layer_map``).
+
+A result's profile is bounded whatever the model (docs/protocol.md, "Size bounds of a result"): at most
+MAX_ENTRIES entries, the slowest, the rest summed into one last entry; at most MAX_NODES nodes per entry;
+names and node labels of at most MAX_TEXT characters. The project's own models have at most 29 entries of at
+most 3 nodes, named in under 100 characters, so the bounds only ever cut what a hostile model made.
 """
 
 import math
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
-from ..backends.profiling import RawProfile
+from ..backends.profiling import RawLayer, RawProfile
 from ..errors import EdgeError, ErrorCode, clip_line
 from ..onnxgraph import read_nodes
 from ..protocol import LayerTime
 from .layer_map import assign_nodes
 
 MAX_PROFILE_ERROR = 300
+MAX_ENTRIES = 64
+MAX_NODES = 32
+MAX_TEXT = 256
 
 
 def profile_option(value: Any) -> bool:
@@ -40,7 +48,37 @@ def entries(raw: RawProfile, nodes: Optional[Sequence[Any]]) -> List[LayerTime]:
 
 def finish_profile(raw: RawProfile, model_bytes: bytes) -> List[LayerTime]:
     """Entries for a result; the node mapping needs the model's graph, read without onnx."""
-    return entries(raw, read_nodes(model_bytes))
+    return bounded_profile(raw, model_bytes)[0]
+
+
+def bounded_profile(raw: RawProfile, model_bytes: bytes) -> Tuple[List[LayerTime], bool]:
+    """Entries for a result within the size bounds (module docstring), and whether any bound cut something."""
+    kept, fewer = slowest(raw)
+    out = [_clipped(entry) for entry in entries(kept, read_nodes(model_bytes))]
+    return [entry for entry, _ in out], fewer or any(cut for _, cut in out)
+
+
+def slowest(raw: RawProfile) -> Tuple[RawProfile, bool]:
+    """At most MAX_ENTRIES layers: the MAX_ENTRIES - 1 slowest in execution order, then one with the time of
+    the rest, which covers no node (``origin`` empty). Chosen before the node mapping, whose work grows with
+    the layers: a node that only a left-out layer named is listed nowhere."""
+    layers = raw.layers
+    if len(layers) <= MAX_ENTRIES:
+        return raw, False
+    order = sorted(range(len(layers)), key=lambda i: (-layers[i].total_ms, i))
+    keep, rest = sorted(order[:MAX_ENTRIES - 1]), order[MAX_ENTRIES - 1:]
+    other = RawLayer(f"(other: {len(rest)} entries)", "", sum(layers[i].total_ms for i in rest), ())
+    return RawProfile([layers[i] for i in keep] + [other], raw.runs), True
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."
+
+
+def _clipped(entry: LayerTime) -> Tuple[LayerTime, bool]:
+    nodes = [_clip(name) for name in entry.nodes[:MAX_NODES]]
+    out = LayerTime(_clip(entry.name), _clip(entry.op), entry.ms, entry.share, nodes)
+    return out, (out.name, out.op, out.nodes) != (entry.name, entry.op, entry.nodes)
 
 
 def error_line(exc: BaseException) -> str:
