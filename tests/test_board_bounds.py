@@ -387,3 +387,15 @@ def test_the_childs_loop_measures_the_bytes_it_receives(tmp_path, monkeypatch):
     results = [message[1] for message in pipe.sent if message[0] == "result"]
     assert len(results) == 1 and results[0]["status"] == "ok", results
     assert pipe.incoming == []
+
+
+def test_agreement_per_output_is_bounded():
+    import numpy as np
+
+    from edge_evolver.measure.agreement import MAX_PER_OUTPUT, compare_outputs
+
+    outputs = [np.zeros((1, 2), np.float32) for _ in range(MAX_PER_OUTPUT + 8)]
+    names = ["o" * 5000 + str(i) for i in range(len(outputs))]
+    result = compare_outputs(outputs, outputs, names)
+    assert result["outputs_compared"] == MAX_PER_OUTPUT + 8 and result["per_output_truncated"] is True
+    assert len(result["per_output"]) == MAX_PER_OUTPUT and all(len(e["name"]) <= 256 for e in result["per_output"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edge_evolver.backends.onnxruntime_backend import usable_cores
 from edge_evolver.cli import app as cli
 from edge_evolver.measure.benchmark import RESULT_KEYS
 
@@ -59,13 +60,14 @@ def test_bench_json(tiny_model):
 
 
 def test_bench_table_and_env_vars(tiny_model):
-    env = {"EDGE_EVOLVER_MIN_ITERATIONS": "7", "EDGE_EVOLVER_THREADS": "2", "EDGE_EVOLVER_JSON": "1"}
+    threads = min(2, usable_cores())  # the env var must reach the option; more than the cores is refused
+    env = {"EDGE_EVOLVER_MIN_ITERATIONS": "7", "EDGE_EVOLVER_THREADS": str(threads), "EDGE_EVOLVER_JSON": "1"}
     result = _runner().invoke(
         cli.app, ["bench", str(tiny_model), "--min-seconds", "0", "--warmup-s", "0"], env=env
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["iterations"] >= 7 and data["threads"] == 2
+    assert data["iterations"] >= 7 and data["threads"] == threads
     table = _runner().invoke(cli.app, ["bench", str(tiny_model), *QUICK])
     assert table.exit_code == 0
     assert "throughput" in table.stdout and "p99" in table.stdout

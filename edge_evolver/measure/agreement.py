@@ -16,6 +16,9 @@ import numpy as np
 from ..errors import EdgeError, ErrorCode
 from .detection import decode, detection_agreement
 
+MAX_PER_OUTPUT = 32  # entries of per_output a result carries (the summary covers every output)
+MAX_NAME = 256
+
 
 def _is_classifier(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1
@@ -49,8 +52,11 @@ def compare_outputs(
         "nonfinite": sum(e["nonfinite"] for e in per_output),
         "top1_agreement": (agree / total) if total else None,
         "outputs_compared": len(per_output),
-        "per_output": per_output,
+        # A model may have any number of outputs, with names of any length: the result stays bounded.
+        "per_output": [dict(e, name=str(e.get("name", ""))[:MAX_NAME]) for e in per_output[:MAX_PER_OUTPUT]],
     }
+    if len(per_output) > MAX_PER_OUTPUT:
+        result["per_output_truncated"] = True
     if check is not None and check.get("kind") == "detect" and outputs:
         result["box_agreement"] = box_agreement(outputs[0], reference[0], check)
     return result
