@@ -75,7 +75,8 @@ def serve(
     power: Optional[str] = typer.Option(None, "--power", envvar="EDGE_EVOLVER_POWER",
                                         help="auto, jtop, ina3221, nvml, rapl or none."),
     config_file: Optional[str] = typer.Option(None, "--config", envvar="EDGE_EVOLVER_CONFIG",
-                                              help="TOML file with the same keys as these options."),
+                                              help="TOML file with the same keys as these options (default: "
+                                                   "/etc/edge-evolver/config.toml when it exists; '' for none)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="EDGE_EVOLVER_CACHE_DIR",
                                             help="Engine cache (default <state-dir>/engines)."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="EDGE_EVOLVER_STATE_DIR",
@@ -123,7 +124,7 @@ def serve(
                                                     help="Memory limit of the measuring process (0: automatic)."),
 ) -> None:
     """Serve measurement jobs from an MQTT broker until SIGTERM."""
-    from ..daemon.config import build_config
+    from ..daemon.config import build_config, default_config_file
     from ..daemon.service import EdgeDaemon
 
     overrides = dict(broker=broker, device_id=device_id, group=group, backend=backend, power=power,
@@ -135,6 +136,8 @@ def serve(
                      trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, max_job_age_s=max_job_age_s,
                      clock_skew_s=clock_skew_s, max_results=max_results, max_results_mb=max_results_mb,
                      cache_max_mb=cache_max_mb, child_memory_mb=child_memory_mb)
+    # Without --config an installed board's own file counts, as it does for `edge-evolver keys`.
+    config_file = default_config_file(config_file)
     try:
         config = build_config(config_file, overrides)
         if config_file and not (ctx.obj or {}).get("log_level_given"):
