@@ -78,6 +78,7 @@ def test_keys_trust_and_serve_use_the_installed_config(board, monkeypatch):
     assert served.exit_code == 0, served.output
     assert seen["config"].device_id == "nano-01"
     assert seen["config"].resolved_trusted_keys() == str(board["trusted"])
+    assert seen["args"][-1] is mqtt_commands._gauges  # telemetry's GPU load and memory (tests/test_board_gauges.py)
 
 
 def test_serve_reports_the_installed_config_it_read(board):

@@ -37,6 +37,12 @@ def _temperatures() -> Dict[str, float]:
     return devicefacts.temperatures()
 
 
+def _gauges() -> Dict[str, Any]:
+    from .. import devicefacts
+
+    return devicefacts.gauges()
+
+
 def daemon_facts(config: Any) -> Dict[str, Any]:
     """Static facts for the retained status; raises EdgeError when an explicit choice is unusable."""
     from .. import devicefacts
@@ -143,7 +149,7 @@ def serve(
         if config_file and not (ctx.obj or {}).get("log_level_given"):
             configure_logging(config.log_level)
         found = daemon_facts(config)
-        daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures)
+        daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures, _gauges)
     except EdgeError as exc:
         _fail(exc.code, exc.message)
     except ValueError as exc:  # TLS files that cannot be used
@@ -188,7 +194,7 @@ def monitor(
                                   help="mqtts://: client certificate."),
     key_file: str = typer.Option("", "--key-file", envvar="EDGE_EVOLVER_KEY_FILE", help="mqtts://: its key."),
 ) -> None:
-    """Every device (state, job, fps, latency, power), from the MQTT topics.
+    """Every device (state, job, fps, latency, power, temperature, GPU load, memory), from the MQTT topics.
 
     A live table on a terminal; elsewhere one line (or JSON object) per change; with --duration, one table
     (or JSON list) at the end."""
