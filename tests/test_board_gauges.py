@@ -1,4 +1,5 @@
-"""Telemetry carries temperatures, GPU load and memory, and `edge-evolver monitor` shows them."""
+"""Telemetry carries temperatures, GPU load and memory, and `edge-evolver monitor` shows them; the retained
+status carries the board's job limit."""
 
 import pytest
 
@@ -71,3 +72,12 @@ def test_monitor_shows_a_dash_for_what_telemetry_lacks():
     assert row_cells(row)[7:10] == ["-", "-", "-"]
     assert row_cells(_row({"activity": "idle", "temperatures": [1, 2]}))[7:10] == ["-", "-", "-"]  # never a crash
 
+
+def test_status_carries_the_board_job_limit():
+    pytest.importorskip("onnxruntime")
+    from edge_evolver.cli.mqtt_commands import daemon_facts
+    from edge_evolver.daemon.config import build_config
+
+    config = build_config(None, {"job_timeout_s": 1234.0, "backend": "onnxruntime", "power": "none",
+                                 "device_id": "nano-1"})
+    assert daemon_facts(config)["facts"]["job_timeout_s"] == 1234.0

@@ -64,6 +64,7 @@ def daemon_facts(config: Any) -> Dict[str, Any]:
         group=config.group or None,
         prefix=config.prefix,
         max_payload_bytes=config.max_payload_bytes,
+        job_timeout_s=config.job_timeout_s,  # a host waits at least this long for this board's answers
     )
     return {"facts": facts, "meter": meter}
 
