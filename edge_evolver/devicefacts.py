@@ -2,8 +2,8 @@
 
 The same model runs at very different speeds under another nvpmodel mode, with or without
 ``jetson_clocks``, or on a hot board: the daemon's retained status and `info` carry these facts, every
-result carries the power mode and clock state, and telemetry the temperatures. Each function
-takes ``root`` (tests pass a fixture tree shaped like a real board), never raises, and
+result carries the power mode and clock state, and telemetry the temperatures, GPU load and memory.
+Each function takes ``root`` (tests pass a fixture tree shaped like a real board), never raises, and
 returns None for what it cannot tell (a desktop, a container, a board without the file).
 """
 
@@ -205,6 +205,36 @@ def temperatures(root: str = "/") -> Dict[str, float]:
     return out
 
 
+def gpu_load(root: str = "/") -> Optional[float]:
+    """The integrated GPU's load in percent, or None: the devfreq node's device has a `load` file in
+    tenths of a percent (0-1000), the number tegrastats and jtop show as GR3D."""
+    for pattern in GPU_DEVFREQ_GLOBS:
+        for node in sorted_glob(root, pattern):
+            try:
+                return read_int(os.path.join(os.path.dirname(os.path.dirname(node)), "load")) / 10.0
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def memory_mb(root: str = "/") -> Dict[str, Optional[float]]:
+    """Used and total memory in MiB from /proc/meminfo (a Jetson's GPU shares it); None when unknown."""
+    text = _text_or_none(under(root, "/proc/meminfo")) or ""
+    kib = {name: int(value) for name, value in re.findall(r"^(MemTotal|MemAvailable):\s+(\d+)", text, re.M)}
+    total, available = kib.get("MemTotal"), kib.get("MemAvailable")
+    return {
+        "memory_used_mb": None if total is None or available is None else round((total - available) / 1024.0, 1),
+        "memory_total_mb": None if total is None else round(total / 1024.0, 1),
+    }
+
+
+def gauges(root: str = "/") -> Dict[str, Optional[float]]:
+    """Live load for telemetry: GPU load (%) and memory (MiB); never raises."""
+    found: Dict[str, Optional[float]] = {"gpu_load_pct": _safe(gpu_load, root)}
+    found.update(_safe(memory_mb, root) or {"memory_used_mb": None, "memory_total_mb": None})
+    return found
+
+
 def cpu_count(root: str = "/") -> Optional[int]:
     """CPUs present per /sys/devices/system/cpu/present ("0-3,5"); os.cpu_count() as a fallback."""
     text = _text_or_none(under(root, "/sys/devices/system/cpu/present"))
@@ -250,8 +280,11 @@ __all__ = [
     "clocks_locked",
     "collect_facts",
     "cpu_count",
+    "gauges",
+    "gpu_load",
     "jetpack_for_l4t",
     "l4t_release",
+    "memory_mb",
     "power_mode",
     "temperatures",
 ]

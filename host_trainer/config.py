@@ -78,7 +78,9 @@ class EvolveConfig:
     any_device: bool = False
     prefix: str = "edge-evolver"
     no_mqtt: bool = False  # measure in-process instead (debugging; no devices, no power)
-    job_timeout_s: float = 600.0
+    # The board's default job_timeout_s (900 s) plus 300 s for its queue and the transfer: never shorter than
+    # what the board allows a job (a board reporting a longer limit in its status is waited for longer).
+    job_timeout_s: float = 1200.0
     job_retries: int = 2
     device_timeout_s: float = 300.0
     target_fps: float = 0.0

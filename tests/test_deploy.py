@@ -1,7 +1,8 @@
 """Deployment files: the systemd unit, the Jetson installer with its config and requirements, the broker.
 
-Fast and offline: only pytest, the standard library and tomllib/tomli. The installer runs with --dry-run
-(no root side effects); the broker tests start the real mosquitto on a free loopback port when it is
+Offline: only pytest, the standard library and tomllib/tomli. The installer runs with --dry-run (no root side
+effects), and for real with --root in a throwaway root, where stand-ins replace systemctl, useradd and pip and
+the venv gets this test's dependencies; the broker tests start the real mosquitto on a free loopback port when it is
 installed and skip otherwise.
 """
 
@@ -272,6 +273,7 @@ def test_install_dry_run_changes_nothing_and_explains_clock_locking(tmp_path):
     assert re.search(r"requirements(-py36)?\.txt", output)
     assert f"{prefix}/venv/bin/python\" -I -u -m edge_evolver \"$@\"" in output
     assert f"ExecStart={prefix}/venv/bin/edge-evolver serve --config /etc/edge-evolver/config.toml" in output
+    assert f"ln -sfn {prefix}/venv/bin/edge-evolver /usr/local/bin/edge-evolver" in output  # on every PATH
     assert "systemctl daemon-reload" in output and "edge-evolver.service" in output
     assert "edge-evolver info" in output
     if not before["user"]:
@@ -322,6 +324,135 @@ def test_install_refuses_a_machine_that_is_not_a_jetson_without_force(tmp_path):
     run = _install("--dry-run", "--prefix", str(tmp_path / "p"), cwd=tmp_path)
     assert run.returncode == 1
     assert "--force" in run.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The installer for real, in a throwaway root
+# --------------------------------------------------------------------------------------------------
+# Stand-ins for what would change the machine or fetch from the network. Every one logs its arguments.
+FAKE_TOOLS = {
+    "systemctl": 'case "$1" in --version) echo "systemd 249 (249.11)";; is-active) exit 3;; esac',
+    "getent": "exit 2",  # no such user or group: useradd and usermod below are called
+    "groupadd": "", "useradd": "", "usermod": "", "apt-get": "", "chown": "",
+    # The service user is whoever runs the test: run the command after `--` as it is.
+    "runuser": 'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"',
+    # Ownership needs root and the service user: the modes and paths stay real.
+    "install": 'args=""; while [ $# -gt 0 ]; do case "$1" in -o|-g) shift 2;; *) args="$args \'$1\'"; shift;; esac; '
+               'done; eval exec {install} "$args"',
+}
+# `python3 -m venv` makes a real venv without pip; the venv's python answers `-m pip` without installing (the
+# dependencies come from this test's environment through a .pth file) and runs everything else.
+FAKE_PYTHON = '''#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+if args[:2] != ["-m", "venv"]:
+    os.execv({python!r}, [{python!r}] + args)
+venv = args[-1]
+subprocess.run([{python!r}, "-m", "venv", "--without-pip"] + args[2:], check=True)
+bin_dir = os.path.join(venv, "bin")
+os.rename(os.path.join(bin_dir, "python"), os.path.join(bin_dir, "python-real"))
+with open(os.path.join(bin_dir, "python"), "w") as out:
+    out.write('#!/bin/sh\\nif [ "$1 $2" = "-m pip" ]; then echo "fake pip: $*" >> {log}; exit 0; fi\\n'
+              'exec "$(dirname "$0")/python-real" "$@"\\n')
+os.chmod(os.path.join(bin_dir, "python"), 0o755)
+purelib = subprocess.run([os.path.join(bin_dir, "python-real"), "-c",
+                          "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+with open(os.path.join(purelib, "test-dependencies.pth"), "w") as out:
+    out.write("\\n".join({deps!r}) + "\\n")
+'''
+
+
+def _fake_tools(directory: Path, log: Path) -> None:
+    directory.mkdir()
+    for name, body in FAKE_TOOLS.items():
+        script = directory / name
+        script.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n' + body.format(install=shutil.which("install"))
+                          + "\n")
+        script.chmod(0o755)
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    python = directory / "python3"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable, log=log, deps=deps))
+    python.chmod(0o755)
+
+
+def _clean_env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_EVOLVER_", "PYTHON"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Dict[str, Path]:
+    """install.sh --root run once: a fake Jetson with systemd running, nothing outside the root touched."""
+    base = tmp_path_factory.mktemp("install")
+    root, log = base / "root", base / "tools.log"
+    for directory in ("etc/systemd/system", "run/systemd/system", "proc/device-tree"):
+        (root / directory).mkdir(parents=True)
+    (root / "etc/nv_tegra_release").write_text("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref\n")
+    (root / "proc/device-tree/model").write_text("NVIDIA Jetson Nano Developer Kit\0")
+    _fake_tools(base / "bin", log)
+    before = (_system_state(), os.path.lexists("/usr/local/bin/edge-evolver"))
+    run = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--broker", "mqtt://10.1.2.3:1883",
+                          "--device-id", "nano-01"], cwd=str(base), capture_output=True, text=True, timeout=600,
+                         env=_clean_env(PATH=f"{base / 'bin'}:{os.environ['PATH']}"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (_system_state(), os.path.lexists("/usr/local/bin/edge-evolver")) == before, "install.sh left its root"
+    return {"root": root, "log": log}
+
+
+def test_install_puts_the_command_on_path(installed):
+    root = installed["root"]
+    link, wrapper = root / "usr/local/bin/edge-evolver", root / "opt/edge-evolver/venv/bin/edge-evolver"
+    assert link.is_symlink() and os.readlink(str(link)) == str(wrapper)
+    assert os.access(str(wrapper), os.X_OK)
+    where = subprocess.run([str(wrapper.parent / "python"), "-I", "-c", "import edge_evolver as e; print(e.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd="/", env=_clean_env())
+    assert where.stdout.startswith(str(wrapper.parent.parent / "lib")), where.stdout + where.stderr  # the copy
+    run = subprocess.run(["edge-evolver", "--help"], capture_output=True, text=True, timeout=120, cwd="/",
+                         env=_clean_env(PATH=f"{link.parent}:/usr/bin:/bin"))
+    assert run.returncode == 0 and "keys" in run.stdout, run.stdout + run.stderr
+
+
+def test_install_writes_the_unit_and_starts_it(installed):
+    root = installed["root"]
+    unit = parse_unit((root / "etc/systemd/system/edge-evolver.service").read_text())
+    (exec_start,) = unit["Service"]["ExecStart"]
+    assert shlex.split(exec_start) == [str(root / "opt/edge-evolver/venv/bin/edge-evolver"), "serve", "--config",
+                                       str(root / "etc/edge-evolver/config.toml")]
+    calls = installed["log"].read_text().splitlines()
+    assert "systemctl daemon-reload" in calls and "systemctl enable --now edge-evolver.service" in calls
+    assert any(call.startswith("useradd --system") for call in calls)
+
+
+def test_install_writes_a_config_the_daemon_loads(installed):
+    root = installed["root"]
+    path = root / "etc/edge-evolver/config.toml"
+    config = tomllib.loads(path.read_text())
+    assert set(config) == set(CONFIG_DEFAULTS)
+    assert (config["broker"], config["device_id"]) == ("mqtt://10.1.2.3:1883", "nano-01")
+    assert config["trusted_keys"] == str(root / "etc/edge-evolver/trusted-hosts")
+    assert config["state_dir"] == str(root / "var/lib/edge-evolver")
+    assert (root / "etc/edge-evolver/trusted-hosts").read_text() == ""
+    assert (root / "var/lib/edge-evolver/keys/board.key").exists()  # `keys init` ran through the installed command
+
+
+def test_keys_trust_on_path_writes_the_file_the_service_reads(installed):
+    """`sudo edge-evolver keys trust KEY`, as the installer and the docs say: no --config needed."""
+    from edge_evolver.daemon.config import build_config
+    from edge_evolver.trust.keys import generate_key, read_trusted
+
+    root = installed["root"]
+    host = generate_key().public
+    env = _clean_env(PATH=f"{root / 'usr/local/bin'}:/usr/bin:/bin",
+                     EDGE_EVOLVER_SYSTEM_CONFIG=str(root / "etc/edge-evolver/config.toml"))
+    run = subprocess.run(["edge-evolver", "keys", "trust", host.text, "--name", "lab"], capture_output=True,
+                         text=True, timeout=120, cwd="/", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    unit = parse_unit((root / "etc/systemd/system/edge-evolver.service").read_text())
+    service_config = shlex.split(unit["Service"]["ExecStart"][0])[3]
+    served = build_config(service_config, {}).resolved_trusted_keys()
+    assert served in run.stdout and host in read_trusted(served)
 
 
 # --------------------------------------------------------------------------------------------------

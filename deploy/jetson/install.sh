@@ -5,6 +5,7 @@
 #     sudo deploy/jetson/install.sh --broker mqtt://192.168.1.10:1883
 # Re-running it upgrades the code and dependencies and keeps /etc/edge-evolver/config.toml.
 # --dry-run prints every step instead of doing it (no root needed, nothing is changed).
+# --root DIR installs into DIR instead of / (tests/test_deploy.py runs it in a throwaway root).
 # deploy/README.md describes each step; systemd/README.md the unit.
 set -euo pipefail
 umask 022
@@ -20,11 +21,15 @@ CONFIG_FILE=$CONFIG_DIR/config.toml
 PASSWORD_FILE=$CONFIG_DIR/broker-password
 STATE_DIR=/var/lib/edge-evolver
 CACHE_DIR=/var/cache/edge-evolver
+# On every user's PATH and in sudo's secure_path (Ubuntu): `sudo edge-evolver keys trust …` finds the command.
+BIN_DIR=/usr/local/bin
 CUDA_HOME_DEFAULT=/usr/local/cuda
 # LoadCredential= exists from this systemd version on (JetPack 6 has 249; JetPack 4.6 237, JetPack 5 245).
 CREDENTIALS_MIN_SYSTEMD=247
 
 PREFIX=/opt/edge-evolver
+PREFIX_GIVEN=0
+ROOT=""
 BROKER=""
 DEVICE_ID=""
 GROUP=""
@@ -41,8 +46,8 @@ Usage: sudo $0 [options]
 
 Installs the edge-evolver daemon on this Jetson: a system user '$SERVICE_USER', a virtualenv in
 PREFIX/venv that sees JetPack's TensorRT, the dependencies for this board's python3, the edge_evolver
-package, $CONFIG_FILE (only if absent), the systemd unit $UNIT_NAME (enabled and started).
-Re-running upgrades the code and keeps the config.
+package, the command $BIN_DIR/edge-evolver (a link into the venv), $CONFIG_FILE (only if absent),
+the systemd unit $UNIT_NAME (enabled and started). Re-running upgrades the code and keeps the config.
 
 Options:
   --prefix DIR        install below DIR (default: $PREFIX)
@@ -54,6 +59,8 @@ Options:
                       TensorRT bindings are built for)
   --no-service        do not install, enable or start the systemd unit
   --force             install on a machine that is not a Jetson (no /etc/nv_tegra_release), for testing
+  --root DIR          install into DIR instead of / (tests): /etc, /var, /usr/local/bin and the default
+                      prefix move below DIR, in the files written too; root is not needed
   --dry-run           print what would be done; change nothing (root not needed)
   -h, --help          show this help
 
@@ -116,7 +123,7 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case $1 in
-    --prefix=* | --broker=* | --device-id=* | --group=* | --python=*)
+    --prefix=* | --broker=* | --device-id=* | --group=* | --python=* | --root=*)
         opt=${1%%=*}
         value=${1#*=}
         shift
@@ -126,6 +133,12 @@ while [[ $# -gt 0 ]]; do
     --prefix)
         need_value "$@"
         PREFIX=$2
+        PREFIX_GIVEN=1
+        shift 2
+        ;;
+    --root)
+        need_value "$@"
+        ROOT=$2
         shift 2
         ;;
     --broker)
@@ -173,6 +186,19 @@ done
 # ---------------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------------
+ROOT=${ROOT%/}
+if [[ -n $ROOT ]]; then
+    [[ $ROOT =~ ^/[A-Za-z0-9._/-]+$ ]] || usage_error "--root must be an absolute path of letters, digits and . _ - /"
+    # The files name the moved paths too (config, unit, command), so what was installed runs as it is.
+    ((PREFIX_GIVEN)) || PREFIX=$ROOT$PREFIX
+    UNIT_DIR=$ROOT$UNIT_DIR
+    CONFIG_DIR=$ROOT$CONFIG_DIR
+    CONFIG_FILE=$CONFIG_DIR/config.toml
+    PASSWORD_FILE=$CONFIG_DIR/broker-password
+    STATE_DIR=$ROOT$STATE_DIR
+    CACHE_DIR=$ROOT$CACHE_DIR
+    BIN_DIR=$ROOT$BIN_DIR
+fi
 PREFIX=${PREFIX%/}
 [[ $PREFIX == /* ]] || usage_error "--prefix must be an absolute path, not '$PREFIX'"
 [[ $PREFIX =~ ^/[A-Za-z0-9._/-]+$ ]] || usage_error "--prefix may only contain letters, digits and . _ - /"
@@ -193,17 +219,17 @@ WRAPPER=$VENV/bin/edge-evolver
 ((DRY_RUN)) && log "Dry run: nothing is changed; the commands are printed with a leading '+'."
 
 [[ $(uname -s) == Linux ]] || die "edge-evolver's daemon runs on Linux only"
-if ((!DRY_RUN)) && [[ $EUID -ne 0 ]]; then
+if ((!DRY_RUN)) && [[ -z $ROOT && $EUID -ne 0 ]]; then
     die "run as root: sudo $0 $ORIGINAL_ARGS"
 fi
 [[ -f $REPO_ROOT/edge_evolver/__main__.py ]] || die "no edge_evolver package in $REPO_ROOT; run this script from a checkout"
 [[ -f $REPO_ROOT/systemd/$UNIT_NAME ]] || die "missing $REPO_ROOT/systemd/$UNIT_NAME"
 [[ -f $SCRIPT_DIR/config.toml ]] || die "missing $SCRIPT_DIR/config.toml"
 
-if [[ -r /etc/nv_tegra_release ]]; then
-    log "Jetson: $(head -n 1 /etc/nv_tegra_release)"
-    if [[ -r /proc/device-tree/model ]]; then
-        note "board: $(tr -d '\0' </proc/device-tree/model)"
+if [[ -r $ROOT/etc/nv_tegra_release ]]; then
+    log "Jetson: $(head -n 1 "$ROOT/etc/nv_tegra_release")"
+    if [[ -r $ROOT/proc/device-tree/model ]]; then
+        note "board: $(tr -d '\0' <"$ROOT/proc/device-tree/model")"
     fi
 elif ((FORCE)); then
     warn "no /etc/nv_tegra_release: this is not a Jetson (continuing because of --force); TensorRT and the Jetson power meters will be missing"
@@ -241,7 +267,7 @@ else
     log "systemd ${SYSTEMD_VERSION/#0/unknown}: no LoadCredential= (needs $CREDENTIALS_MIN_SYSTEMD); the daemon reads $PASSWORD_FILE through password_file"
 fi
 SYSTEMD_RUNNING=0
-[[ -d /run/systemd/system ]] && SYSTEMD_RUNNING=1
+[[ -d $ROOT/run/systemd/system ]] && SYSTEMD_RUNNING=1
 
 # pycuda compiles on the board and needs the CUDA toolkit's nvcc.
 if [[ -d $CUDA_HOME_DEFAULT/bin ]]; then
@@ -393,6 +419,16 @@ write_file 0755 root root "$WRAPPER" <<EOF
 exec "$VENV/bin/python" -I -u -m edge_evolver "\$@"
 EOF
 
+# A file there that is not a link is another installation's: not ours to replace.
+COMMAND_LINK=$BIN_DIR/edge-evolver
+if [[ -e $COMMAND_LINK && ! -L $COMMAND_LINK ]]; then
+    warn "$COMMAND_LINK exists and is not a link: left alone, so 'edge-evolver' on PATH is another installation; remove it and re-run, or run $WRAPPER"
+else
+    log "Putting edge-evolver on PATH: $COMMAND_LINK -> $WRAPPER"
+    run install -d -m 0755 -o root -g root "$BIN_DIR"
+    run ln -sfn "$WRAPPER" "$COMMAND_LINK"
+fi
+
 # ---------------------------------------------------------------------------------------------------
 # 6. Configuration and broker password
 # ---------------------------------------------------------------------------------------------------
@@ -417,6 +453,10 @@ else
             'device_id = '*) [[ -n $DEVICE_ID ]] && line="device_id = $(toml_string "$DEVICE_ID")" ;;
             'group = '*) [[ -n $GROUP ]] && line="group = $(toml_string "$GROUP")" ;;
             'password_file = '*) line="password_file = $(toml_string "$password_file_value")" ;;
+            # The paths this script makes (they differ from the template's only under --root).
+            'state_dir = '*) line="state_dir = $(toml_string "$STATE_DIR")" ;;
+            'cache_dir = '*) line="cache_dir = $(toml_string "$CACHE_DIR/engines")" ;;
+            'trusted_keys = '*) line="trusted_keys = $(toml_string "$CONFIG_DIR/trusted-hosts")" ;;
             esac
             printf '%s\n' "$line"
         done <"$SCRIPT_DIR/config.toml"
@@ -446,7 +486,7 @@ TRUSTED_HOSTS=$CONFIG_DIR/trusted-hosts
 if [[ ! -e $TRUSTED_HOSTS ]]; then
     run install -m 0644 -o root -g root /dev/null "$TRUSTED_HOSTS"
 fi
-note "trusted host keys: $TRUSTED_HOSTS (add one: sudo $WRAPPER keys trust <host key> --config $CONFIG_FILE)"
+note "trusted host keys: $TRUSTED_HOSTS (add one: sudo edge-evolver keys trust '<host key>')"
 
 # The unit makes the whole file system read-only (ProtectSystem=strict) except the state and cache
 # directories: a kept config that puts state_dir or cache_dir elsewhere needs a drop-in.
@@ -471,8 +511,10 @@ if ((NO_SERVICE)); then
     fi
 else
     log "Installing $UNIT_DIR/$UNIT_NAME"
-    # Only ExecStart= names the prefix.
-    sed "/^ExecStart=/s|/opt/edge-evolver|$PREFIX|" "$REPO_ROOT/systemd/$UNIT_NAME" |
+    # Only ExecStart= names the prefix; under --root the config, state and cache paths move too.
+    sed -e "/^ExecStart=/s|/opt/edge-evolver|$PREFIX|" -e "s|/etc/edge-evolver|$ROOT/etc/edge-evolver|g" \
+        -e "s|/var/lib/edge-evolver|$ROOT/var/lib/edge-evolver|g" \
+        -e "s|/var/cache/edge-evolver|$ROOT/var/cache/edge-evolver|g" "$REPO_ROOT/systemd/$UNIT_NAME" |
         write_file 0644 root root "$UNIT_DIR/$UNIT_NAME"
     if ((SYSTEMD_RUNNING)) || ((DRY_RUN)); then
         run systemctl daemon-reload
@@ -523,7 +565,7 @@ cat <<'EOF'
 
 ==> Signed jobs: this board runs only jobs signed by a host key it trusts (docs/security.md).
     on the host:   host-trainer keys init                        (prints the host's public key)
-    on the board:  sudo edge-evolver keys trust '<host key>' --config /etc/edge-evolver/config.toml
+    on the board:  sudo edge-evolver keys trust '<host key>'     (edits the file the service reads)
     on the host:   host-trainer keys enroll <device-id> '<the board key printed above>'
     Check the keys match what the other side printed (read them over the phone, not off the network).
 

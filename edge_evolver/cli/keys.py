@@ -7,8 +7,10 @@
     edge-evolver keys list                      the trusted host keys
 
 Every command finds the files as `serve` does: --keys-dir / --trusted-keys, else the config
-file's keys_dir / trusted_keys, else <state_dir>/keys. Output is the key line alone on stdout,
-so `edge-evolver keys show > board.pub` is what the host enrols.
+file's keys_dir / trusted_keys, else <state_dir>/keys. Without --config the installed service's
+/etc/edge-evolver/config.toml is read when it exists, so `sudo edge-evolver keys trust` edits the
+file the service reads. Output is the key line alone on stdout, so `edge-evolver keys show > board.pub`
+is what the host enrols.
 """
 
 import os
@@ -22,19 +24,45 @@ from .support import fail as _fail
 keys_app = typer.Typer(add_completion=False, help="The board's key pair and the host keys it trusts.")
 
 
+# The installed service's files are root's (and its own user's): a user's `keys trust` cannot change them.
+SUDO_HINT = "the installed service's files are root's: run it with sudo"
+
+
 def _paths(config_file: Optional[str], state_dir: Optional[str], keys_dir: Optional[str],
            trusted_keys: Optional[str]) -> Dict[str, str]:
-    from ..daemon.config import build_config
+    from ..daemon.config import build_config, default_config_file
     from ..daemon.gate import BOARD_KEY
 
+    config_file = default_config_file(config_file)
+    _readable(config_file)
     overrides: Dict[str, Any] = dict(state_dir=state_dir, keys_dir=keys_dir, trusted_keys=trusted_keys)
     config = build_config(config_file, overrides)
     return {"key": os.path.join(config.resolved_keys_dir(), BOARD_KEY), "trusted": config.resolved_trusted_keys()}
 
 
+def _readable(path: Optional[str]) -> None:
+    """Refuse, in one line naming sudo, a config this user may not read (the service's, as a plain user)."""
+    if not path:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read config file '{path}': permission denied ({SUDO_HINT})") \
+            from None
+    except OSError:
+        pass  # build_config says what is wrong with it
+
+
+def _denied(path: str) -> None:
+    _fail(ErrorCode.BAD_INPUT, f"cannot write the trust file '{path}': permission denied ({SUDO_HINT})")
+
+
 def _options() -> Dict[str, Any]:
     return dict(
-        config_file=typer.Option(None, "--config", envvar="EDGE_EVOLVER_CONFIG", help="The serve config file."),
+        config_file=typer.Option(None, "--config", envvar="EDGE_EVOLVER_CONFIG",
+                                  help="The serve config file (default: /etc/edge-evolver/config.toml when it "
+                                       "exists, as the installed service reads; '' for none)."),
         state_dir=typer.Option(None, "--state-dir", envvar="EDGE_EVOLVER_STATE_DIR"),
         keys_dir=typer.Option(None, "--keys-dir", envvar="EDGE_EVOLVER_KEYS_DIR"),
         trusted_keys=typer.Option(None, "--trusted-keys", envvar="EDGE_EVOLVER_TRUSTED_KEYS"),
@@ -90,6 +118,8 @@ def trust(public_key: str = typer.Argument(..., help="The host's key line, ed255
         _fail(ErrorCode.BAD_INPUT, str(exc))
     except EdgeError as exc:
         _fail(exc.code, exc.message)
+    except PermissionError:
+        _denied(path)
     except OSError as exc:
         _fail(ErrorCode.BAD_INPUT, f"cannot write the trust file: {exc}")
     typer.echo(f"{'trusted' if added else 'already trusted'}: {key.key_id} in {path}")
@@ -107,6 +137,8 @@ def untrust(key_id: str = typer.Argument(..., help="The key id (8 or more of its
         removed = remove_trusted(path, key_id)
     except EdgeError as exc:
         _fail(exc.code, exc.message)
+    except PermissionError:
+        _denied(path)
     except OSError as exc:
         _fail(ErrorCode.BAD_INPUT, f"cannot write the trust file: {exc}")
     if not removed:

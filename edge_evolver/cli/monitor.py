@@ -1,7 +1,8 @@
 """`edge-evolver monitor`: every device, built only from the MQTT topics.
 
 Anything a monitor shows can be had with ``mosquitto_sub`` too (docs/protocol.md); this
-module folds status (retained), telemetry and results into one row per device. On a terminal the
+module folds status (retained), telemetry and results into one row per device, with the board's hottest
+thermal zone, GPU load and memory when its telemetry carries them. On a terminal the
 rows are a table redrawn every second; elsewhere each device gets one line (``row_line``, or a JSON
 object from ``row_json``) whenever its state, activity, job or last result changes.
 """
@@ -13,7 +14,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..protocol import Topics, loads
 
-COLUMNS = ("device", "state", "activity", "job", "fps", "p50 ms", "power W", "last result", "backend", "seen s ago")
+COLUMNS = ("device", "state", "activity", "job", "fps", "p50 ms", "power W", "temp C", "gpu load", "memory",
+           "last result", "backend", "seen s ago")
+# Nano and TX1 report PMIC-Die as a constant 100 C (no sensor behind it): it would always be the hottest.
+PLACEHOLDER_ZONES = ("PMIC-Die",)
 
 
 class MonitorState:
@@ -74,6 +78,30 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _number(value: Any) -> Optional[float]:
+    """A JSON number as float; anything else (telemetry is unsigned and may be junk) None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def hottest(telemetry: Dict[str, Any]) -> Optional[float]:
+    """The hottest real thermal zone in a telemetry message, in C."""
+    zones = telemetry.get("temperatures")
+    if not isinstance(zones, dict):
+        return None
+    values = [_number(v) for k, v in zones.items() if str(k).split("@")[0] not in PLACEHOLDER_ZONES]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _load_cells(telemetry: Dict[str, Any]) -> List[str]:
+    """temp C, gpu load and memory: '-' for what the board does not report."""
+    load, used, total = (_number(telemetry.get(k)) for k in ("gpu_load_pct", "memory_used_mb", "memory_total_mb"))
+    memory = f"{used:.0f}" if used is not None else "-"
+    if used is not None:
+        memory += f"/{total:.0f} MiB" if total else " MiB"
+    return [_fmt(hottest(telemetry)), "-" if load is None else f"{load:.0f}%", memory]
+
+
 def row_cells(row: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     status, telemetry, result = (_part(row, k) for k in ("status", "telemetry", "results"))
     now = time.time() if now is None else now
@@ -91,6 +119,7 @@ def row_cells(row: Dict[str, Any], now: Optional[float] = None) -> List[str]:
         _fmt(telemetry.get("fps")),
         _fmt(telemetry.get("latency_ms_p50"), 3),
         _fmt(telemetry.get("power_w"), 2),
+        *_load_cells(telemetry),
         last,
         _fmt(status.get("backend")),
         _fmt(now - row["seen"], 0) if row.get("seen") else "-",
@@ -118,6 +147,8 @@ def row_json(row: Dict[str, Any]) -> Dict[str, Any]:
     return {"device_id": row.get("device_id"), "state": status.get("state"), "activity": telemetry.get("activity"),
             "job_id": telemetry.get("job_id"), "fps": telemetry.get("fps"),
             "latency_ms_p50": telemetry.get("latency_ms_p50"), "power_w": telemetry.get("power_w"),
+            "temperatures": telemetry.get("temperatures"), "gpu_load_pct": telemetry.get("gpu_load_pct"),
+            "memory_used_mb": telemetry.get("memory_used_mb"), "memory_total_mb": telemetry.get("memory_total_mb"),
             "last_job_id": result.get("job_id"), "last_status": result.get("status"), "last_code": result.get("code"),
             "last_fps": result.get("fps"), "backend": status.get("backend"), "seen": row.get("seen")}
 

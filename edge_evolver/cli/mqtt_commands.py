@@ -37,6 +37,12 @@ def _temperatures() -> Dict[str, float]:
     return devicefacts.temperatures()
 
 
+def _gauges() -> Dict[str, Any]:
+    from .. import devicefacts
+
+    return devicefacts.gauges()
+
+
 def daemon_facts(config: Any) -> Dict[str, Any]:
     """Static facts for the retained status; raises EdgeError when an explicit choice is unusable."""
     from .. import devicefacts
@@ -58,6 +64,7 @@ def daemon_facts(config: Any) -> Dict[str, Any]:
         group=config.group or None,
         prefix=config.prefix,
         max_payload_bytes=config.max_payload_bytes,
+        job_timeout_s=config.job_timeout_s,  # a host waits at least this long for this board's answers
     )
     return {"facts": facts, "meter": meter}
 
@@ -75,7 +82,8 @@ def serve(
     power: Optional[str] = typer.Option(None, "--power", envvar="EDGE_EVOLVER_POWER",
                                         help="auto, jtop, ina3221, nvml, rapl or none."),
     config_file: Optional[str] = typer.Option(None, "--config", envvar="EDGE_EVOLVER_CONFIG",
-                                              help="TOML file with the same keys as these options."),
+                                              help="TOML file with the same keys as these options (default: "
+                                                   "/etc/edge-evolver/config.toml when it exists; '' for none)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", envvar="EDGE_EVOLVER_CACHE_DIR",
                                             help="Engine cache (default <state-dir>/engines)."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", envvar="EDGE_EVOLVER_STATE_DIR",
@@ -123,7 +131,7 @@ def serve(
                                                     help="Memory limit of the measuring process (0: automatic)."),
 ) -> None:
     """Serve measurement jobs from an MQTT broker until SIGTERM."""
-    from ..daemon.config import build_config
+    from ..daemon.config import build_config, default_config_file
     from ..daemon.service import EdgeDaemon
 
     overrides = dict(broker=broker, device_id=device_id, group=group, backend=backend, power=power,
@@ -135,12 +143,14 @@ def serve(
                      trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, max_job_age_s=max_job_age_s,
                      clock_skew_s=clock_skew_s, max_results=max_results, max_results_mb=max_results_mb,
                      cache_max_mb=cache_max_mb, child_memory_mb=child_memory_mb)
+    # Without --config an installed board's own file counts, as it does for `edge-evolver keys`.
+    config_file = default_config_file(config_file)
     try:
         config = build_config(config_file, overrides)
         if config_file and not (ctx.obj or {}).get("log_level_given"):
             configure_logging(config.log_level)
         found = daemon_facts(config)
-        daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures)
+        daemon = EdgeDaemon(config, found["facts"], found["meter"], _board_state, _temperatures, _gauges)
     except EdgeError as exc:
         _fail(exc.code, exc.message)
     except ValueError as exc:  # TLS files that cannot be used
@@ -185,7 +195,7 @@ def monitor(
                                   help="mqtts://: client certificate."),
     key_file: str = typer.Option("", "--key-file", envvar="EDGE_EVOLVER_KEY_FILE", help="mqtts://: its key."),
 ) -> None:
-    """Every device (state, job, fps, latency, power), from the MQTT topics.
+    """Every device (state, job, fps, latency, power, temperature, GPU load, memory), from the MQTT topics.
 
     A live table on a terminal; elsewhere one line (or JSON object) per change; with --duration, one table
     (or JSON list) at the end."""

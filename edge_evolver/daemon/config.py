@@ -18,6 +18,8 @@ from ..mqtt import MQTT_VERSIONS, BrokerURL, parse_broker_url
 from ..protocol import DEFAULT_MAX_PAYLOAD_MB, Topics, valid_device_id
 
 CREDENTIAL_NAME = "broker-password"
+# The installed service's config (deploy/jetson/install.sh); EDGE_EVOLVER_SYSTEM_CONFIG moves it (tests).
+SYSTEM_CONFIG = "/etc/edge-evolver/config.toml"
 
 
 @dataclass
@@ -172,3 +174,18 @@ def broker_with_credentials(config: ServeConfig, environ: Mapping[str, str] = os
     if secret:
         broker.password = secret
     return broker
+
+
+def default_config_file(given: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The config a command reads: --config (or EDGE_EVOLVER_CONFIG) when given, "" for none, else the
+    installed service's file when there is one, so that `keys trust` edits the trust file `serve` reads."""
+    if given is not None:
+        return given
+    path = environ.get("EDGE_EVOLVER_SYSTEM_CONFIG") or SYSTEM_CONFIG
+    try:
+        os.stat(path)
+    except PermissionError:  # there, in a directory only root and the service may enter: reading it says so
+        return path
+    except OSError:
+        return None
+    return path

@@ -70,7 +70,7 @@ def result_payload(
 
 
 def telemetry_payload(device_id: str, activity: Dict[str, Any], queue: int, power_w: Optional[float],
-                      temperatures: Dict[str, float]) -> Dict[str, Any]:
+                      temperatures: Dict[str, float], gauges: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     payload = {
         "protocol": PROTOCOL_VERSION,
         "device_id": device_id,
@@ -83,6 +83,11 @@ def telemetry_payload(device_id: str, activity: Dict[str, Any], queue: int, powe
         "power_w": power_w,
         "temperatures": temperatures,
         "queue": queue,
+        # Always present (null when unknown), so that a consumer never guesses; devicefacts.gauges() fills them.
+        "gpu_load_pct": None,
+        "memory_used_mb": None,
+        "memory_total_mb": None,
     }
+    payload.update(gauges or {})
     payload.update({k: v for k, v in activity.items() if k != "power_w" or v is not None})
     return payload

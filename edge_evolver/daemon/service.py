@@ -34,12 +34,14 @@ SUMMARY_KEYS = ("status", "code", "backend", "precision", "cache_hit", "engine_b
 
 class EdgeDaemon:
     def __init__(self, config: ServeConfig, facts: Dict[str, Any], meter: Any,
-                 board_state: Callable[[], Dict[str, Any]], temperatures: Callable[[], Dict[str, float]]) -> None:
+                 board_state: Callable[[], Dict[str, Any]], temperatures: Callable[[], Dict[str, float]],
+                 gauges: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
         self.config = config
         self.facts = facts  # static: board, backend, power meter... (goes into the status)
         self.meter = meter  # the daemon's own meter instance, for idle telemetry
         self.board_state = board_state  # dynamic: power mode and clock lock, re-read per job
         self.temperatures = temperatures
+        self.gauges = gauges  # GPU load and memory for telemetry (devicefacts.gauges)
         self.topics = Topics(config.prefix)
         self.gate = Gate(config)
         self.facts.update(self.gate.facts())
@@ -356,7 +358,7 @@ class EdgeDaemon:
         # While benchmarking, power comes from the child's sampler (in the progress message).
         power_w = None if busy or self.meter is None else _safe_read(self.meter)
         body = telemetry_payload(self.config.device_id, dict(self.activity), len(self._known), power_w,
-                                 self.temperatures())
+                                 self.temperatures(), self.gauges() if self.gauges else None)
         self.mqtt.publish(self.topics.telemetry(self.config.device_id), dumps(body), qos("telemetry"),
                           retained("telemetry"))
 

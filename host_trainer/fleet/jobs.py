@@ -38,6 +38,12 @@ from host_trainer.record import GenerationRecord
 log = structlog.get_logger("host_trainer.fleet")
 __all__ = ["ANY", "TRANSIENT_CODES", "Fleet", "FleetConfig", "FleetError"]
 
+# A board's retained status names how long it lets a job run (`job_timeout_s`); the host waits that long
+# plus this margin for the board's queue and the transfer. Status is unsigned, so it may only lengthen a
+# wait, and never past the bound.
+BOARD_LIMIT_MARGIN_S = 300.0
+BOARD_LIMIT_MAX_WAIT_S = 4 * 3600.0
+
 
 class FleetError(UserError):
     """The fleet cannot measure (no device, no answer): a one-line error; the run resumes later."""
@@ -81,6 +87,7 @@ class Fleet:
         self._by_payload: dict[str, str] = {}  # payload sha256 -> job id: refusals are found by digest
         self.refused: dict[str, dict] = {}  # job id -> the addressed board's proof the job can never run
         self.bounced: dict[str, dict] = {}  # job id -> the addressed board could not open our payload
+        self._limits_warned: set[str] = set()  # boards whose longer job limit was logged (once each)
         self._cond = threading.Condition()
         self.conn.on_connect = self._on_connect
         self.conn.on_message = self._on_message
@@ -279,15 +286,34 @@ class Fleet:
         with self._cond:
             return ", ".join(f"{d}={s.get('state')}" for d, s in sorted(self.status.items())) or "none"
 
+    def job_timeout_for(self, device: str) -> float:
+        """How long to wait for an answer from ``device`` (ANY: any board that may answer a group job):
+        job_timeout_s, or the board's own job limit from its status plus BOARD_LIMIT_MARGIN_S when that is
+        longer, never more than BOARD_LIMIT_MAX_WAIT_S on the status's word."""
+        with self._cond:
+            boards = [d for d in self.status if self._in_group(d)] if device == ANY else [device]
+            limits = {d: _board_limit(self.status.get(d)) for d in boards}
+        limits = {d: limit for d, limit in limits.items() if limit is not None}
+        if not limits:
+            return self.cfg.job_timeout_s
+        board = max(limits, key=limits.__getitem__)
+        wait = max(self.cfg.job_timeout_s, min(limits[board] + BOARD_LIMIT_MARGIN_S, BOARD_LIMIT_MAX_WAIT_S))
+        if wait > self.cfg.job_timeout_s and board not in self._limits_warned:
+            self._limits_warned.add(board)
+            log.warning("board_job_limit_longer", device=board, board_job_timeout_s=limits[board],
+                        job_timeout_s=self.cfg.job_timeout_s, waiting_s=wait,
+                        hint="raise --job-timeout-s to at least the board's limit plus a margin for its queue")
+        return wait
+
     def _wait(self, job_id: str, device: str, bar: Step) -> dict | None:
         """The bound result, or None on timeout or an unopened bounce of our payload (the caller resends).
 
         A device's retained status saying "offline" is unsigned: it is logged, and never ends the wait."""
-        started, lost = time.monotonic(), False
-        deadline = started + self.cfg.job_timeout_s
+        started, lost, timeout = time.monotonic(), False, self.cfg.job_timeout_s
         with self._cond:
             while True:
-                bar.update(time.monotonic() - started, self.cfg.job_timeout_s, f"{time.monotonic() - started:.0f} s")
+                timeout = max(timeout, self.job_timeout_for(device))  # a status arriving now can only lengthen it
+                bar.update(time.monotonic() - started, timeout, f"{time.monotonic() - started:.0f} s")
                 self._check_cancelled()
                 refusal = self.refused.pop(job_id, None)
                 if refusal is not None:
@@ -302,8 +328,16 @@ class Fleet:
                 if device != ANY and self.status.get(device, {}).get("state") != "online" and not lost:
                     lost = True  # unsigned news: logged, and the job's own timeout still decides
                     log.warning("device_reported_offline", job_id=job_id, device=device)
-                remaining = deadline - time.monotonic()
+                remaining = started + timeout - time.monotonic()
                 if remaining <= 0:
-                    log.warning("job_timeout", job_id=job_id, device=device, timeout_s=self.cfg.job_timeout_s)
+                    log.warning("job_timeout", job_id=job_id, device=device, timeout_s=timeout)
                     return None
                 self._cond.wait(min(remaining, 1.0))
+
+
+def _board_limit(status: Any) -> float | None:
+    """A status's job_timeout_s when it is a usable number of seconds (status is unsigned: anything goes)."""
+    value = status.get("job_timeout_s") if isinstance(status, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        return None
+    return float(value)
