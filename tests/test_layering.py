@@ -19,7 +19,8 @@ SIDES = ("host_trainer", "edge_evolver")  # higher first
 # Per side, its layers from the top down; each package with one line on what lives there.
 LAYERS: dict[str, list[dict[str, str]]] = {
     "host_trainer": [
-        {"__main__": "`python -m host_trainer`"},
+        {"__main__": "`python -m host_trainer`",
+         "options_doc": "docs/options.md, generated from the `evolve` command"},
         {"cli": "`host-trainer`: parses the options and calls one function per command"},
         {"keys_cli": "`host-trainer keys`: the host's signing key, enrolled board keys, checking a run's results",
          "report": "`host-trainer report`: a run's figures and report.md",
