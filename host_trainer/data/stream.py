@@ -4,10 +4,9 @@ These are the only readers of those formats.
 
 `load_data(task, ref, seed, image_size, options=DataOptions())` is how the loop and the bench scripts read any
 data set (it is `stream_data` with the task checked; `options`: --split, --mean, --std, data/options.py). For the
-user's files
-each split holds only paths and labels (data/stream_files.py); the built-in sets (digits, glyphs, shapes-det)
-come from data/classify.py and data/detect.py in memory, as a `Dataset`/`DetDataset`, and so does the one-line
-error for any other reference. `make_loader` (data/stream_loader.py) takes either kind of split.
+user's files each split holds only paths and labels (data/stream_files.py); the built-in sets (digits, glyphs,
+shapes-det) come from data/classify.py and data/detect.py in memory, as a `Dataset`/`DetDataset`, and so does the
+one-line error for any other reference. `make_loader` (data/stream_loader.py) takes either kind of split.
 
 Splits: an image folder is listed per class (data/images.py `folder_images`), a COCO or YOLO set is read by
 `coco_annotations`/`yolo_annotations` (every annotation checked, boxes normalised to their image); each image
