@@ -52,6 +52,12 @@ def evolve(
     dataset: Optional[str] = _opt("dataset", "--dataset", "digits, glyphs or imagefolder:PATH; for detect "
                                   "shapes-det, coco:PATH or yolo:PATH."),
     image_size: Optional[int] = _opt("image_size", "--image-size", "Input side in pixels."),
+    split: Optional[str] = _opt("split", "--split", "Re-split the data set: train/val/test percentages, e.g. "
+                                "70/15/15 (none: its own train/val/test folders when it has them, else 70/15/15; "
+                                "imagefolder:, coco:, yolo: only)."),
+    mean: Optional[str] = _opt("mean", "--mean", "Normalisation mean per channel, for pixels in [0, 1], e.g. "
+                               "0.485,0.456,0.406 (one value: every channel; none: computed on the training split)."),
+    std: Optional[str] = _opt("std", "--std", "Normalisation std per channel, e.g. 0.229,0.224,0.225 (with --mean)."),
     generations: Optional[int] = _opt("generations", "--generations",
                                       "Offspring generations after the dense generation 0."),
     epochs: Optional[float] = _opt("epochs", "--epochs", "Training epochs per offspring (fractions allowed)."),
@@ -203,6 +209,9 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
                     given["alpha_c"], given["alpha_s"] = parse_env_factor(env_factor)
                 if given["gen0_epochs"] is not None:
                     given["gen0_epochs"] = parse_epochs(given["gen0_epochs"])
+                from host_trainer.data.options import parse_data_options
+
+                parse_data_options(given)  # --mean/--std as numbers, --split checked: one line if wrong
                 cfg = EvolveConfig.for_task(task or "classify", **given).validate()
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
         except DistributedError as exc:

@@ -68,6 +68,14 @@ class EvolveConfig:
     batch_size: int = 128
     lr: float = 0.05
     train_subset: int = 0         # use only this many training images (0 = all); for quick runs
+    # The data's split and normalisation (docs/data.md), resolved when the run starts and kept by --resume; the
+    # export reads mean/std. split: "" = the set's own train/val/test when it has one, else 70/15/15 ("70/15/15"
+    # in configs without it: every set was re-split). mean/std: per channel, for pixels in [0, 1]; [] = computed
+    # on the training split. config.json records the values used ([] there: a run from before per-channel
+    # statistics, which resumes with its one mean/std for every channel; loop/session.py).
+    split: str = ""
+    mean: list = field(default_factory=list)
+    std: list = field(default_factory=list)
     bench_backend: str = "onnxruntime"
     bench_threads: int = 1
     bench_min_seconds: float = 1.0
@@ -177,11 +185,15 @@ class EvolveConfig:
         if "precision" in data and "precision_format" not in data:
             data["precision_format"] = data.pop("precision")
         data.setdefault("final_epochs", 0.0)  # a run from before --final-epochs had none: resumed, it still has none
+        data.setdefault("split", "70/15/15")  # a run from before --split: its set was re-split, whatever its folders
         known = {k: v for k, v in data.items() if k in _FIELD_DEFAULTS}
         for key, value in known.items():
             if key == "gen0_epochs":  # a number (every version), or "auto"
                 if value != AUTO and not _number(value):
                     raise UserError(f"{source}: 'gen0_epochs' must be a number or {AUTO!r}, got {value!r}")
+            elif key in ("mean", "std"):  # numbers, one per channel
+                if not isinstance(value, list) or not all(_number(v) for v in value):
+                    raise UserError(f"{source}: {key!r} must be a list of numbers, got {value!r}")
             elif not _same_kind(value, _FIELD_DEFAULTS[key]):
                 raise UserError(f"{source}: {key!r} must be {type(_FIELD_DEFAULTS[key]).__name__}, got {value!r}")
         return cls(**known)
@@ -229,7 +241,7 @@ def _show(value: Any) -> str:
         return "off" if not value else "on"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value) if value != "" else "none"
+    return str(value) if value not in ("", []) else "none"
 
 
 def parse_epochs(text: str, option: str = "--gen0-epochs") -> float | str:

@@ -47,7 +47,7 @@ def boxes_of(where: dict[str, tuple[Any, int]], name: str) -> tuple[list[list[fl
 def pixels(data: StreamDataset, where: dict[str, tuple[Any, int]], name: str) -> np.ndarray:
     """An image as the loader gives it, un-normalised: (C, S, S) in [0, 1]."""
     split, k = where[name]
-    return split[k].image.numpy() * data.std + data.mean
+    return split[k].image.numpy() * np.array(data.std)[:, None, None] + np.array(data.mean)[:, None, None]
 
 
 # ------------------------------------------------------------------------------------------------------ COCO
@@ -112,7 +112,8 @@ def test_coco_streams_letterboxed_boxes_and_pixels(tmp_path: Path) -> None:
         assert all(b.dtype == np.float32 for b in split.boxes) and all(lab.dtype == np.int64 for lab in split.labels)
     red = pixels(data, where, "a.png")
     assert np.allclose(red[:, 8:24], np.array([1.0, 0.0, 0.0])[:, None, None], atol=1e-5)  # the content, red
-    assert np.allclose(red[:, :8], data.mean, atol=1 / 255) and np.allclose(red[:, 24:], data.mean, atol=1 / 255)
+    pad = np.array(data.mean)[:, None, None]  # the letterbox pads with the mean, per channel
+    assert np.allclose(red[:, :8], pad, atol=1 / 255) and np.allclose(red[:, 24:], pad, atol=1 / 255)
     assert np.allclose(pixels(data, where, "b.png"), 100 / 255, atol=1e-5)
 
 
@@ -129,7 +130,7 @@ def test_coco_folder_picks_its_json(tmp_path: Path) -> None:
     (tmp_path / "annotations.json").rename(tmp_path / "instances_train.json")
     (tmp_path / "notes.json").write_text("{}")
     assert len(coco_annotations(tmp_path).sources) == 4  # the only instances*.json
-    (tmp_path / "instances_val.json").write_text("{}")
+    (tmp_path / "instances_more.json").write_text("{}")  # no split named: which file is meant?
     with pytest.raises(UserError, match=r"3 JSON files in .*coco:FILE\.json"):
         coco_annotations(tmp_path)
 

@@ -95,9 +95,11 @@ def test_imagefolder_streams_stratified_splits_and_resized_pixels(tmp_path: Path
         batch = next(iter(make_loader(split, 64, train=False, seed=0, workers=0)))
         assert batch.y.tolist() == y[idx].tolist()
         expected = np.stack([resized(files[i], 16) for i in idx])
-        assert np.allclose(batch.x.numpy(), (expected - data.mean) / data.std, atol=1e-4)
-    train = np.stack([resized(files[i], 16) for i in splits["train"]]).astype(np.float64)
-    assert data.mean == pytest.approx(train.mean(), abs=1e-6) and data.std == pytest.approx(train.std(), abs=1e-6)
+        mean, std = (np.array(v)[:, None, None] for v in (data.mean, data.std))
+        assert np.allclose(batch.x.numpy(), (expected - mean) / std, atol=1e-4)
+    train = np.stack([resized(files[i], 16) for i in splits["train"]]).astype(np.float64)  # per channel:
+    assert data.mean == pytest.approx(train.mean(axis=(0, 2, 3)), abs=1e-6)
+    assert data.std == pytest.approx(train.std(axis=(0, 2, 3)), abs=1e-6)
 
 
 def letterboxed(box: tuple[int, int, int, int], width: int, height: int, size: int) -> list[float]:
@@ -209,7 +211,7 @@ def test_boxes_follow_letterbox_flip_and_jitter(tmp_path: Path, train: bool) -> 
             for x, boxes in zip(batch.x, batch.boxes):
                 if not len(boxes):
                     continue  # jittered off the canvas
-                found = bright_box(x, data.mean, data.std)
+                found = bright_box(x, data.mean[0], data.std[0])
                 assert np.allclose(boxes[0].numpy(), found, atol=1.5), (boxes, found)
                 flipped, checked = flipped + (found[0] > 32), checked + 1
     assert checked >= epochs * len(data.train) * 3 // 4 and (flipped > 0 or not train)  # few jittered off

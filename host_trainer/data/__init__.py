@@ -12,6 +12,8 @@
 - coco.py, yolo.py the two annotation formats, checked, boxes normalised to their image
 - yaml_names.py    class names from a YOLO data.yaml, without PyYAML
 - splits.py        one way to read any split, in memory or streamed: a batch at a time, its first images
+- presplit.py      a data set's own train/val/test split kept (or --split), val or test halved when one is missing
+- options.py       --split, --mean, --std: parsed, resolved against the data (per-channel normalisation)
 - batching.py      batches of a split for training, BatchNorm recalibration and the Taylor scores, in memory or
                    streamed
 - procedural/      the generated sets (glyphs, shapes-det), their render pool and disk cache

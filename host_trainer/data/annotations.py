@@ -22,6 +22,7 @@ class Annotations(NamedTuple):
     labels: list[Any]         # per image (n_i,) class ids in [0, len(names))
     names: tuple[str, ...]    # class names
     sources: tuple[str, ...]  # per image: its name in the annotations (COCO `file_name`, YOLO relative path)
+    splits: tuple[str | None, ...] = ()  # per image: the set's own split it sits in (train, val, test) or None
 
 
 def read_text(file: Path) -> str:

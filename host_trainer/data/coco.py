@@ -1,8 +1,12 @@
 """`coco:PATH`: a COCO instances JSON file, every annotation checked, and where its images are; data/stream.py
 streams the images.
 
-PATH is an instances JSON file, or a folder: its only top-level *.json, else its annotations.json, else its
-only instances*.json. An image's file is `file_name` relative to the JSON's folder, else in images/ beside it.
+PATH is an instances JSON file, or a folder: its only top-level *.json, else its annotations.json, else one
+instances JSON per split (`split_jsons`: train and val or test, named so, at the top, in annotations/, or one
+in each split folder: train/, valid/, test/, as Roboflow exports), else its only instances*.json. An image's
+file is `file_name` relative to the JSON's folder, else in images/ beside it, else (a split's JSON) in the
+folder its split is named by (instances_train2017.json: PATH/train2017/ or PATH/images/train2017/). Split files
+must name the same classes; their images keep their split (data/presplit.py) unless --split asks for another.
 Categories map to class ids in ascending category-id order; names come from `name`. `iscrowd: 1` annotations
 are skipped unchecked (a crowd region is not one object; COCO's own evaluation ignores them too). Images are
 ordered by image id. An image's width/height in the JSON, when given, must match its file's header (read here;
@@ -18,11 +22,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from host_trainer.data.annotations import Annotations, read_text
-from host_trainer.data.images import image_size_of
+from host_trainer.data.images import image_size_of, split_name
 from host_trainer.errors import UserError
 
 COCO_TOLERANCE_PX = 1.0  # a COCO box may overhang its image by up to a pixel (rounding in label tools); clipped
@@ -44,9 +49,65 @@ class _CocoBox:
 
 
 def coco_annotations(path: str | Path) -> Annotations:
-    """`coco:PATH`: an instances JSON file, or a folder holding one (see `_coco_json`), every check made; boxes
-    xyxy normalised to their image."""
-    json_file = _coco_json(Path(path).expanduser())
+    """`coco:PATH`: an instances JSON file, or a folder holding one (see `_coco_json`) or one per split
+    (`split_jsons`), every check made; boxes xyxy normalised to their image."""
+    root = Path(path).expanduser()
+    per_split = split_jsons(root)
+    if not per_split:
+        return _read_coco(_coco_json(root))
+    read = [(split, file, _read_coco(file, _named_dirs(root, file))) for split, file in per_split]
+    _, first_file, first = read[0]
+    for _, file, ann in read[1:]:
+        if ann.names != first.names:
+            raise UserError(f"{file} names other classes than {first_file} ({', '.join(ann.names)} vs "
+                            f"{', '.join(first.names)}): every split must have the same categories")
+    return Annotations([f for *_, a in read for f in a.files], [b for *_, a in read for b in a.boxes],
+                       [lab for *_, a in read for lab in a.labels], first.names,
+                       tuple(src for *_, a in read for src in a.sources),
+                       tuple(split for split, _, a in read for _ in a.files))
+
+
+def split_jsons(root: Path) -> list[tuple[str, Path]]:
+    """[(split, its instances JSON)] in train, val, test order when folder `root` holds one JSON per split (not
+    when it has a single top-level JSON or an annotations.json: that is the whole set); else []."""
+    if not root.is_dir():
+        return []
+    top = sorted(f for f in root.glob("*.json") if f.is_file() and not f.name.startswith("."))
+    if len(top) == 1 or root / "annotations.json" in top:
+        return []
+    found: dict[str, list[Path]] = {}
+    for file in top + sorted((root / "annotations").glob("*.json")):
+        word = _split_word(file.stem)
+        if word:
+            found.setdefault(split_name(word.rstrip("0123456789")), []).append(file)  # type: ignore[arg-type]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and split_name(p.name)):
+        inside = sorted(folder.glob("*.json"))
+        if len(inside) == 1 and not top:  # Roboflow: train/_annotations.coco.json
+            found.setdefault(split_name(folder.name), []).append(inside[0])  # type: ignore[arg-type]
+    # annotations/ of a COCO download also holds captions_* and person_keypoints_*: the instances file counts
+    picked = {s: [f for f in fs if f.name.startswith("instances")] if len(fs) > 1 else fs for s, fs in found.items()}
+    if "train" not in picked or not {"val", "test"} & set(picked) or any(len(fs) != 1 for fs in picked.values()):
+        return []
+    return [(s, picked[s][0]) for s in ("train", "val", "test") if s in picked]
+
+
+def _split_word(stem: str) -> str | None:
+    """The word of a JSON's name that names a split, digits kept ("train2017" in instances_train2017), or None."""
+    for word in re.split(r"[_\-.\s]+", stem):
+        if split_name(word.rstrip("0123456789")):
+            return word
+    return None
+
+
+def _named_dirs(root: Path, json_file: Path) -> tuple[Path, ...]:
+    """Where a split JSON's images may lie besides its own folder: the folder its split word names, at the top
+    or under images/ (COCO's own download: annotations/instances_train2017.json, images in train2017/)."""
+    word = _split_word(json_file.stem)
+    return () if word is None else (root / word, root / "images" / word)
+
+
+def _read_coco(json_file: Path, more_dirs: tuple[Path, ...] = ()) -> Annotations:
+    """One instances JSON, every check made."""
     doc = _load_coco(json_file)
     cat_index, names = _coco_categories(doc, json_file)
     images = _coco_images(doc, json_file)
@@ -55,7 +116,7 @@ def coco_annotations(path: str | Path) -> Annotations:
         raise UserError(f"{json_file}: no annotations (crowd annotations are skipped): nothing to learn")
     files, boxes = [], []
     for im in images:
-        file, width, height = _coco_file(json_file, im)
+        file, width, height = _coco_file(json_file, im, more_dirs)
         files.append(file)
         boxes.append([_coco_xyxy(b, width, height, im.file_name) for b in per_image[im.id]])
     labels = [[b.label for b in per_image[im.id]] for im in images]
@@ -163,18 +224,19 @@ def _coco_annotations(doc: dict, file: Path, image_ids: set[int],
     return per_image
 
 
-def _coco_file(json_file: Path, im: _CocoImage) -> tuple[Path, int, int]:
-    """(the image's file, its width, its height): `file_name` beside the JSON, else in images/ beside it."""
+def _coco_file(json_file: Path, im: _CocoImage, more_dirs: tuple[Path, ...] = ()) -> tuple[Path, int, int]:
+    """(the image's file, its width, its height): `file_name` beside the JSON, else in images/ beside it, else
+    in `more_dirs`."""
     folder = json_file.parent
-    for file in (folder / im.file_name, folder / "images" / im.file_name):
+    for file in (folder / im.file_name, folder / "images" / im.file_name, *(d / im.file_name for d in more_dirs)):
         if file.is_file():
             width, height = image_size_of(file)
             if None not in (im.width, im.height) and (im.width, im.height) != (width, height):
                 raise UserError(f"{json_file}: image id {im.id} ({im.file_name}): the JSON says "
                                 f"{im.width}x{im.height}, the file is {width}x{height}")
             return file, width, height
-    raise UserError(f"{json_file}: image id {im.id}: file {im.file_name!r} not found "
-                    f"(looked in {folder} and {folder / 'images'})")
+    looked = ", ".join(str(d) for d in (folder, folder / "images", *more_dirs))
+    raise UserError(f"{json_file}: image id {im.id}: file {im.file_name!r} not found (looked in {looked})")
 
 
 def _coco_xyxy(box: _CocoBox, width: int, height: int, file_name: str) -> list[float]:

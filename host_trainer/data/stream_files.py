@@ -76,10 +76,21 @@ def open_image(path: str, channels: int, need: tuple[int, int]) -> Image.Image:
     return rgb.convert("L") if channels == 1 else rgb
 
 
-def to_tensor(img: Image.Image, mean: float, std: float) -> torch.Tensor:
+def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(C, H, W) float32, normalised per channel in float32 arithmetic (a scalar mean/std gave the same bits)."""
     arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray((arr - mean) / std, dtype=np.float32))
+    m, s = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in (mean, std))
+    return torch.from_numpy(np.ascontiguousarray((arr - m) / s, dtype=np.float32))
+
+
+def stats_row(a: np.ndarray, channels: int) -> np.ndarray:
+    """What data/stream.py `pixel_stats` adds up over images, from one image's pixels in [0, 1] (float64, H×W or
+    H×W×C): [sum, sum of squares, count] over every value (the one-mean/std statistics, computed as they always
+    were), then the sums, the sums of squares and the pixel count per channel."""
+    per = a.reshape(-1, channels)
+    return np.concatenate([[a.sum(), (a * a).sum(), a.size], per.sum(axis=0), (per * per).sum(axis=0),
+                           [len(per)]])
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,8 +98,8 @@ class _FileSplit(TorchDataset):
     files: np.ndarray        # bytes paths, fixed width
     size: int                # S: every image comes out S×S
     channels: int            # 1 when every image of the set is grey, else 3
-    mean: float              # normalisation, from the training split (data/stream.py `pixel_stats`)
-    std: float
+    mean: tuple[float, ...]  # normalisation per channel, from the training split (data/stream.py `pixel_stats`)
+    std: tuple[float, ...]
     augment: Augment | None  # None: no augmentation (val/test, or a loader with train=False)
     seed: int
     epoch: int               # used when indexed with a plain int; the loader sends (epoch, index)
@@ -110,7 +121,7 @@ class _FileSplit(TorchDataset):
     def load(self, j: int, rng: np.random.Generator) -> Sample:
         raise NotImplementedError
 
-    def stats_of(self, j: int) -> tuple[float, float, int]:
+    def stats_of(self, j: int) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -132,9 +143,8 @@ class FileClassSplit(_FileSplit):
     def load(self, j: int, rng: np.random.Generator) -> Sample:
         return Sample(to_tensor(self._pixels(j, rng), self.mean, self.std), int(self.y[j]), j)
 
-    def stats_of(self, j: int) -> tuple[float, float, int]:
-        a = np.asarray(self._pixels(j, None), dtype=np.float64) / 255.0
-        return float(a.sum()), float((a * a).sum()), a.size
+    def stats_of(self, j: int) -> np.ndarray:
+        return stats_row(np.asarray(self._pixels(j, None), dtype=np.float64) / 255.0, self.channels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,20 +170,19 @@ class FileDetSplit(_FileSplit):
         where = self._placement(j, rng)
         content = open_image(self.path(j), self.channels, (where.w, where.h))
         content = content.resize((where.w, where.h), Image.Resampling.BILINEAR)
-        fill = round(self.mean * 255)  # pad with the mean: 0 after normalisation
-        canvas = Image.new(content.mode, (self.size, self.size), fill if self.channels == 1 else (fill,) * 3)
+        fill = tuple(round(m * 255) for m in self.mean)  # pad with the mean: 0 after normalisation
+        canvas = Image.new(content.mode, (self.size, self.size), fill[0] if self.channels == 1 else fill)
         canvas.paste(content, (where.dx, where.dy))
         if where.flip:
             canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         boxes, labels = place_boxes(*self._annotations(j), where, self.size, drop_small=self.augment is not None)
         return Sample(to_tensor(canvas, self.mean, self.std), (torch.from_numpy(boxes), torch.from_numpy(labels)), j)
 
-    def stats_of(self, j: int) -> tuple[float, float, int]:
+    def stats_of(self, j: int) -> np.ndarray:
         where = self._placement(j, None)  # the letterboxed content, without the padding
         img = open_image(self.path(j), self.channels, (where.w, where.h))
         img = img.resize((where.w, where.h), Image.Resampling.BILINEAR)
-        a = np.asarray(img, dtype=np.float64) / 255.0
-        return float(a.sum()), float((a * a).sum()), a.size
+        return stats_row(np.asarray(img, dtype=np.float64) / 255.0, self.channels)
 
     @property
     def boxes(self) -> tuple[np.ndarray, ...]:

@@ -2,8 +2,9 @@
 
 Images are float32 NCHW arrays. A `Dataset` (classification) or `DetDataset` (detection) holds three
 deterministic splits: `train` (weights), `val` (accepting or rejecting offspring) and `test` (held out,
-for the reported numbers), all normalised with one mean/std computed on the training split. The user's
-streamed sets (data/stream.py `StreamDataset`) have the same fields, with file splits.
+for the reported numbers), all normalised with one mean/std per channel, computed on the training split (or
+given: --mean/--std). The user's streamed sets (data/stream.py `StreamDataset`) have the same fields, with file
+splits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 class Split:
     """Classification images with their class ids."""
 
-    x: np.ndarray  # float32, (N, C, H, W), normalised with the data set's mean/std
+    x: np.ndarray  # float32, (N, C, H, W), normalised with the data set's per-channel mean/std
     y: np.ndarray  # int64, (N,), class ids in [0, num_classes)
 
     def __len__(self) -> int:
@@ -37,8 +38,8 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
     class_names: tuple[str, ...]
-    mean: float
-    std: float
+    mean: tuple[float, ...]  # per channel, pixels in [0, 1]
+    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -77,5 +78,5 @@ class DetDataset:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, S, S)
     class_names: tuple[str, ...]
-    mean: float
-    std: float
+    mean: tuple[float, ...]  # per channel, pixels in [0, 1]
+    std: tuple[float, ...]

@@ -1,10 +1,11 @@
 """`yolo:PATH`: YOLO text labels, every line checked, and their images; data/stream.py streams the images.
 
-PATH/images/** with PATH/labels/** (same relative path, `.txt`: the Ultralytics layout; its train/val
-sub-folders are merged here and re-split by data/detect.py `random_split`), else image files with their `.txt`
-beside them anywhere under PATH (or under PATH/images when there is no labels/). Images are ordered by relative
-path. Class names: PATH/classes.txt, else `names:` in PATH/data.yaml or dataset.yaml (data/yaml_names.py), else
-"0".."largest id".
+PATH/images/** with PATH/labels/** (same relative path, `.txt`: the Ultralytics layout), else
+PATH/<split>/images/** with PATH/<split>/labels/** for split folders train, val (valid) and test (Roboflow's
+export), else image files with their `.txt` beside them anywhere under PATH (or under PATH/images when there is
+no labels/). Images are ordered by relative path, and tagged with the split folder they sit in (images/train/…,
+train/images/…, train/…), which data/presplit.py keeps unless --split asks for another. Class names:
+PATH/classes.txt, else `names:` in PATH/data.yaml or dataset.yaml (data/yaml_names.py), else "0".."largest id".
 
 Coordinates may overshoot [0, 1] by YOLO_TOLERANCE (writers round to 6 decimals) and are clipped; more is an
 error. Images without a label file, or with an empty one, are negatives; a set with no box at all is an
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from host_trainer.data.annotations import Annotations, read_text
-from host_trainer.data.images import IMAGE_EXTENSIONS, image_files
+from host_trainer.data.images import IMAGE_EXTENSIONS, image_files, split_name, tag_of
 from host_trainer.data.yaml_names import yaml_names
 from host_trainer.errors import UserError
 
@@ -47,17 +48,26 @@ def yolo_annotations(path: str | Path) -> Annotations:
         names = named[0]
     files = [image for image, _ in pairs]
     sources = tuple(image.relative_to(root).as_posix() for image in files)
-    return Annotations(files, [b for b, _ in parsed], [lab for _, lab in parsed], names, sources)
+    splits = tuple(tag_of(image.relative_to(root).parts) for image in files)
+    return Annotations(files, [b for b, _ in parsed], [lab for _, lab in parsed], names, sources, splits)
 
 
 def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
     """[(image, its label file)] sorted by image path, and where labels are expected (for messages)."""
     images_dir = root / "images"
+    split_dirs = [] if images_dir.is_dir() else _split_image_dirs(root)
     if images_dir.is_dir():
         files = image_files(images_dir)
         labels_dir = root / "labels" if (root / "labels").is_dir() else images_dir  # no labels/: .txt beside
         pairs = [(f, (labels_dir / f.relative_to(images_dir)).with_suffix(".txt")) for f in files]
         where, hint = images_dir, "labels/<same path as under images/>.txt"
+    elif split_dirs:
+        pairs, where, hint = [], root, "<split>/labels/<same path as under <split>/images/>.txt"
+        for split_dir in split_dirs:
+            images, labels = split_dir / "images", split_dir / "labels"
+            labels = labels if labels.is_dir() else images
+            pairs += [(f, (labels / f.relative_to(images)).with_suffix(".txt")) for f in image_files(images)]
+        files = [image for image, _ in pairs]
     else:
         files = image_files(root)
         pairs = [(f, f.with_suffix(".txt")) for f in files]
@@ -65,6 +75,11 @@ def _yolo_pairs(root: Path) -> tuple[list[tuple[Path, Path]], str]:
     if not files:
         raise UserError(f"no images found in {where} (looked for {' '.join(IMAGE_EXTENSIONS)})")
     return pairs, hint
+
+
+def _split_image_dirs(root: Path) -> list[Path]:
+    """Roboflow's layout: the split folders (train, valid, test) of `root` that hold an images/ folder."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and split_name(p.name) and (p / "images").is_dir())
 
 
 def _yolo_labels(file: Path, named: tuple[tuple[str, ...], Path] | None) -> tuple[np.ndarray, np.ndarray]:

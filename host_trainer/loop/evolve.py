@@ -45,8 +45,9 @@ from host_trainer.method.export import sha256, to_onnx_bytes
 from host_trainer.method.masks import apply_masks, dense_masks
 from host_trainer.method.restriction import restrict
 from host_trainer.method.size import size_metrics
+from host_trainer.models.input_fit import InputCheck, check_input_fit
 from host_trainer.models.registry import build_model
-from host_trainer.models.weights import check_unchanged, load_weights
+from host_trainer.models.weights import check_unchanged, load_weights, read_state_dict
 from host_trainer.progress import NULL, RunView, Step
 from host_trainer.record import GenerationRecord
 from host_trainer.rundir import MODEL, RunDir, onnx_path
@@ -97,7 +98,9 @@ def dense_model(cfg: EvolveConfig, data: Any, load: bool = True) -> nn.Module:
     model = build_model(cfg.model, data.num_classes, data.input_shape)
     if cfg.weights and load:
         check_unchanged(cfg.weights, cfg.weights_sha256)
-        load_weights(model, cfg.weights, cfg.model)
+        state = read_state_dict(cfg.weights)
+        check_input_fit(model, state, InputCheck.for_run(cfg, data))  # channels and size first: what to set
+        load_weights(model, cfg.weights, cfg.model, state)
     return model
 
 

@@ -18,6 +18,7 @@ from edge_evolver.mqtt import TlsFiles
 from host_trainer import distributed, events
 from host_trainer.config import EvolveConfig
 from host_trainer.data import splits
+from host_trainer.data.options import data_options
 from host_trainer.data.stream import load_data
 from host_trainer.errors import UserError
 from host_trainer.fleet.jobs import Fleet, FleetConfig
@@ -56,14 +57,20 @@ class Prepared:
     device: torch.device
 
 
-def _prepare(cfg: EvolveConfig, view: RunView, load: bool = True) -> Prepared:
+def _prepare(cfg: EvolveConfig, view: RunView, load: bool = True, per_channel: bool = True) -> Prepared:
     """Resolve where this rank trains, load the data, build generation 0's network (loop/evolve.py's
     `dense_model`; with --weights loaded unless not `load`) and the task once, so that bad input (a CUDA device
-    torch cannot see, too) fails before any write."""
+    torch cannot see, too) fails before any write. The normalisation used goes into `cfg` (config.json), one
+    value per channel: what --resume, the other ranks and the export read instead of computing it again."""
     world = distributed.world()
     device = use(resolve(cfg.train_device, world.local_rank, world.local_size))
     torch.use_deterministic_algorithms(True, warn_only=True)
-    data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view)
+    given = bool(cfg.mean)
+    data = load_data(cfg.task, cfg.dataset, seed=cfg.seed, image_size=cfg.input_size(), progress=view,
+                     options=data_options(cfg, per_channel))
+    cfg.mean, cfg.std = [float(v) for v in data.mean], [float(v) for v in data.std]
+    log.info("normalisation", mean=cfg.mean, std=cfg.std,
+             source="given" if given else "training split" if per_channel else "training split, one for all")
     dense = dense_model(cfg, data, load)
     return Prepared(data, dense, make_task(cfg.task, data, dense, cfg.distill, model_name=cfg.model), device)
 
@@ -113,7 +120,14 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
         run.write_config(cfg.to_dict())
     records = run.completed_records()
     cfg.train_device = cfg.train_device if train_device is None else train_device
-    ready = _prepare(cfg.validate(), view, load=not records)  # generation 0 done: its weights are not needed
+    # No mean/std in config.json: a run from before per-channel statistics. Its networks learnt the one mean/std
+    # over every channel: computed again as it was, the same numbers, resumed results stay consistent with them.
+    old_stats = not cfg.mean
+    ready = _prepare(cfg.validate(), view, load=not records, per_channel=not old_stats)  # past gen 0: no weights
+    if old_stats:
+        view.note(f"{CONFIG} has no mean/std (a run from before per-channel normalisation): its one mean/std over "
+                  "every channel is computed again as the run had it, and recorded there")
+        run.write_config(cfg.to_dict())
     distributed.send(distributed.Setup(cfg.to_dict()))
     last = records[-1].generation if records else -1
     run.clean_partial(last)

@@ -79,10 +79,12 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, model_ref: str = "the model") -> None:
-    """Load the file's tensors into `model` in place; missing, unexpected or misshapen keys are one UserError
-    naming the first few. BatchNorm's `num_batches_tracked` may be missing (it does not change the output)."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | Path, model_ref: str = "the model",
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load the file's tensors (`state`, when the caller read them already) into `model` in place; missing,
+    unexpected or misshapen keys are one UserError naming the first few. BatchNorm's `num_batches_tracked` may
+    be missing (it does not change the output)."""
+    state = read_state_dict(path) if state is None else state
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
