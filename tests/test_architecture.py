@@ -122,7 +122,8 @@ OPTION_FIELDS = {"--task": "task", "--model": "model", "--dataset": "dataset", "
                  "--bench-min-iterations": "bench_min_iterations", "--prefix": "prefix", "--broker": "broker",
                  "--weights": "weights", "--final-epochs": "final_epochs", "--allocation": "allocation",
                  "--latency-model": "latency_model", "--keys-dir": "keys_dir", "--ca-file": "ca_file",
-                 "--cert-file": "cert_file", "--key-file": "key_file"}
+                 "--cert-file": "cert_file", "--key-file": "key_file", "--split": "split", "--mean": "mean",
+                 "--std": "std"}
 
 
 def test_option_table_shows_the_config_defaults() -> None:
