@@ -19,7 +19,8 @@ SIDES = ("host_trainer", "edge_evolver")  # higher first
 # Per side, its layers from the top down; each package with one line on what lives there.
 LAYERS: dict[str, list[dict[str, str]]] = {
     "host_trainer": [
-        {"__main__": "`python -m host_trainer`"},
+        {"__init__": "the version, and the Python API: `evolve`, `load` (docs/api.md), importing what they need lazily",
+         "__main__": "`python -m host_trainer`"},
         {"cli": "`host-trainer`: parses the options and calls one function per command"},
         {"keys_cli": "`host-trainer keys`: the host's signing key, enrolled board keys, checking a run's results",
          "report": "`host-trainer report`: a run's figures and report.md",
@@ -41,8 +42,7 @@ LAYERS: dict[str, list[dict[str, str]]] = {
          "events": "the structured event log (`<run>/events.jsonl`)",
          "record": "`GenerationRecord`: one offspring, the one type every reader of a run reads"},
         {"errors": "`UserError`: bad input, one line, exit 2",
-         "files": "atomic writes of the host's files (run directories, fleet state, reports)",
-         "__init__": "the version"},
+         "files": "atomic writes of the host's files (run directories, fleet state, reports)"},
     ],
     "edge_evolver": [
         {"__main__": "`python -m edge_evolver`"},
