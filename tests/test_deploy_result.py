@@ -1,16 +1,13 @@
 """A result you can deploy (docs/deploy.md, docs/api.md): final/ at the end of a run, `host-trainer export`, and
-`host_trainer.load` / `host_trainer.evolve`.
-
-Tiny runs through the CLI as subprocesses (mlp on a generated image folder; a user detector on a generated YOLO
-set), measured in-process (--no-mqtt). The images are fed to final/model.onnx through a preprocessing written
-here from preprocess.json alone (`_from_json`), not through host_trainer's, and must score what the run recorded.
-Subprocesses get PYTHONPATH = this checkout, so they run this code even where another checkout is installed.
+`host_trainer.load` / `host_trainer.evolve`, on a tiny classification run (mlp on a generated image folder, measured
+in-process). The held-out images are fed to final/model.onnx through a preprocessing written from preprocess.json
+alone (tests/deploy_support.py `from_json`), not through host_trainer's, and must score what the run recorded.
+The detection counterpart is tests/test_deploy_detection.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,46 +15,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from typer.testing import CliRunner
 
 import host_trainer
 from host_trainer.cli import app
-from host_trainer.data.stream import stream_data
 from host_trainer.deploy.preprocess import normalisation
 from host_trainer.errors import UserError
 from host_trainer.method.export import ATOL, RTOL
 
-ROOT = Path(__file__).resolve().parents[1]
+from .deploy_support import (
+    FINAL_FILES,
+    QUICK,
+    ROOT,
+    accepted,
+    env,
+    evolve_cli,
+    from_json,
+    held_out_split,
+    rows,
+    run_onnx,
+)
+
 OLD_RUN = ROOT / "tests" / "fixtures" / "run-v0.1"
-FINAL_FILES = {"model.onnx", "model.safetensors", "architecture.json", "preprocess.json", "README.md"}
 CLASSES = ("cat", "dog", "eel")
-QUICK = ["--epochs", "1", "--final-epochs", "0", "--env-factor", "0.7", "--max-accuracy-drop", "100",
-         "--bench-min-seconds", "0.05", "--bench-min-iterations", "5", "--no-mqtt", "--allocation", "magnitude",
-         "--train-device", "cpu"]
-
-
-def _env() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-
-
-def _evolve(args: list[str], cwd: Path) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "host_trainer.cli", "evolve", *args, "--run-dir", str(cwd / "runs")],
-                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = (cwd / "runs").iterdir()
-    return run
-
-
-def _rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
-
-
-def _accepted(run: Path, generation: int) -> dict:
-    return [r for r in _rows(run) if r["accepted"] and r["generation"] == generation][-1]
 
 
 def _image_folder(root: Path) -> Path:
@@ -78,41 +61,9 @@ def classify_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run directory, image folder) of a 2-generation mlp run on 8×8 inputs."""
     base = tmp_path_factory.mktemp("classify")
     images = _image_folder(base / "images")
-    run = _evolve(["--model", "mlp", "--dataset", f"imagefolder:{images}", "--image-size", "8", "--generations", "2",
-                   "--gen0-epochs", "3", *QUICK], base)
+    run = evolve_cli(["--model", "mlp", "--dataset", f"imagefolder:{images}", "--image-size", "8", "--generations",
+                      "2", "--gen0-epochs", "3", *QUICK], base)
     return run, images
-
-
-# ---- preprocessing from preprocess.json alone (what a deployment writes) --------------------------------------
-def _from_json(spec: dict, path: Path) -> np.ndarray:
-    """(C, H, W) float32 per the spec: decode, stretch or letterbox, scale, normalise."""
-    img = Image.open(path)
-    mode, (width, height), im = spec["input"]["channels"], spec["image"]["size"], spec["image"]
-    if im["resize"] == "letterbox":
-        scale = width / max(img.size)
-        w, h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
-        canvas = Image.new(mode, (width, height), tuple(im["pad"]) if mode == "RGB" else im["pad"][0])
-        canvas.paste(img.convert(mode).resize((w, h), Image.Resampling.BILINEAR), ((width - w) // 2, (height - h) // 2))
-        img = canvas
-    else:
-        assert im["resize"] == "stretch" and im["interpolation"] == "bilinear"
-        img = img.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-    x = np.asarray(img, np.float32) / np.float32(im["scale"])
-    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    mean = np.asarray(spec["normalize"]["mean"], np.float32)[:, None, None]
-    std = np.asarray(spec["normalize"]["std"], np.float32)[:, None, None]
-    return ((x - mean) / std).astype(np.float32)
-
-
-def _onnx(folder: Path, x: np.ndarray) -> np.ndarray:
-    spec = json.loads((folder / "preprocess.json").read_text())
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(None, {spec["input"]["name"]: x})[0]
-
-
-def _test_split(task: str, ref: str, size: int):
-    """The run's held-out test split, as the run cut it (which files: host_trainer's; how to feed them: the JSON)."""
-    return stream_data(task, ref, seed=0, image_size=size, workers=0).test
 
 
 # ---- classification -------------------------------------------------------------------------------------------
@@ -120,12 +71,12 @@ def test_a_run_ends_with_final_holding_the_last_accepted_generation(classify_run
     run, _ = classify_run
     final = run / "final"
     assert {p.name for p in final.iterdir()} == FINAL_FILES
-    last = max(r["generation"] for r in _rows(run) if r["accepted"])
+    last = max(r["generation"] for r in rows(run) if r["accepted"])
     assert (final / "model.onnx").read_bytes() == (run / f"gen-{last:03d}" / "model.onnx").read_bytes()
     spec = json.loads((final / "preprocess.json").read_text())
     assert spec["format"] == "edge-evolver-preprocess" and spec["version"] == 1 and spec["task"] == "classify"
     assert spec["classes"] == list(CLASSES) and spec["input"]["shape"] == [1, 3, 8, 8]
-    assert spec["source"]["generation"] == last and spec["source"]["test_score"] == _accepted(run, last)["accuracy"]
+    assert spec["source"]["generation"] == last and spec["source"]["test_score"] == accepted(run, last)["accuracy"]
     dataset = json.loads((run / "dataset.json").read_text())  # recorded when the run started
     assert dataset["class_names"] == list(CLASSES) and spec["normalize"]["mean"] == [dataset["mean"]] * 3
     arch = json.loads((final / "architecture.json").read_text())
@@ -142,12 +93,12 @@ def test_onnx_fed_through_preprocess_json_scores_the_recorded_test_accuracy(clas
     run, images = classify_run
     final = run / "final"
     spec = json.loads((final / "preprocess.json").read_text())
-    test = _test_split("classify", f"imagefolder:{images}", 8)
-    x = np.stack([_from_json(spec, Path(test.path(i))) for i in range(len(test))])
+    test = held_out_split("classify", f"imagefolder:{images}", 8)
+    x = np.stack([from_json(spec, Path(test.path(i))) for i in range(len(test))])
     pipeline = np.stack([test[i].image.numpy() for i in range(len(test))])
     np.testing.assert_allclose(x, pipeline, rtol=0, atol=1e-6)  # the same inputs the run scored
-    accuracy = float(np.mean(_onnx(final, x).argmax(1) == test.y))
-    record = _accepted(run, spec["source"]["generation"])
+    accuracy = float(np.mean(run_onnx(final, x).argmax(1) == test.y))
+    record = accepted(run, spec["source"]["generation"])
     assert record["onnx_parity_samples"] == len(test)
     assert abs(accuracy - record["accuracy"]) <= 1.0 - record["onnx_top1_agreement"] + 1e-12
     assert 0.0 < record["accuracy"] < 1.0  # neither trivial nor hopeless: a wrong preprocessing would show
@@ -156,7 +107,7 @@ def test_onnx_fed_through_preprocess_json_scores_the_recorded_test_accuracy(clas
 def test_load_gives_the_network_the_onnx_computes(classify_run):
     run, images = classify_run
     final = run / "final"
-    test = _test_split("classify", f"imagefolder:{images}", 8)
+    test = held_out_split("classify", f"imagefolder:{images}", 8)
     from_run, from_final = host_trainer.load(run), host_trainer.load(final)
     assert from_run.generation == from_final.generation == json.loads((final / "preprocess.json").read_text())[
         "source"]["generation"]
@@ -165,11 +116,11 @@ def test_load_gives_the_network_the_onnx_computes(classify_run):
         assert a.dtype == torch.float32 or not a.is_floating_point()
         assert torch.equal(a, b), k  # safetensors round trip: bit for bit
     x = np.concatenate([from_final.prepare(test.path(i)) for i in range(len(test))])
-    np.testing.assert_allclose(x, np.stack([_from_json(from_final.preprocess, Path(test.path(i)))
+    np.testing.assert_allclose(x, np.stack([from_json(from_final.preprocess, Path(test.path(i)))
                                             for i in range(len(test))]), rtol=0, atol=1e-6)
     with torch.no_grad():
         torch_out = from_final.model(torch.from_numpy(x)).numpy()
-    onnx_out = _onnx(final, x)
+    onnx_out = run_onnx(final, x)
     assert np.all(np.abs(onnx_out - torch_out) <= ATOL + RTOL * np.abs(torch_out))  # the export's fp16 tolerance
     assert host_trainer.load(run, generation=1).generation == 1
 
@@ -180,11 +131,11 @@ def test_the_readme_snippet_runs_on_the_folder(classify_run, tmp_path):
     snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
     photo = images / "dog" / "3.png"
     (folder / "run.py").write_text(snippet.replace('"photo.jpg"', repr(str(photo))))
-    done = subprocess.run([sys.executable, "run.py"], cwd=folder, env=_env(), capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "run.py"], cwd=folder, env=env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     spec = json.loads((folder / "preprocess.json").read_text())
-    expected = spec["classes"][int(_onnx(folder, _from_json(spec, photo)[None])[0].argmax())]
+    expected = spec["classes"][int(run_onnx(folder, from_json(spec, photo)[None])[0].argmax())]
     assert done.stdout.strip() == expected
 
 
@@ -296,7 +247,7 @@ def test_normalisation_prefers_the_runs_per_channel_lists():
 def test_import_host_trainer_loads_no_torch():
     code = "import sys, host_trainer; assert callable(host_trainer.load) and callable(host_trainer.evolve); " \
            "assert 'torch' not in sys.modules, 'torch imported'"
-    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
@@ -314,7 +265,7 @@ run = host_trainer.evolve(cfg, {str(tmp_path / "runs")!r})
 assert dataclasses.asdict(cfg) == before, "the caller's config changed"
 print(json.dumps({{"run": str(run), "generation": host_trainer.load(run).generation}}))
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
@@ -322,103 +273,3 @@ print(json.dumps({{"run": str(run), "generation": host_trainer.load(run).generat
     assert run.parent == tmp_path / "runs" and answer["generation"] == 0
     assert {p.name for p in (run / "final").iterdir()} == FINAL_FILES
     assert any(json.loads(line)["event"] == "final written" for line in (run / "events.jsonl").read_text().splitlines())
-
-
-# ---- detection ------------------------------------------------------------------------------------------------
-USER_DETECTOR = '''
-from torch import nn
-
-
-class TinyDet(nn.Module):
-    output_stride = 8  # one output (N, K + 4, S/8, S/8) in det-small's layout (docs/detection.md)
-
-    def __init__(self, num_classes, in_channels):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
-        self.head = nn.Conv2d(32, num_classes + 4, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
-def build(num_classes, in_channels):
-    return TinyDet(num_classes, in_channels)
-'''
-
-
-def _yolo_set(root: Path, n: int = 24) -> Path:
-    """Boxes and discs on 64×48 images (not square: the letterbox pads)."""
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    (root / "classes.txt").write_text("box\ndisc\n")
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = Image.new("RGB", (64, 48), (40, 40, 40))
-        x, y, s = int(rng.integers(4, 40)), int(rng.integers(4, 26)), int(rng.integers(12, 20))
-        draw = ImageDraw.Draw(img)
-        (draw.rectangle if i % 2 == 0 else draw.ellipse)([x, y, x + s, y + s], fill=(220, 200, 60))
-        img.save(root / "images" / f"im{i:02d}.png")
-        cx, cy = (x + s / 2) / 64, (y + s / 2) / 48
-        (root / "labels" / f"im{i:02d}.txt").write_text(f"{i % 2} {cx:.5f} {cy:.5f} {s / 64:.5f} {s / 48:.5f}\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def detect_run(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("detect")
-    (base / "tinydet.py").write_text(USER_DETECTOR)
-    data = _yolo_set(base / "yolo")
-    run = _evolve(["--task", "detect", "--model", f"{base / 'tinydet.py'}:build", "--dataset", f"yolo:{data}",
-                   "--image-size", "32", "--generations", "1", "--gen0-epochs", "3", *QUICK], base)
-    return run, data
-
-
-def test_a_detection_run_states_its_letterbox_and_decoding(detect_run):
-    from edge_evolver.measure import detection
-
-    run, _ = detect_run
-    final = run / "final"
-    assert {p.name for p in final.iterdir()} == FINAL_FILES | {"tinydet.py"}  # the user's factory, copied
-    spec = json.loads((final / "preprocess.json").read_text())
-    assert spec["task"] == "detect" and spec["classes"] == ["box", "disc"]
-    assert spec["image"]["resize"] == "letterbox" and spec["image"]["size"] == [32, 32]
-    assert spec["image"]["pad"] == [round(m * 255) for m in spec["normalize"]["mean"]]
-    decode = spec["output"]["decode"]
-    assert spec["output"]["name"] == "detections" and spec["output"]["shape"] == [1, 6, 4, 4]
-    assert decode["stride"] == 8 and decode["num_classes"] == 2 and decode["anchor_free"]
-    assert decode["box_format"] == "xyxy" and decode["score_threshold"] == detection.DEFAULT_SCORE_THRESHOLD
-    assert decode["nms_iou"] == detection.DEFAULT_NMS_IOU and decode["max_detections"] == 100
-    assert spec["output"]["metrics"]["box_agreement_score"] == detection.AGREEMENT_SCORE == 0.3
-    assert "from edge_evolver.measure.detection import decode" in (final / "README.md").read_text()
-    assert json.loads((final / "architecture.json").read_text())["factory"] == "tinydet.py:build"
-
-
-def test_detections_decoded_per_preprocess_json_score_the_recorded_map(detect_run, tmp_path):
-    """The inputs must be the pipeline's exactly; the mAP of the file's decoded boxes must be the run's (torch's,
-    fp16 weights) exactly, unless the run's own parity check saw boxes move (box agreement below 1)."""
-    from edge_evolver.measure.detection import decode
-    from host_trainer.tasks.detect_metrics import detection_quality
-
-    run, data = detect_run
-    final = shutil.copytree(run / "final", tmp_path / "final")  # rebuilt from the copy: the factory travels
-    spec = json.loads((final / "preprocess.json").read_text())
-    test = _test_split("detect", f"yolo:{data}", 32)
-    x = np.stack([_from_json(spec, Path(test.path(i))) for i in range(len(test))])
-    np.testing.assert_allclose(x, np.stack([test[i].image.numpy() for i in range(len(test))]), rtol=0, atol=1e-6)
-    d = spec["output"]["decode"]
-    found = decode(_onnx(final, x), d["num_classes"], d["stride"], d["score_threshold"], d["nms_iou"],
-                   d["max_detections"])
-    score = detection_quality(found, test.boxes, test.labels, d["num_classes"], 0.0).map50
-    record = _accepted(run, spec["source"]["generation"])
-    if record["onnx_box_agreement"] == 1.0:
-        assert score == pytest.approx(record["accuracy"], abs=1e-9)
-    else:
-        assert abs(score - record["accuracy"]) <= 1.0 - record["onnx_box_agreement"]
-    deployed = host_trainer.load(final)
-    with torch.no_grad():
-        out = deployed.model(torch.from_numpy(x)).numpy()
-    onnx_out = _onnx(final, x)
-    assert np.all(np.abs(onnx_out - out) <= ATOL + RTOL * np.abs(out))
