@@ -259,6 +259,30 @@ def report(run: Path = typer.Argument(..., help="A run directory made by `host-t
 
 
 @app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run directory made by `host-trainer evolve`."),
+    out: Path = typer.Option(..., "--out", help="Write the folder here (an earlier export there is replaced)."),
+    generation: Optional[int] = typer.Option(None, "--generation", help="This generation \\[default: the last "
+                                             "accepted one]."),
+    pick: Optional[tuple[str, float]] = typer.Option(None, "--pick", metavar="fastest-within DROP",
+                                                     help="From the Pareto front: the fastest generation within DROP "
+                                                          "accuracy points of the front's best."),
+) -> None:
+    """Write one generation as a deployable folder: model.onnx, model.safetensors, architecture.json,
+    preprocess.json, README.md (docs/deploy.md)."""
+    from host_trainer.deploy import PICKS
+    from host_trainer.loop.result import export as export_result
+
+    try:
+        if pick is not None and pick[0] not in PICKS:
+            raise UserError(f"--pick takes {' or '.join(PICKS)} DROP, got {pick[0]!r}")
+        folder = export_result(run, out, generation, None if pick is None else pick[1])
+    except UserError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(str(folder))
+
+
+@app.command()
 def watch(
     broker: str = typer.Option(WATCH_BROKER, "--broker", envvar=_env("broker"),
                                help="mqtt://host:port (the embedded run prints its own)."),

@@ -1,6 +1,8 @@
 """The run directory: every name in it, and writes that survive any kill (SIGKILL included).
 
     <run>/config.json           the EvolveConfig, written once (loop/session.py)
+    <run>/dataset.json          what the data set says about feeding the model: input shape, channels, class names,
+                                normalisation (deploy/preprocess.py `dataset_facts`; loop/session.py)
     <run>/generations.jsonl     one GenerationRecord per offspring attempt, accepted or rejected (loop/evolve.py)
     <run>/events.jsonl          the structured event log, appended (host_trainer/events.py)
     <run>/pareto.json           the Pareto front of the measured offspring (loop/evolve.py)
@@ -15,6 +17,8 @@
         pids.json               the broker's and the daemon's process ids, to stop them after a SIGKILL
         host-keys/              this run's host key and the board keys it enrolled
         edge-keys/              the local daemon's --keys-dir (board.key, trusted-hosts: the board's names)
+    <run>/final/                the deployable result of the last accepted generation, written when the run ends
+                                (loop/result.py; its layout: deploy/final.py, docs/deploy.md)
     <run>/report.md, *.png      `host-trainer report` (report/)
 
 Nothing else spells these names. Every write is atomic, so a kill at any instant leaves only complete
@@ -28,8 +32,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from host_trainer.record import SCHEMA_VERSION, GenerationRecord
 
 CONFIG, GENERATIONS, EVENTS, PARETO = "config.json", "generations.jsonl", "events.jsonl", "pareto.json"
 RESULTS, BOARD_KEYS, LATENCY, EMBEDDED = "results", "board-keys", "latency", "embedded"
+DATASET, FINAL = "dataset.json", "final"
 # Inside embedded/: the broker, the daemon's state and log, their process ids, the two sides' keys.
 EMBEDDED_BROKER, EMBEDDED_STATE, EMBEDDED_LOG, EMBEDDED_PIDS = "broker", "edge", "edge.log", "pids.json"
 EMBEDDED_HOST_KEYS, EMBEDDED_BOARD_KEYS = "host-keys", "edge-keys"
@@ -50,6 +57,12 @@ PARETO_PNG, DEVICES_PNG = "pareto.png", "fps_per_device.png"
 # Temporary names a killed run leaves: generation folders and atomic writes (`.tmp-`), and the atomic
 # writes of 0.1 (`.<file name>.<random>`).
 TEMPORARY = (f".{GENERATION}", ".tmp-", f".{CONFIG}.", f".{GENERATIONS}.", f".{PARETO}.")
+
+
+def run_name(model: str, dataset: str, seed: int, when: float | None = None) -> str:
+    """A new run directory's name: `<date>-<time>-<model>-<data set>-s<seed>` (a model file by its stem)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(model.split(':')[0]).stem}-{dataset.split(':')[0]}")
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{name}-s{seed}"
 
 
 def generation_name(generation: int) -> str:
@@ -85,6 +98,16 @@ def _parse(path: Path, number: int, line: str) -> GenerationRecord:
     return record
 
 
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read as JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return data
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -93,17 +116,23 @@ class RunDir:
         return self.path / generation_name(generation)
 
     def read_config(self) -> dict:
-        path = self.path / CONFIG
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path} cannot be read as JSON: {exc}") from None
-        if not isinstance(config, dict):
-            raise UserError(f"{path} is not a JSON object")
-        return config
+        return _json_object(self.path / CONFIG)
 
     def write_config(self, config: dict) -> None:
         atomic_write_json(self.path / CONFIG, config)
+
+    def read_dataset(self) -> dict | None:
+        """dataset.json, or None for a run from before it existed (0.2 and older)."""
+        path = self.path / DATASET
+        return _json_object(path) if path.is_file() else None
+
+    def write_dataset(self, facts: dict) -> None:
+        atomic_write_json(self.path / DATASET, facts)
+
+    def read_pareto(self) -> dict | None:
+        """pareto.json, or None when the run has none (yet)."""
+        path = self.path / PARETO
+        return _json_object(path) if path.is_file() else None
 
     def records(self) -> list[GenerationRecord]:
         return read_records(self.path / GENERATIONS)

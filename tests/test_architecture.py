@@ -36,7 +36,9 @@ def _imports(path: Path, modules: set[str], root: Path) -> set[str]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import sub` imports the module pkg.sub (as tests/test_layering.py reads it), not pkg's
+            # __init__ besides: that runs before any module of pkg anyway, whatever the import says
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         for name in names:
             while name and name not in modules:
                 name = name.rpartition(".")[0]

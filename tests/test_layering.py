@@ -19,16 +19,19 @@ SIDES = ("host_trainer", "edge_evolver")  # higher first
 # Per side, its layers from the top down; each package with one line on what lives there.
 LAYERS: dict[str, list[dict[str, str]]] = {
     "host_trainer": [
-        {"__main__": "`python -m host_trainer`",
+        {"__init__": "the version, and the Python API: `evolve`, `load` (docs/api.md), importing what they need lazily",
+         "__main__": "`python -m host_trainer`",
          "options_doc": "docs/options.md, generated from the `evolve` command"},
         {"cli": "`host-trainer`: parses the options and calls one function per command"},
         {"keys_cli": "`host-trainer keys`: the host's signing key, enrolled board keys, checking a run's results",
          "report": "`host-trainer report`: a run's figures and report.md",
          "terminal": "what `evolve` shows while it runs: live progress and the generation table"},
-        {"loop": "the run: start and resume, the generation loop, training, breeding, selection, checkpoints"},
+        {"loop": "the run: start and resume, the generation loop, training, breeding, selection, checkpoints, "
+                 "its result (final/)"},
         {"fleet": "measuring offspring: jobs over MQTT, the embedded broker and board, in-process measurement",
          "distributed": "training on several processes under torchrun: the world, typed orders, tensors, a rank's life",
-         "latency": "the board's latency model: per-layer profiles mapped to coupling groups, probes"},
+         "latency": "the board's latency model: per-layer profiles mapped to coupling groups, probes",
+         "deploy": "the deployable result: final/'s layout, preprocess.json, choosing a generation, `Deployed`"},
         {"tasks": "what a task (classify, detect) decides: labels, loss, metrics, parity checks"},
         {"data": "data sets: the built-in and procedural sets, the user's folders, streamed batches",
          "method": "the method, one step per module: masks, synthesis, compaction, restriction, export",
@@ -40,8 +43,7 @@ LAYERS: dict[str, list[dict[str, str]]] = {
          "events": "the structured event log (`<run>/events.jsonl`)",
          "record": "`GenerationRecord`: one offspring, the one type every reader of a run reads"},
         {"errors": "`UserError`: bad input, one line, exit 2",
-         "files": "atomic writes of the host's files (run directories, fleet state, reports)",
-         "__init__": "the version"},
+         "files": "atomic writes of the host's files (run directories, fleet state, reports)"},
     ],
     "edge_evolver": [
         {"__main__": "`python -m edge_evolver`"},

@@ -8,4 +8,5 @@
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)
+- result.py      the run's result: a generation read back and written as final/ (deploy/), or loaded for Python
 """

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from host_trainer.method.compaction import shrink_to_widths, widths
-from host_trainer.method.depth import remove_blocks, removed_blocks
-from host_trainer.models.registry import build_model, fixed_layers
+# The architecture lives with the deployable result (final/'s architecture.json); re-exported here, where the
+# loop and the bench scripts have always found it.
+from host_trainer.deploy.architecture import architecture, build_architecture
 from host_trainer.rundir import CHECKPOINT, WEIGHTS
 
 FORMAT = "edge-evolver-checkpoint/1"
 MASK_PREFIX = "mask:"
+__all__ = ["FORMAT", "Checkpoint", "architecture", "build_architecture", "read_checkpoint", "to_bytes",
+           "write_checkpoint"]
 
 
 @dataclass
@@ -33,22 +35,6 @@ class Checkpoint:
     model: nn.Module
     masks: dict[str, torch.Tensor]
     meta: dict[str, Any]
-
-
-def architecture(model: nn.Module, model_ref: str, num_classes: int, input_shape: tuple[int, ...]) -> dict:
-    arch = {"model": model_ref, "num_classes": num_classes, "input_shape": list(input_shape),
-            "widths": widths(model)}
-    removed = removed_blocks(model)
-    return {**arch, "removed": removed} if removed else arch
-
-
-def build_architecture(arch: dict) -> nn.Module:
-    """A model with the stored architecture (weights not loaded yet)."""
-    shape = tuple(arch["input_shape"])
-    model = build_model(arch["model"], int(arch["num_classes"]), shape)  # type: ignore[arg-type]
-    remove_blocks(model, arch.get("removed", []))  # before the widths: a removed block's layers have none
-    example = torch.zeros((1, *shape))
-    return shrink_to_widths(model, arch["widths"], example, fixed_layers(model))
 
 
 def to_bytes(model: nn.Module, masks: dict[str, torch.Tensor]) -> bytes:

@@ -20,12 +20,14 @@ from host_trainer.config import EvolveConfig
 from host_trainer.data import splits
 from host_trainer.data.options import data_options
 from host_trainer.data.stream import load_data
+from host_trainer.deploy import dataset_facts
 from host_trainer.errors import UserError
 from host_trainer.fleet.jobs import Fleet, FleetConfig
 from host_trainer.fleet.local_fleet import LOCAL_DEVICE, LocalFleet
 from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
+from host_trainer.loop import result
 from host_trainer.loop.evolve import Evolution, dense_model, resume_member
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
 from host_trainer.models.weights import file_sha256
@@ -94,13 +96,15 @@ def start_run(cfg: EvolveConfig, parent_dir: Path, run_id: str, view: RunView = 
     events.attach_run_log(path / EVENTS)
     run = RunDir(path)
     run.write_config(cfg.to_dict())
+    run.write_dataset(dataset_facts(ready.data, cfg.task))  # the class names and normalisation: final/ needs them
     log.info("run started", run_dir=str(path), model=cfg.model, dataset=cfg.dataset,
              generations=cfg.generations, threads=torch.get_num_threads(), pid=os.getpid(),
              train_device=str(ready.device))
     view.note(f"run directory: {path}")
     with measuring(cfg, path, ready.task, view) as measurer:
         evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
-        return Finished(path, evolution.run_all())
+        records = evolution.run_all()
+    return _finished(path, records, view)
 
 
 def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_device: str | None = None) -> Finished:
@@ -132,6 +136,8 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
     last = records[-1].generation if records else -1
     run.clean_partial(last)
     run.write_records(records)
+    if run.read_dataset() is None:  # a run started before dataset.json existed
+        run.write_dataset(dataset_facts(ready.data, cfg.task))
     events.attach_run_log(path / EVENTS)
     log.info("run resumed", run_dir=str(path), from_generation=last + 1, generations=cfg.generations,
              train_device=str(ready.device))
@@ -139,7 +145,17 @@ def resume_run(path: Path, generations: int | None, view: RunView = NULL, train_
     with measuring(cfg, path, ready.task, view) as measurer:
         evolution = Evolution(cfg, ready.data, run, measurer, ready.task, view, ready.device, ready.dense)
         evolution.records = records
-        return Finished(path, evolution.run_all(resume_member(run, records) if records else None))
+        records = evolution.run_all(resume_member(run, records) if records else None)
+    return _finished(path, records, view)
+
+
+def _finished(path: Path, records: list[GenerationRecord], view: RunView) -> Finished:
+    """The run ended normally: its last accepted generation as <run>/final/ (loop/result.py), then the summary."""
+    with view.step("writing final/: the last accepted generation, ready to deploy"):
+        final = result.finish(path)
+    log.info("final written", path=str(final))
+    view.note(f"deployable result: {final}")
+    return Finished(path, records)
 
 
 def follow_run() -> bool:
