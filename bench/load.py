@@ -100,12 +100,14 @@ def flood(board: Board, signer: JobSigner, model: bytes, count: int, every: int,
         good.append(send_good(board, signer, model))
         if paced:
             answer_within(board, good[-1][0], mark, LOST_AFTER_S)
-    closing = close_flood(board, signer, model, mark)
-    runs = [timed(m, sent_wall, sent) for m, sent_wall, sent in
-            ((answer_within(board, job_id, mark, 0.0), sent_wall, sent) for job_id, sent_wall, sent in good) if m]
+    close_flood(board, signer, model, mark)
+    answers = [(answer_within(board, job_id, mark, 0.0), sent_wall, sent) for job_id, sent_wall, sent in good]
+    runs = [timed(m, sent_wall, sent) for m, sent_wall, sent in answers if m]
+    fate = refusals(board, {sha256_hex(p) for p in bad}, mark, log_mark)
+    # Until the last job the board is known to have taken: the closing job may have waited for a resend.
+    last = max([m["data"]["received_at"] for m, _, _ in answers if m] + [fate.pop("last_received_at")])
     return {"flood": count, "every": every, "paced": paced, "good": runs, "good_lost": len(good) - len(runs),
-            "taken_s": closing["data"]["received_at"] - started,
-            **refusals(board, {sha256_hex(p) for p in bad}, mark, log_mark)}
+            "taken_s": last - started, **fate}
 
 
 def close_flood(board: Board, signer: JobSigner, model: bytes, mark: int, tries: int = 5) -> dict:
@@ -142,7 +144,8 @@ def refusals(board: Board, digests: set, mark: int, log_mark: int) -> dict:
     worker = sum(e.get("event") == "job" and str(e.get("job_id")).startswith("flood-") for e in events)
     return {"answered": len(found), "suppressed": suppressed, "lost": len(digests) - len(found) - suppressed,
             "ran": sum(r.get("status") == "ok" for r in found) + worker,
-            "codes": sorted({r.get("code") for r in found})}
+            "codes": sorted({r.get("code") for r in found}),
+            "last_received_at": max((r["received_at"] for r in found), default=0.0)}
 
 
 def run(flood_n: int, every: int, good_n: int, paced: bool) -> dict:
