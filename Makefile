@@ -13,7 +13,8 @@ EDGE_TESTS := tests/test_benchmark.py tests/test_edge_cli.py tests/test_vermin.p
               tests/test_profile_ort.py tests/test_containment.py tests/test_systemd_unit.py tests/test_tls.py \
               tests/test_model_guard.py tests/test_trust.py tests/test_security_daemon.py tests/test_keys_cli.py \
               tests/test_fuzz_jobs.py tests/test_bridge.py tests/test_board_answers.py tests/test_trust_reload.py \
-              tests/test_board_bounds.py tests/test_board_gauges.py tests/test_config_default.py
+              tests/test_board_bounds.py tests/test_board_gauges.py tests/test_config_default.py \
+              tests/test_intake_limits.py
 # The daemon tests start their own Mosquitto on a free loopback port; Debian's packages provide it.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=

@@ -15,7 +15,7 @@ import structlog
 
 from ..errors import EdgeError, ErrorCode, clip_line
 from ..protocol import FrameError, split_frame, valid_job_id
-from ..trust.jobs import JobAuth, VerifyPolicy, is_signed, open_job, split_signed, unwrap
+from ..trust.jobs import JobAuth, VerifyPolicy, is_signed, open_job, unwrap
 from ..trust.keys import PUBLIC_PREFIX, TrustedKeys, TrustFileError, ensure_signing_key, parse_trusted
 from ..trust.replay import ReplayLedger
 from ..trust.results import sign_result
@@ -198,14 +198,3 @@ def job_id_hint(payload: bytes) -> Optional[str]:
     job_id = header.get("job_id")
     return job_id if valid_job_id(job_id) else None
 
-
-def peek_auth(payload: bytes) -> Optional[Dict[str, Any]]:
-    """{"key_id", "seq"} of a spooled signed job (verified when it arrived), else None."""
-    if not is_signed(payload):
-        return None
-    try:
-        block, frame = split_signed(payload)
-        header, _ = split_frame(frame, len(frame))
-        return {"key_id": block["key_id"], "seq": header["auth"]["seq"]}
-    except (FrameError, KeyError, TypeError):
-        return None

@@ -21,6 +21,7 @@ from ..protocol import FrameError, Topics, dumps, qos, retained, sha256_hex, spl
 from ..trust.jobs import open_job, sealed_auth, unwrap
 from .config import ServeConfig, broker_with_credentials
 from .gate import Gate, job_id_hint
+from .intake import RefusalLimiter
 from .jobstore import JobStore
 from .outbox import Outbox
 from .payloads import result_payload, status_payload, telemetry_payload, will_payload
@@ -44,6 +45,8 @@ class EdgeDaemon:
         self.gauges = gauges  # GPU load and memory for telemetry (devicefacts.gauges)
         self.topics = Topics(config.prefix)
         self.gate = Gate(config)
+        self.refusals = RefusalLimiter(lambda summary: log.warning(
+            "refusals_suppressed", **summary, note="unauthenticated jobs refused without an answer (rate limit)"))
         self.facts.update(self.gate.facts())
         self.store = JobStore(config.resolved_state_dir(), max_results=config.max_results,
                               max_bytes=int(config.max_results_mb * 1024 * 1024))
@@ -193,7 +196,8 @@ class EdgeDaemon:
         try:
             frame, auth = self.gate.open(payload)  # signature, expiry, target: before anything is parsed
         except FrameError as exc:  # refused unauthenticated: the answer goes to our own results topic only
-            self._reject(job_id_hint(payload), exc.code, exc.message, payload=payload, unopened=True)
+            if self.refusals.answer(exc.code):  # a flood of forged jobs gets a few answers, not one each
+                self._reject(job_id_hint(payload), exc.code, exc.message, payload=payload, unopened=True)
             return
         try:
             job = decode_job(frame, self.config.max_payload_bytes)
