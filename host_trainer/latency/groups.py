@@ -83,7 +83,7 @@ def group_costs(latency: LatencyModel, parent: Observation, groups: list[Cluster
         if size < 1:
             continue
         costs.append(GroupCost(root=group.root, size=size, ladder=latency.ladder(size),
-                               ms=_pricer(latency, parent, group, feeds)))
+                               ms=_pricer(latency, parent, group, feeds), step=group.segments))
     return costs
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 from torch import nn
 
@@ -21,7 +22,7 @@ from host_trainer.config import EvolveConfig
 from host_trainer.loop.allocator import Allocation, CutRequest, DeviceAllocator, importance_lost
 from host_trainer.loop.controller import Alpha
 from host_trainer.loop.training import scoring_batches
-from host_trainer.method.compaction import ClusterGroup, cluster_groups, compact
+from host_trainer.method.compaction import ClusterGroup, CompactionMismatch, cluster_groups, compact
 from host_trainer.method.depth import Block, removable_blocks, removal_loss, remove_blocks
 from host_trainer.method.importance import taylor_importance
 from host_trainer.method.masks import prunable_layers
@@ -31,6 +32,7 @@ from host_trainer.record import GenerationRecord
 from host_trainer.tasks.base import Task
 from host_trainer.torch_device import CPU, placed
 
+log = structlog.get_logger("host_trainer")
 IMPORTANCE_SEED = 7919  # the importance batches' order: fixed, so a resumed run scores the parent alike
 
 
@@ -83,8 +85,23 @@ class Breeder:
     def breed(self, parent_model: nn.Module, parent_masks: dict[str, torch.Tensor], fitness: GenerationRecord,
               seed: int, alpha: Alpha, k: int, attempt: int,
               rejected: Sequence[Mapping[str, int]]) -> Bred:
-        cfg = self.cfg
+        """One offspring. A cut whose compacted network would not compute what the masked parent computes is
+        refused (method/compaction.py): its groups stay dense for this parent, and the cut is drawn again."""
         scores = self.scores(fitness, parent_model)
+        while True:
+            try:
+                return self._breed(parent_model, parent_masks, fitness, scores, seed, alpha, k, attempt, rejected)
+            except CompactionMismatch as exc:
+                if not exc.roots:
+                    raise
+                log.warning("cut refused, its groups left dense for this parent", reason=exc.reason,
+                            groups=list(exc.roots))
+                scores.groups = [g for g in scores.groups if g.root not in exc.roots]
+
+    def _breed(self, parent_model: nn.Module, parent_masks: dict[str, torch.Tensor], fitness: GenerationRecord,
+               scores: Scores, seed: int, alpha: Alpha, k: int, attempt: int,
+               rejected: Sequence[Mapping[str, int]]) -> Bred:
+        cfg = self.cfg
         groups = scores.groups
         request = CutRequest(alpha.c, seed, k, attempt, scores.importance, rejected, scores.blocks,
                              scores.block_importance)

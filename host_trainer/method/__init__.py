@@ -5,7 +5,10 @@
 - allocation.py   device-aware allocation: a grouped knapsack that spends the cut in predicted milliseconds
 - depth.py        residual blocks that can go whole, as items of the same knapsack
 - synthesis.py    sample an offspring from its parent's synaptic strengths and the environmental factor α
-- compaction.py   remove dropped clusters physically, through Torch-Pruning's dependency graph
+- compaction.py   remove dropped clusters physically, checked against the masked parent (compacted == masked)
+- coupling.py     the coupling plan of one architecture: which slices die with each cluster, which groups stay dense
+- tracing.py      Torch-Pruning's dependency graph, with channel shuffles, slices and reshapes cut out as barriers
+- surgery.py      cutting (and zeroing, in the masked twin) a plan's channels, grouped convolutions group by group
 - restriction.py  synaptic precision restriction: round every parameter to fp16 (or bf16)
 - export.py       one self-contained ONNX file (fp16 weights unless fp32), checked, compared with torch
 - size.py         synapses, clusters, parameters and MACs of one network

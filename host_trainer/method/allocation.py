@@ -41,6 +41,7 @@ class GroupCost:
     size: int                       # live clusters now
     ladder: tuple[int, ...]         # counts the group may keep, largest (= size) first
     ms: Callable[[int], float]      # predicted ms of the group's layers with n kept (other groups at the parent's)
+    step: int = 1                   # counts must be multiples of this (a grouped convolution's groups)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def group_options(group: GroupCost, lost_first: np.ndarray, share_cap: float,
     prefix = np.concatenate([[0.0], np.cumsum(lost_first)])
     base = group.ms(group.size)
     options = []
-    for count in group.ladder:
+    for count in dict.fromkeys(c if c >= group.size else _on_step(c, group.step) for c in group.ladder):
         if count > group.size or count < 1:
             continue
         lost = float(prefix[group.size - count])
@@ -95,6 +96,11 @@ def group_options(group: GroupCost, lost_first: np.ndarray, share_cap: float,
         penalty = RETRY_PENALTY if any(count <= r < group.size for r in rejected) else 1.0
         options.append(Option(count, max(0.0, base - group.ms(count)), lost * penalty))
     return options or [Option(group.size, 0.0, 0.0)]
+
+
+def _on_step(count: int, step: int) -> int:
+    """A ladder count rounded down to a multiple of the step (at least one step): what synthesis can keep."""
+    return count if step <= 1 else max(step, count - count % step)
 
 
 def solve(options: Mapping[str, list[Option]], target: float,

@@ -9,8 +9,9 @@ all of them to zero, so to first order the loss changes by −Σ g·w over exact
 
 with g_b the loss gradient on batch b (a fixed, seeded set of training batches, the parent in eval mode). The
 scale is the loss itself, so scores of different groups are comparable (as in HALP and Molchanov et al.), unlike
-a per-group share of |w|. Torch-Pruning's dependency graph says which slice of which parameter belongs to which
-cluster, so concatenations, residual additions and flatten→linear are handled as compaction handles them.
+a per-group share of |w|. The coupling plan (compaction.py: Torch-Pruning's dependency graph, read once per
+architecture) says which slice of which parameter belongs to which cluster, so concatenations, residual additions
+and flatten→linear are handled as compaction handles them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from host_trainer.method.compaction import ClusterGroup, build_graph
+from host_trainer.method.compaction import ClusterGroup, coupling_plan
 
 # (outputs, labels) -> the scalar loss of one batch
 LossFn = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
@@ -40,18 +40,16 @@ class Slice:
 
 
 def group_slices(model: nn.Module, groups: list[ClusterGroup], example: torch.Tensor) -> dict[str, list[Slice]]:
-    """Every parameter slice that dies with each cluster, per group root (from Torch-Pruning's graph)."""
-    graph = build_graph(model, example)
+    """Every parameter slice that dies with each cluster, per group root (from the coupling plan)."""
+    items = coupling_plan(model, example).items
     modules = dict(model.named_modules())
     out: dict[str, list[Slice]] = {}
     for group in groups:
-        root = modules[group.root]
-        handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
-        pruning = graph.get_pruning_group(root, handler, idxs=list(range(group.size)))
         slices: list[Slice] = []
-        for item in pruning:
-            slices += _item_slices(item.dep.target.module, getattr(item.dep.handler, "__name__", ""),
-                                   [int(i) for i in item.idxs], [int(r) for r in item.root_idxs])
+        for item in items[group.root]:
+            if item.dim is None:  # an unwrapped nn.Parameter is no layer's weight: left out, as before
+                slices += _item_slices(modules[item.target], f"prune_{item.side}_channels", list(item.idxs),
+                                       list(item.roots))
         out[group.root] = slices
     return out
 

@@ -7,7 +7,8 @@ This is step 1 of docs/method.md:
 - clusters first (per coupling group), then synapses inside surviving clusters;
 - optional stochastic rounding of each layer's cluster count to a multiple m;
 - or, with device-aware allocation (host_trainer/method/allocation.py), an exact count per group: heredity
-  still decides *which* clusters survive, the board's latency model decides *how many*.
+  still decides *which* clusters survive, the board's latency model decides *how many*;
+- a group with segments (a grouped convolution's groups) keeps the same number in each (`balance`).
 
 The numpy functions here know nothing about torch; `plan_offspring` reads a model, on the CPU whatever device
 it lives on (`.detach().cpu()`), so the draw is the same whether the parent trained on the CPU or on a GPU.
@@ -139,6 +140,22 @@ def _to_count(kept: np.ndarray, strength: np.ndarray, alive: np.ndarray, count: 
     return kept
 
 
+def balance(kept: np.ndarray, strength: np.ndarray, segments: int) -> np.ndarray:
+    """The same number kept in each of `segments` equal runs of clusters (a grouped convolution's groups, which
+    must stay equal): the count rounded to the nearest multiple of the segments (at least one each); inside each
+    run the drawn clusters first, then the strongest. With one segment the draw is returned as it is."""
+    if segments <= 1:
+        return kept
+    width = kept.size // segments
+    per = int(np.clip(np.floor(kept.sum() / segments + 0.5), 1, width))
+    out = np.zeros_like(kept)
+    for s in range(segments):
+        run = slice(s * width, (s + 1) * width)
+        order = np.lexsort((-strength[run], ~kept[run]))  # drawn first (False sorts first), then strongest
+        out[s * width + order[:per]] = True
+    return out
+
+
 def sample_synapses(weight: np.ndarray, mask: np.ndarray, rows: np.ndarray, cfg: SynthesisConfig,
                     rng: np.random.Generator) -> np.ndarray:
     """New mask for one layer: existing synapses of the surviving rows, each kept with its own P."""
@@ -178,6 +195,7 @@ def plan_offspring(model: torch.nn.Module, groups: list[ClusterGroup], masks: di
             kept = sample_exact(strength, counts[group.root], cfg, rng)
         else:
             kept = sample_clusters(strength, cfg, rng)
+        kept = balance(kept, strength, group.segments)
         keep[group.root] = np.flatnonzero(kept)
         for name in group.members:
             rows_kept[name] = kept
