@@ -60,6 +60,11 @@ SUMMARY_KEYS = ("generation", "attempt", "alpha_c", "synapses", "params", "macs"
 log = structlog.get_logger("host_trainer")
 
 
+class ParityError(UserError):
+    """A generation's exported ONNX computes something else than its torch network: an offspring is rejected
+    for it; generation 0 or a carried-over parent ends the run with this one line."""
+
+
 def derive_seed(seed: int, generation: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, generation, attempt]).generate_state(1)[0])
 
@@ -221,8 +226,14 @@ class Evolution:
 
     def _measure_all(self, survivors: list[Candidate]) -> list[Candidate]:
         """Export and measure every survivor; on devices in parallel (K jobs in flight at once)."""
+        exported = []
         for candidate in survivors:
-            candidate.onnx = self._export(candidate)
+            try:
+                candidate.onnx = self._export(candidate)
+                exported.append(candidate)
+            except ParityError as exc:  # its fp16 ONNX is not the network trained: unfit, not the run's end
+                self._reject(candidate.record, f"export parity: {exc}")
+        survivors = exported
         started = time.perf_counter()
         if self.measurer.parallel and len(survivors) > 1:
             outcomes = self._measure_in_parallel(survivors)
@@ -347,8 +358,8 @@ class Evolution:
                                        self.task.output_name)
             parity = self.task.parity(onnx_bytes, member.model, splits.head(self.data.test, PARITY_SAMPLES))
         if not parity.ok:
-            raise RuntimeError(f"generation {member.generation}: ONNX disagrees with torch (max abs err "
-                               f"{parity.max_abs_err:.4g}, {parity.metric} agreement {parity.agreement:.4f})")
+            raise ParityError(f"generation {member.generation}: ONNX disagrees with torch (max abs err "
+                              f"{parity.max_abs_err:.4g}, {parity.metric} agreement {parity.agreement:.4f})")
         record.update({"onnx_bytes": len(onnx_bytes), "model_sha256": sha256(onnx_bytes), **parity.to_dict(),
                        "export_seconds": time.perf_counter() - started})
         return onnx_bytes
