@@ -83,6 +83,7 @@ lint: $(STAMP)
 # docs/generations.md's field table, from host_trainer/record.py (a test checks that they agree).
 docs: $(STAMP)
 	$(BIN)/python -c "from host_trainer.record import write_fields_doc; write_fields_doc('docs/generations.md')"
+	$(BIN)/python -c "from host_trainer.options_doc import write_options_doc; write_options_doc('docs/options.md')"
 
 bench-default: $(STAMP)
 	$(BIN)/python bench/default_run.py $(ARGS)

@@ -164,3 +164,11 @@ def test_generations_doc_lists_every_record_field() -> None:
     text = (ROOT / "docs" / "generations.md").read_text()
     assert record.fields_markdown() in text, "regenerate: python -c 'from host_trainer.record import " \
                                              "fields_markdown; print(fields_markdown())'"
+
+
+def test_options_doc_lists_every_evolve_option() -> None:
+    from host_trainer.options_doc import options_markdown
+
+    text = options_markdown()
+    assert "`--batch-size`" in text and "`--config`" in text and "One of `device`, `magnitude`." in text
+    assert text in (ROOT / "docs" / "options.md").read_text(), "regenerate: make docs (host_trainer/options_doc.py)"

@@ -19,7 +19,8 @@ SIDES = ("host_trainer", "edge_evolver")  # higher first
 # Per side, its layers from the top down; each package with one line on what lives there.
 LAYERS: dict[str, list[dict[str, str]]] = {
     "host_trainer": [
-        {"__main__": "`python -m host_trainer`"},
+        {"__main__": "`python -m host_trainer`",
+         "options_doc": "docs/options.md's table of `evolve`'s options, generated from the command"},
         {"cli": "`host-trainer`: parses the options and calls one function per command"},
         {"keys_cli": "`host-trainer keys`: the host's signing key, enrolled board keys, checking a run's results",
          "report": "`host-trainer report`: a run's figures and report.md",
@@ -34,7 +35,8 @@ LAYERS: dict[str, list[dict[str, str]]] = {
          "models": "the networks to evolve, by name or from the user's file"},
         {"rundir": "the run directory: every name in it, the records, resume bookkeeping",
          "progress": "how long steps report progress, without knowing who shows it",
-         "torch_device": "where the host trains (`--train-device`), and the moves to and from that device"},
+         "torch_device": "where the host trains (`--train-device`), and the moves to and from that device",
+         "config_file": "`evolve --config FILE`: options from a TOML file or a run's config.json"},
         {"config": "`EvolveConfig`: the one place the run's defaults and choices live",
          "events": "the structured event log (`<run>/events.jsonl`)",
          "record": "`GenerationRecord`: one offspring, the one type every reader of a run reads"},
