@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from host_trainer.config import EvolveConfig
     from host_trainer.deploy.loading import Deployed
 
-__version__ = "0.2.0"
+from host_trainer.version import __version__
+
 __all__ = ["__version__", "evolve", "load"]
 
 

@@ -1,8 +1,10 @@
 """`host-trainer`: evolve compact networks (`evolve`), draw a run's figures (`report`), watch runs (`watch`).
 
-Every option also reads an environment variable (HOST_TRAINER_<OPTION>). Defaults come from
-host_trainer/config.py and are shown in the help. Bad input ends with a one-line `error: …` on stderr and
-exit code 2, before anything is written. Logging is configured here, once (host_trainer/events.py).
+Every option also reads an environment variable (HOST_TRAINER_<OPTION>); `evolve --config FILE` reads them from a
+file too (host_trainer/config_file.py: command line > environment > file > defaults). Defaults and choices come
+from host_trainer/config.py and are shown in the help; docs/options.md is generated from this command
+(host_trainer/options_doc.py). Bad input ends with a one-line `error: …` on stderr and exit code 2, before
+anything is written. Logging is configured here, once (host_trainer/events.py).
 """
 
 from __future__ import annotations
@@ -11,20 +13,33 @@ import os
 import re
 import sys
 import time
+import typing
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from edge_evolver.cli.support import run_app
-from host_trainer.config import WATCH_BROKER, default_of, default_text
+from host_trainer.config import (
+    ALLOCATIONS,
+    INITS,
+    PRECISION_FORMATS,
+    PROBABILITY_MODELS,
+    TASKS,
+    WATCH_BROKER,
+    default_of,
+    default_text,
+)
 from host_trainer.errors import UserError
+from host_trainer.version import __version__
 
 if TYPE_CHECKING:
+    from host_trainer.config import EvolveConfig
     from host_trainer.terminal import Terminal
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Evolutionary synthesis with synaptic precision restriction (host side).")
+# add_completion: typer's --install-completion and --show-completion (bash, zsh, fish, PowerShell).
+app = typer.Typer(no_args_is_help=True, help="Evolutionary synthesis with synaptic precision restriction (host side).")
 
 
 def _env(name: str) -> str:
@@ -44,9 +59,56 @@ def _opt(name: str, flag: str, text: str, default_from: str | None = None, envva
                         help=f"{text} \\[default: {shown}]")
 
 
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """config.py's choices as an Enum: typer checks a value against them, lists them in the help and offers them
+    to shell completion (an Enum works with every typer version this project supports)."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+Task = _choices("Task", TASKS)
+Precision = _choices("Precision", PRECISION_FORMATS)
+ProbabilityModel = _choices("ProbabilityModel", PROBABILITY_MODELS)
+Init = _choices("Init", INITS)
+Allocation = _choices("Allocation", ALLOCATIONS)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"host-trainer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    # The one option without an environment variable: one left set would turn every command into a version print.
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
+
+
+def _load_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
+    """--config: the file's values become the defaults of the options given neither on the command line nor in the
+    environment (click's default_map; host_trainer/config_file.py checks them first)."""
+    if path is not None:
+        from host_trainer.config_file import read_options
+
+        hints = typing.get_type_hints(evolve)  # each option's type, as typer read it
+        options = {p.name: (hints[p.name], tuple(p.opts)) for p in ctx.command.params if p.name in hints}
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **read_options(path, options, RENAMED)}
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+    return path
+
+
 @app.command()
 def evolve(
-    task: Optional[str] = _opt("task", "--task", "classify, or detect (docs/detection.md)."),
+    config: Optional[Path] = typer.Option(None, "--config", envvar=_env("config"), is_eager=True,
+                                          callback=_load_config, help="Options from a TOML file, or a run's "
+                                          "config.json (repeats that run); the command line and HOST_TRAINER_* "
+                                          "variables override it (docs/options.md)."),
+    task: Optional[Task] = _opt("task", "--task", "What the network does (detect: docs/detection.md)."),
     model: Optional[str] = _opt("model", "--model", "Built-in (mlp, lenet5, vgg-small, resnet-small; det-small for "
                                 "detect) or path/to/file.py:factory."),
     dataset: Optional[str] = _opt("dataset", "--dataset", "digits, glyphs or imagefolder:PATH; for detect "
@@ -67,22 +129,31 @@ def evolve(
                                    "state_dict saved with torch.save, or a safetensors file."),
     final_epochs: Optional[float] = _opt("final_epochs", "--final-epochs", "A final fine-tune of the last accepted "
                                          "generation, in epochs (0 = none)."),
-    precision: Optional[str] = _opt("precision", "--precision", "Number format the weights are restricted to: "
-                                    "fp16, bf16 or fp32 (no restriction).", default_from="precision_format"),
+    precision: Optional[Precision] = _opt("precision", "--precision", "Number format the weights are restricted to "
+                                    "(fp32: no restriction).", default_from="precision_format"),
     env_factor: Optional[str] = _opt("env_factor", "--env-factor", "Environmental factor α, or α_c,α_s "
                                      "(fraction inherited per generation)."),
-    probability_model: Optional[str] = _opt("probability_model", "--probability-model", "calibrated or darwin."),
+    probability_model: Optional[ProbabilityModel] = _opt("probability_model", "--probability-model",
+                                                         "How keep probabilities follow importance: calibrated "
+                                                         "(mean = α) or darwin (the papers')."),
     tau: Optional[float] = _opt("tau", "--tau", "Heredity sharpness τ (1 = the papers')."),
     channel_multiple: Optional[int] = _opt("channel_multiple", "--channel-multiple", "Round surviving channels to "
                                            "a multiple (16 suits ONNX Runtime on x86, 8 TensorRT fp16)."),
-    init: Optional[str] = _opt("init", "--init", "inherit the parent's weights, or reinit."),
+    init: Optional[Init] = _opt("init", "--init", "An offspring inherits its parent's weights, or starts anew "
+                               "(reinit)."),
     seed: Optional[int] = _opt("seed", "--seed", "Seed of everything random in the run."),
+    batch_size: Optional[int] = _opt("batch_size", "--batch-size", "Training images per optimiser step (over every "
+                                     "process under torchrun)."),
+    lr: Optional[float] = _opt("lr", "--lr", "Peak learning rate of generation 0; offspring and the final "
+                               "fine-tune scale it (docs/method.md, \"Training\")."),
     run_dir: Path = typer.Option(Path("runs"), "--run-dir", envvar=_env("run_dir"),
                                  help="Folder under which a new run directory is made."),
     resume: Optional[Path] = typer.Option(None, "--resume", envvar=_env("resume"),
                                           help="Continue this run directory from its last completed generation."),
     max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop",
                                               "Largest validation-accuracy drop vs generation 0, in points."),
+    max_attempts: Optional[int] = _opt("max_attempts", "--max-attempts", "Tries per generation (each with a milder "
+                                       "α) before the parent trains again without a cut or is carried over."),
     distill: Optional[float] = _opt("distill", "--distill", "Weight of distillation from generation 0's outputs "
                                     "(0 = off)."),
     train_subset: Optional[int] = _opt("train_subset", "--train-subset",
@@ -118,8 +189,9 @@ def evolve(
     offspring: Optional[int] = _opt("offspring", "--offspring",
                                     "K offspring per generation, measured in parallel; the fittest is kept."),
     hold: Optional[int] = _opt("hold", "--hold", "Stop once the goals are met for this many generations in a row."),
-    allocation: Optional[str] = _opt("allocation", "--allocation", "how the cut is spread over layers: device = by "
-                                     "the board's measured per-layer latency, magnitude = by weight magnitude alone"),
+    allocation: Optional[Allocation] = _opt("allocation", "--allocation", "How the cut is spread over layers: "
+                                            "device = by the board's measured per-layer latency, magnitude = by "
+                                            "weight magnitude alone."),
     latency_model: Optional[Path] = _opt("latency_model", "--latency-model", "a board latency model (JSON) to start "
                                          "from; by default the run directory's own"),
     no_probes: bool = typer.Option(False, "--no-probes", envvar=_env("no_probes"),
@@ -153,7 +225,7 @@ def evolve(
         from host_trainer.distributed.launcher import launch
 
         raise typer.Exit(code=launch(nproc, _without_nproc(sys.argv)))
-    _run_evolve(task, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)
+    _run_evolve(task and task.value, env_factor, given, run_dir, resume, quiet, log_level, timeout_s)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -191,7 +263,6 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
           quiet: bool, log_level: str) -> int:
     """Rank 0 (or the one process): the run, with its own one-line report of how it ended; the exit code."""
     from host_trainer import events
-    from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
     from host_trainer.distributed import LAUNCHER_ENV, DistributedError, Terminated
     from host_trainer.terminal import Terminal
 
@@ -205,14 +276,7 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
             else:
                 from host_trainer.loop.session import start_run
 
-                if env_factor is not None:
-                    given["alpha_c"], given["alpha_s"] = parse_env_factor(env_factor)
-                if given["gen0_epochs"] is not None:
-                    given["gen0_epochs"] = parse_epochs(given["gen0_epochs"])
-                from host_trainer.data.options import parse_data_options
-
-                parse_data_options(given)  # --mean/--std as numbers, --split checked: one line if wrong
-                cfg = EvolveConfig.for_task(task or "classify", **given).validate()
+                cfg = new_config(task, env_factor, given)
                 finished = start_run(cfg, run_dir, _run_id(cfg), terminal)
         except DistributedError as exc:
             typer.echo(f"error: {exc} (continue with --resume RUN_DIR)", err=True)
@@ -233,6 +297,21 @@ def _lead(task: str | None, env_factor: str | None, given: dict, run_dir: Path, 
     accepted = sum(1 for r in finished.records if r.accepted)
     typer.echo(f"done: {accepted} generations recorded in {finished.path}")
     return 0
+
+
+def new_config(task: str | None, env_factor: str | None, given: dict) -> EvolveConfig:
+    """A new run's configuration from evolve's options (`given`: `_given`'s); a bad value is a UserError."""
+    from host_trainer.config import EvolveConfig, parse_env_factor, parse_epochs
+
+    given = dict(given)
+    if env_factor is not None:
+        given["alpha_c"], given["alpha_s"] = parse_env_factor(env_factor)
+    if given["gen0_epochs"] is not None:
+        given["gen0_epochs"] = parse_epochs(given["gen0_epochs"])
+    from host_trainer.data.options import parse_data_options
+
+    parse_data_options(given)  # --mean/--std as numbers, --split checked: one line if wrong
+    return EvolveConfig.for_task(task or "classify", **given).validate()
 
 
 def _configure_events(terminal: Terminal, log_level: str, quiet: bool) -> None:
@@ -314,13 +393,15 @@ def _text(path: Path | None) -> str | None:
 
 
 # `evolve`'s parameters that are not EvolveConfig fields, and those named otherwise there.
-NOT_CONFIG = ("task", "env_factor", "run_dir", "resume", "quiet", "log_level", "nproc_per_node", "dist_timeout_s")
+NOT_CONFIG = ("task", "env_factor", "run_dir", "resume", "quiet", "log_level", "nproc_per_node", "dist_timeout_s",
+              "config")
 RENAMED = {"precision": "precision_format", "device": "devices", "no_probes": "probes"}
 
 
 def _given(options: dict) -> dict:
     """EvolveConfig's fields as the options give them, None where an option was not given (the config's default
-    then applies): a flag that is off, an empty --device, a path as text; --no-probes is probes=False."""
+    then applies): a flag that is off, an empty --device, a path as text, a choice as its name; --no-probes is
+    probes=False."""
     given = {}
     for name, value in options.items():
         if name in NOT_CONFIG:
@@ -331,6 +412,8 @@ def _given(options: dict) -> dict:
             value = value or None
         elif isinstance(value, Path):
             value = str(value)
+        elif isinstance(value, Enum):
+            value = value.value
         given[RENAMED.get(name, name)] = list(value) if isinstance(value, list) else value
     return given
 

@@ -1,8 +1,9 @@
 """The configuration of one evolution run: one dataclass, and the one place its defaults live.
 
 `EvolveConfig`'s field defaults are the classification defaults; `DETECT_DEFAULTS` overrides the few that
-differ for `--task detect`. The CLI's help texts are rendered from here (`default_text`), and a test checks
-the README's option table and docs/method.md against it. docs/method.md says why each default was chosen.
+differ for `--task detect`. The CLI's help texts are rendered from here (`default_text`), docs/options.md is
+generated from the CLI, and a test checks the README's option table and docs/method.md against it.
+docs/method.md says why each default was chosen.
 This module imports nothing heavy, so `host-trainer --help` does not load torch.
 """
 
@@ -40,6 +41,10 @@ WEIGHTS_DEFAULTS: dict[str, Any] = {"gen0_epochs": 0.0}
 # How the run is launched (docs/distributed.md), not part of config.json: --nproc-per-node N re-runs the command
 # under torchrun with N processes (1 = no torchrun); --dist-timeout-s bounds every wait of one rank for another.
 LAUNCH_DEFAULTS: dict[str, Any] = {"nproc_per_node": 1, "dist_timeout_s": 300.0}
+# What config.json records about a run that is no option of `evolve`: `--config config.json` ignores these keys
+# (host_trainer/config_file.py); every other field is an option's. The weights' sha256 and the world size are
+# measured when the run starts, the in-process benchmark's runtime is fixed.
+RECORDED = ("weights_sha256", "world_size", "bench_backend")
 
 
 @dataclass
@@ -153,6 +158,7 @@ class EvolveConfig:
             (self.init in INITS, f"--init must be one of {', '.join(INITS)}"),
             (self.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
             (self.max_attempts >= 1, "--max-attempts must be >= 1"),
+            (self.batch_size >= 1 and self.lr > 0, "--batch-size must be >= 1 and --lr > 0"),
             (0 <= self.distill < 1, "--distill must lie in [0, 1)"),
             (not (self.target_fps and self.target_latency_ms), "give --target-fps or --target-latency-ms, not both"),
             (min(self.target_fps, self.target_latency_ms, self.max_power_w) >= 0, "targets must be >= 0"),

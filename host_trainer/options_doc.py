@@ -1,55 +1,59 @@
-"""docs/options.md, generated from the `host-trainer evolve` command itself (`make docs` writes it).
-
-One row per option: its flags, its default (the text config.py renders, as `--help` shows it), the environment
-variable it also reads, and its help. tests/test_architecture.py checks the file against this and the defaults
-against config.py, so the page cannot drift from the code.
-"""
+"""docs/options.md's table of `host-trainer evolve`'s options, generated from the command itself: its flags,
+environment variables, help texts and choices, and so config.py's defaults. `make docs` writes it between the
+`<!-- options -->` markers; tests/test_architecture.py checks that the file holds what this module makes."""
 
 from __future__ import annotations
 
 import re
+import typing
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
-HEADER = """# `host-trainer evolve` options
+import typer
 
-Generated from the command's own definition (`make docs`; a test fails when this page and the code disagree).
-The defaults live in one place, `host_trainer/config.py`; `host-trainer evolve --help` shows the same. Every
-option also reads the environment variable beside it. Bad input (an unknown model or data set, an unreadable
-factory file, a non-number α, ...) ends with one `error: ...` line and exit code 2, before anything is written.
+from host_trainer.config_file import SELF
 
-| option | default | environment | meaning |
-|---|---|---|---|
-"""
-_DEFAULT = re.compile(r"\s*\\?\[default: (.*)\]\s*$")
-
-
-def _row(param) -> str:  # noqa: ANN001 (a click.Parameter; click is typer's, imported lazily)
-    help_text = " ".join((param.help or "").split())
-    match = _DEFAULT.search(help_text)
-    if match:
-        default, help_text = match.group(1), help_text[: match.start()]
-    elif param.is_flag:
-        default = "off"
-    elif param.default is None or param.default == ():
-        default = "none"
-    else:
-        default = str(param.default)
-    flags = ", ".join(f"`{flag}`" for flag in param.opts)
-    envvar = f"`{param.envvar}`" if param.envvar else ""
-    return f"| {flags} | {default} | {envvar} | {help_text.replace('|', '/')} |"
+DEFAULT = re.compile(r"\s*\\\[default: (.*)\]$")  # how cli._opt writes a config.py default into the help
+START, END = "<!-- options", "<!-- /options -->"
 
 
 def options_markdown() -> str:
-    """The page, from the click command typer builds for `evolve`."""
-    import typer.main
+    """One row per option of `host-trainer evolve`, in the order `--help` shows them."""
+    from host_trainer.cli import app, evolve
 
-    from host_trainer.cli import app
+    command = typer.main.get_command(app).commands["evolve"]  # type: ignore[attr-defined]
+    hints = typing.get_type_hints(evolve)
+    lines = ["| option | file key | default | variable | what it sets |", "|---|---|---|---|---|"]
+    for param in command.params:
+        help_text = str(param.help or "")
+        found = DEFAULT.search(help_text)
+        default = found.group(1) if found else _shown(param.default)
+        meaning = DEFAULT.sub("", help_text) + _choices(hints.get(param.name))
+        meaning = meaning.replace("<", "\\<").replace("|", "\\|")  # no HTML tag, no extra cell
+        flags = ", ".join(f"`{flag}`" for flag in param.opts)
+        key = "" if param.name == SELF else f"`{param.name}`"
+        lines.append(f"| {flags} | {key} | {default} | `{param.envvar}` | {meaning} |")
+    return "\n".join(lines) + "\n"
 
-    group = typer.main.get_command(app)
-    command = group.commands["evolve"]  # type: ignore[attr-defined]
-    rows = [_row(p) for p in command.params if p.opts and p.opts[0].startswith("--") and p.name != "help"]
-    return HEADER + "\n".join(rows) + "\n"
+
+def _choices(annotation: Any) -> str:
+    enum = next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, Enum)), None)
+    return "" if enum is None else " One of " + ", ".join(f"`{member.value}`" for member in enum) + "."
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
 
 
 def write_options_doc(path: str | Path) -> None:
-    Path(path).write_text(options_markdown())
+    """Replace the table between the `<!-- options … -->` and `<!-- /options -->` markers of `path`."""
+    text = Path(path).read_text(encoding="utf-8")
+    head, marker, rest = text.partition(START)
+    opening, newline, rest = rest.partition("-->\n")
+    _, end, tail = rest.partition(END)
+    if not marker or not newline or not end:
+        raise ValueError(f"{path} has no {START} --> ... {END} markers")
+    Path(path).write_text(head + marker + opening + newline + options_markdown() + end + tail, encoding="utf-8")

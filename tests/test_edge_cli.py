@@ -190,3 +190,12 @@ def test_serve_takes_the_log_level_of_the_config_unless_the_option_says_otherwis
     assert _runner().invoke(cli.app, ["--log-level", "warning"] + serve).exit_code == 2 and levels == []
     result = _runner().invoke(cli.app, serve, env={"EDGE_EVOLVER_LOG_LEVEL": "error"})
     assert result.exit_code == 2 and levels == []  # the variable is the option too
+
+
+def test_version_and_shell_completion():
+    from edge_evolver import __version__
+
+    result = _runner().invoke(cli.app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"edge-evolver {__version__}"
+    script = _run([sys.executable, "-m", "edge_evolver", "--show-completion", "bash"])
+    assert script.returncode == 0 and "_EDGE_EVOLVER_COMPLETE=complete_bash" in script.stdout, script.stderr

@@ -15,7 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from host_trainer import cli
 from host_trainer.cli import app
+from host_trainer.config import EvolveConfig
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.method.restriction import restrict_tensor
 
@@ -106,6 +108,35 @@ def test_events_go_to_the_run_directory_and_as_json_to_stderr(reference_run):
     assert [e["event"] for e in stderr] == names  # the same events, none left out at --log-level info
     assert not any(line.startswith("{") for line in proc.stdout.splitlines())  # stdout: notes and the table
     assert proc.stdout.strip().splitlines()[-1] == f"done: 4 generations recorded in {run}"
+
+
+def test_every_epoch_is_one_event_off_a_tty_and_config_json_repeats_the_run(tmp_path, monkeypatch):
+    """Under nohup or CI (stderr a pipe), every epoch of every training is one JSON event on stderr and in
+    events.jsonl, so generation 0 is never silent for longer than an epoch; the run's config.json, given back
+    as --config, resolves to the run's configuration."""
+    proc = _evolve([*TINY, "--generations", "1", "--no-mqtt", "--run-dir", str(tmp_path / "runs")], cwd=tmp_path,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = _run_dir(tmp_path / "runs")
+    shown = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    logged = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    epochs = [e for e in logged if e["event"] == "epoch"]
+    assert epochs == [e for e in shown if e["event"] == "epoch"]
+    gen0 = [e for e in epochs if e["training"] == "gen0"]
+    assert [(e["generation"], e["epoch"], e["epochs"]) for e in gen0] == [(0, 1, 3), (0, 2, 3), (0, 3, 3)]
+    assert all(e[k] >= 0 for e in epochs for k in ("loss", "val_accuracy", "seconds"))
+    assert all(e["val_accuracy"] <= 1 and e["level"] == "info" for e in epochs)
+    names = [e["event"] for e in logged]
+    assert names.index("epoch") < names.index("generation")  # during generation 0, not after it
+    offspring = [e for e in epochs if e["training"] == "offspring"]
+    assert offspring and all((e["generation"], e["attempt"], e["offspring"]) == (1, 0, 0) for e in offspring)
+    assert 0 < offspring[-1]["epoch"] <= 1  # the recovery: a part of --epochs 1
+    seen = {}
+    monkeypatch.setattr(cli, "_run_evolve", lambda task, env_factor, given, *_: seen.update(
+        cfg=cli.new_config(task, env_factor, given)))
+    result = CliRunner().invoke(app, ["evolve", "--config", str(run / "config.json")])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == EvolveConfig.from_dict(json.loads((run / "config.json").read_text()))
 
 
 def test_quiet_prints_only_the_final_line(tmp_path):

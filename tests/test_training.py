@@ -127,6 +127,22 @@ def test_until_plateau_stops_on_a_nan_loss():
     assert not math.isfinite(result.loss)
 
 
+def test_every_epoch_is_reported_with_its_mean_loss():
+    """on_epoch: once a whole epoch and once for a last, partial one (after recalibration); the plateau schedule
+    hands its validation score, a fixed budget None (loop/epochs.py scores it)."""
+    data, task = _data(), ClassificationTask(4)  # 256 images, batches of 64: 4 steps an epoch
+    fixed, steps = [], []
+    model = _net()
+    train(model, dense_masks(model), data, TrainConfig(epochs=2.5, seed=0, batch_size=64), task,
+          on_step=lambda step, total, loss, score: steps.append(loss), on_epoch=lambda *e: fixed.append(e))
+    assert [(e, s) for e, _, s in fixed] == [(1.0, None), (2.0, None), (2.5, None)]
+    assert fixed[0][1] == pytest.approx(sum(steps[:4]) / 4) and fixed[2][1] == pytest.approx(sum(steps[8:]) / 2)
+    plateau = []
+    train_until_plateau(_net(), dense_masks(model), data, TrainConfig(epochs=0, seed=0, batch_size=64), task,
+                        _scripted([0.9] + [0.5] * 10), on_epoch=lambda *e: plateau.append(e))
+    assert [(e, s) for e, _, s in plateau] == [(1, 0.5), (2, 0.5), (3, 0.5), (4, 0.5)]
+
+
 # ---- in the loop -----------------------------------------------------------------------------------------
 QUICK = ["--model", "mlp", "--dataset", "digits", "--image-size", "8", "--no-mqtt", "--env-factor", "0.7",
          "--max-accuracy-drop", "100", "--bench-min-seconds", "0.05", "--bench-min-iterations", "10"]

@@ -86,6 +86,8 @@ def parse_data_options(given: dict[str, Any]) -> dict[str, Any]:
     if given.get("mean") is not None and len(given["mean"]) != len(given["std"]) and 1 not in (
             len(given["mean"]), len(given["std"])):
         raise UserError(f"--mean has {len(given['mean'])} values and --std {len(given['std'])}: give one per channel")
+    if given.get("split") == "":  # config.json's "": the set's own split, the same as not given
+        given["split"] = None
     if given.get("split") is not None:
         kind = str(given.get("dataset") or "").partition(":")[0]
         if kind not in USER_SETS:

@@ -5,6 +5,7 @@
 - breeding.py    one offspring from its parent: importance, the cut, synthesis, compaction
 - allocator.py   the loop's side of device-aware allocation: the latency model learns, the cut is spent
 - training.py    fp32 training with synapse masks (the task gives labels and loss)
+- epochs.py      what a training tells the user: the bar after every step, one `epoch` event after every epoch
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)

@@ -32,6 +32,7 @@ from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Alpha, Controller, Goals, speed_pressure
+from host_trainer.loop.epochs import GEN0, OFFSPRING, EpochEvents, bar_reporter, validation_score
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.training import (
     CAP_EPOCHS,
@@ -48,7 +49,7 @@ from host_trainer.method.size import size_metrics
 from host_trainer.models.input_fit import InputCheck, check_input_fit
 from host_trainer.models.registry import build_model
 from host_trainer.models.weights import check_unchanged, load_weights, read_state_dict
-from host_trainer.progress import NULL, RunView, Step
+from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 from host_trainer.rundir import MODEL, RunDir, onnx_path
 from host_trainer.tasks.base import Task
@@ -155,7 +156,7 @@ class Evolution:
         `generation` with `flag` set when within the brake and at least as accurate (validation) as `parent`.
         `attempt` keeps its record, and its measurement job's id, apart from the generation's offspring."""
         model, masks = copy.deepcopy(parent.model), dict(parent.masks)
-        loss = self._train(model, masks, generation, epochs, seed, final=True)
+        loss = self._train(model, masks, generation, epochs, seed, retrain=flag, attempt=attempt)
         candidate = self._finish(model, masks, generation, parent.generation, seed, None, loss)
         candidate.record.update({flag: True, "epochs_trained": epochs, "attempt": attempt})
         reason = self.controller.verdict(baseline, candidate.member.val_accuracy, loss)
@@ -189,7 +190,7 @@ class Evolution:
                     self._on_every_rank("plateau", model, masks, tcfg, 0):
                 plateau = train_until_plateau(model, masks, self.train_split, tcfg, self.task,
                                               lambda m: self.task.evaluate(m, self.data.val).accuracy,
-                                              _epoch_reporter(bar, CAP_EPOCHS))
+                                              bar_reporter(bar, CAP_EPOCHS), on_epoch=EpochEvents(GEN0, 0, AUTO))
             log.info("generation 0 trained", epochs=plateau.epochs, best_epoch=plateau.best_epoch,
                      val_accuracy=plateau.best_score, val_history=[round(v, 4) for v in plateau.history])
             loss, trained = plateau.loss, float(plateau.epochs)
@@ -288,7 +289,7 @@ class Evolution:
         apply_masks(child, masks)
         teacher = self._teacher() if cfg.distill > 0 else None
         tcfg = recovery(self._train_config(seed, cfg.epochs), bred.lost, splits.images_in(self.train_split))
-        loss = self._train_with(child, masks, generation, tcfg, teacher)
+        loss = self._train_with(child, masks, generation, tcfg, teacher, OFFSPRING, attempt=attempt, offspring=k)
         target = alpha.c * fitness.latency_ms_p50 if fitness.latency_ms_p50 else None
         fields = {**bred.allocation.to_record(), "parent_sha256": fitness.model_sha256,
                   "importance_lost": bred.lost, "epochs_trained": tcfg.epochs, "time_target_ms": target}
@@ -301,17 +302,23 @@ class Evolution:
         return self._gen0
 
     def _train(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, epochs: float, seed: int,
-               final: bool = False) -> float:
-        """Train for `epochs` on the full schedule (generation 0 with a number of epochs), or the final
-        fine-tune on its own (loop/training.py)."""
+               retrain: str = "", attempt: int = 0) -> float:
+        """Train for `epochs` on the full schedule (generation 0 with a number of epochs), or a `retrain` without a
+        cut (`rest`, `final_tune`: its record flag) on the fine-tune schedule (loop/training.py)."""
         tcfg = self._train_config(seed, epochs)
-        return self._train_with(model, masks, generation, fine_tune(tcfg) if final else tcfg)
+        if retrain:
+            return self._train_with(model, masks, generation, fine_tune(tcfg), None, retrain, attempt=attempt)
+        return self._train_with(model, masks, generation, tcfg, None, GEN0)
 
     def _train_with(self, model: nn.Module, masks: dict[str, torch.Tensor], generation: int, tcfg: TrainConfig,
-                    teacher: nn.Module | None = None) -> float:
+                    teacher: nn.Module | None, training: str, **ids: int) -> float:
+        """One training on a fixed budget; `training` and `ids` name it in its `epoch` events (loop/epochs.py)."""
+        on_epoch = EpochEvents(training, generation, tcfg.epochs, validation_score(self.task, model, self.data.val),
+                               **ids)
         with self.view.step(f"gen {generation}: training") as bar, \
                 self._on_every_rank("fixed", model, masks, tcfg, generation, teacher):
-            return train(model, masks, self.train_split, tcfg, self.task, teacher, _epoch_reporter(bar, tcfg.epochs))
+            return train(model, masks, self.train_split, tcfg, self.task, teacher, bar_reporter(bar, tcfg.epochs),
+                         on_epoch)
 
     def _on_every_rank(self, kind: str, model: nn.Module, masks: dict[str, torch.Tensor], tcfg: TrainConfig,
                        generation: int, teacher: nn.Module | None = None) -> contextlib.AbstractContextManager:
@@ -423,14 +430,6 @@ class Evolution:
 
     def _architecture(self, model: nn.Module) -> dict:
         return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)
-
-
-def _epoch_reporter(bar: Step, epochs: float):
-    """The training loop's on_step, shown as `epoch 0.42/0.75  loss 0.412  acc 87.5%` on the bar."""
-    def on_step(step: int, total: int, loss: float, score: float | None) -> None:
-        info = f"epoch {step * epochs / max(1, total):.2f}/{epochs:g}  loss {loss:.3f}"
-        bar.update(step, total, info + (f"  acc {score:.1%}" if score is not None else ""))
-    return on_step
 
 
 def resume_member(run: RunDir, records: list[GenerationRecord]) -> Member:

@@ -87,6 +87,11 @@ class TrainConfig:
 # on_step(step, total_steps, loss, batch_score) is called after every optimiser step; batch_score is the
 # task's quick quality figure of that batch (top-1 accuracy for a classifier), or None.
 OnStep = Callable[[int, int, float, "float | None"], None]
+# on_epoch(epoch, loss, score) is called once an epoch and once at the end of a last, partial epoch, so that a long
+# training is never silent for longer than an epoch (loop/epochs.py logs it): `epoch` counts the epochs trained so
+# far (fractional after a partial one), `loss` is that epoch's mean, `score` the validation score where the schedule
+# computed one (train_until_plateau), else None.
+OnEpoch = Callable[[float, float, "float | None"], None]
 
 
 def recovery(cfg: TrainConfig, lost: float, images: int) -> TrainConfig:
@@ -173,8 +178,24 @@ class _Steps:
         return distributed.mean(loss), self.task.batch_score(outputs, labels)
 
 
+class _EpochLoss:
+    """The mean training loss of the epoch so far, for on_epoch."""
+
+    def __init__(self, on_epoch: OnEpoch | None) -> None:
+        self.on_epoch, self.total, self.steps = on_epoch, 0.0, 0
+
+    def add(self, loss: float) -> None:
+        self.total, self.steps = self.total + loss, self.steps + 1
+
+    def done(self, epoch: float, score: float | None = None) -> None:
+        """An epoch ended (or the training, within one): report it, start the next."""
+        if self.on_epoch is not None:
+            self.on_epoch(round(epoch, 4), self.total / self.steps if self.steps else float("nan"), score)
+        self.total, self.steps = 0.0, 0
+
+
 def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
-          teacher: nn.Module | None = None, on_step: OnStep | None = None) -> float:
+          teacher: nn.Module | None = None, on_step: OnStep | None = None, on_epoch: OnEpoch | None = None) -> float:
     """Train in place at fp32 for `cfg.epochs`; masked synapses are held at zero after every step. Returns the
     last loss (NaN: training stopped there, and the caller rejects the offspring).
 
@@ -184,14 +205,19 @@ def train(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: Trai
     with placed(cfg.on, model, teacher):
         steps = _Steps(model, masks, data, cfg, task, teacher)
         total = total_steps(images_in(data), cfg)
-        last = float("nan")
-        for step, (x, labels) in zip(range(total), steps.batches()):
-            last, score = steps.step(x, labels, lr_at(step, total, cfg))
+        last, epoch = float("nan"), _EpochLoss(on_epoch)
+        for step, (x, labels) in zip(range(1, total + 1), steps.batches()):
+            last, score = steps.step(x, labels, lr_at(step - 1, total, cfg))
+            epoch.add(last)
             if on_step is not None:
-                on_step(step + 1, total, last, score)
+                on_step(step, total, last, score)
             if not math.isfinite(last):
+                epoch.done(step / steps.per_epoch)
                 return last
+            if step % steps.per_epoch == 0 and step < total:  # the last one is reported after recalibration
+                epoch.done(step / steps.per_epoch)
         recalibrate_batchnorm(model, data, cfg)
+        epoch.done(total / steps.per_epoch)
         return last
 
 
@@ -209,17 +235,18 @@ class Plateau:
 
 def train_until_plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
                         score: Callable[[nn.Module], float], on_step: OnStep | None = None,
-                        patience: int = PATIENCE, cap: int = CAP_EPOCHS) -> Plateau:
+                        patience: int = PATIENCE, cap: int = CAP_EPOCHS, on_epoch: OnEpoch | None = None) -> Plateau:
     """Warm up, hold the peak learning rate until `score(model)` (validation accuracy, once an epoch) has not
     improved for `patience` epochs, then decay to zero over DECAY_FRACTION of the epochs so far, all within
     `cap` epochs. The model ends with the best weights seen, the starting ones included (weights the user
     gave are never made worse). It trains (and `score` sees it) on `cfg.device`."""
     with placed(cfg.on, model):
-        return _plateau(model, masks, data, cfg, task, score, on_step, patience, cap)
+        return _plateau(model, masks, data, cfg, task, score, on_step, patience, cap, _EpochLoss(on_epoch))
 
 
 def _plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: TrainConfig, task: Task,
-             score: Callable[[nn.Module], float], on_step: OnStep | None, patience: int, cap: int) -> Plateau:
+             score: Callable[[nn.Module], float], on_step: OnStep | None, patience: int, cap: int,
+             epoch_loss: _EpochLoss) -> Plateau:
     steps = _Steps(model, masks, data, cfg, task)
     batches, per_epoch = steps.batches(), steps.per_epoch
     warm = max(1, round(per_epoch * AUTO_WARMUP_EPOCHS))
@@ -230,11 +257,14 @@ def _plateau(model: nn.Module, masks: dict[str, torch.Tensor], data: Any, cfg: T
         for _ in range(per_epoch):
             last, batch_score = steps.step(*next(batches), _plateau_lr(cfg.lr, step, per_epoch, warm, decay))
             step += 1
+            epoch_loss.add(last)
             if on_step is not None:
                 on_step(step, cap * per_epoch, last, batch_score)
             if not math.isfinite(last):
+                epoch_loss.done(step / per_epoch)
                 return Plateau(last, epoch, best_epoch, best_score, tuple(history))
         now = distributed.agree(score(model))
+        epoch_loss.done(epoch, now)
         history.append(now)
         if now > best_score:
             best_score, best_epoch, best_state, stall = now, epoch, copy.deepcopy(model.state_dict()), 0
