@@ -2,7 +2,7 @@
 
 `EvolveConfig`'s field defaults are the classification defaults; `DETECT_DEFAULTS` overrides the few that
 differ for `--task detect`. The CLI's help texts are rendered from here (`default_text`), docs/options.md is
-generated from the CLI, and a test checks the README's option table and docs/method.md against it.
+generated from the CLI, and a test checks docs/options.md and docs/method.md against it.
 docs/method.md says why each default was chosen.
 This module imports nothing heavy, so `host-trainer --help` does not load torch.
 """
@@ -231,7 +231,7 @@ def default_of(name: str, task: str = "classify") -> Any:
 
 
 def default_text(name: str) -> str:
-    """How the CLI help and the README show a default: `0.75`, or `0.75; detect: 1.5`."""
+    """How the CLI help and docs/options.md show a default: `0.75`, or `0.75; detect: 1.5`."""
     if name == "env_factor":
         return f"{_show(_FIELD_DEFAULTS['alpha_c'])},{_show(_FIELD_DEFAULTS['alpha_s'])}"
     text = _show(default_of(name))

@@ -40,7 +40,7 @@ def resolve(spec: str, local_rank: int = 0, local_size: int = 1) -> torch.device
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise UserError(f"--train-device {text}: torch {torch.__version__} sees no CUDA device (a CPU build of "
-                        f"torch, or no driver); install a CUDA build (README) or use --train-device cpu")
+                        f"torch, or no driver); install a CUDA build (docs/your-model.md) or use --train-device cpu")
     if ":" in text and local_size > 1:
         raise UserError(f"--train-device {text}: under torchrun each rank takes cuda:LOCAL_RANK; give cuda or auto")
     index = int(text.split(":")[1]) if ":" in text else local_rank
