@@ -91,3 +91,11 @@ def test_wait_gives_the_board_its_limit(monkeypatch):
     started = time.monotonic()
     assert fleet._wait("run1.g001.a0.tx1-a", "tx1-a", _Bar()) is None
     assert time.monotonic() - started >= 1.0
+
+
+def test_the_queue_margin_is_a_quarter_of_the_board_limit_within_bounds():
+    fleet = _fleet(job_timeout_s=20.0)
+    _status(fleet, "tx1-a", job_timeout_s=20.0)
+    assert fleet.job_timeout_for("tx1-a") == 30.0  # 20 s plus the 10 s floor
+    _status(fleet, "tx1-a", job_timeout_s=400.0)
+    assert fleet.job_timeout_for("tx1-a") == 500.0  # a quarter of 400

@@ -251,7 +251,10 @@ def test_a_user_detector_on_yolo_data_through_the_cli(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows if r["accepted"]] == [0, 1]
-    assert all(r["task"] == "detect" and r["onnx_parity_ok"] for r in rows)
+    assert all(r["task"] == "detect" for r in rows) and all(r["onnx_parity_ok"] for r in rows if r["accepted"])
+    # Device allocation follows measured times, so which cut is drawn varies with the machine's load; a cut whose
+    # fp16 ONNX flips a box of this near-random detector is rejected for it, never kept.
+    assert all(r["onnx_parity_ok"] or str(r["reject_reason"]).startswith("export parity") for r in rows)
     import onnx
 
     graph = onnx.load(str(run / rows[-1]["onnx_path"])).graph

@@ -226,7 +226,8 @@ def test_the_run_survives_a_broker_restart(tmp_path):
 
 
 def test_a_killed_daemon_s_job_finishes_on_the_other(broker, tmp_path):
-    daemons = _daemons(broker, tmp_path, "dev-x", "dev-y")
+    # Boards that allow a job 20 s: the host waits that plus a 10 s queue margin before it resends elsewhere.
+    daemons = _daemons(broker, tmp_path, "dev-x", "dev-y", extra=("--job-timeout-s", "20"))
     # dev-x's measuring process is held (SIGSTOP): the job it takes cannot finish there, however long the test takes
     # to notice it (a benchmark outlasting that reaction would be a bet on the machine's load).
     held = hold(measuring_child(daemons[0]))
@@ -431,9 +432,9 @@ def test_distillation_learns_from_generation_zero(tmp_path, monkeypatch):
     teachers = []
     real_train = evolve.train
 
-    def spy(model, masks, split, tcfg, task_, teacher=None, on_step=None):
+    def spy(model, masks, split, tcfg, task_, teacher=None, on_step=None, on_epoch=None):
         teachers.append(None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()})
-        return real_train(model, masks, split, tcfg, task_, teacher, on_step)
+        return real_train(model, masks, split, tcfg, task_, teacher, on_step, on_epoch)
 
     monkeypatch.setattr(evolve, "train", spy)
     run = RunDir(tmp_path)

@@ -42,6 +42,7 @@ __all__ = ["ANY", "TRANSIENT_CODES", "Fleet", "FleetConfig", "FleetError"]
 # plus this margin for the board's queue and the transfer. Status is unsigned, so it may only lengthen a
 # wait, and never past the bound.
 BOARD_LIMIT_MARGIN_S = 300.0
+BOARD_LIMIT_MARGIN_MIN_S = 10.0
 BOARD_LIMIT_MAX_WAIT_S = 4 * 3600.0
 
 
@@ -288,8 +289,9 @@ class Fleet:
 
     def job_timeout_for(self, device: str) -> float:
         """How long to wait for an answer from ``device`` (ANY: any board that may answer a group job):
-        job_timeout_s, or the board's own job limit from its status plus BOARD_LIMIT_MARGIN_S when that is
-        longer, never more than BOARD_LIMIT_MAX_WAIT_S on the status's word."""
+        job_timeout_s, or the board's own job limit from its status plus a margin for its queue (a quarter of the
+        limit, between 10 s and BOARD_LIMIT_MARGIN_S) when that is longer, never more than BOARD_LIMIT_MAX_WAIT_S
+        on the status's word."""
         with self._cond:
             boards = [d for d in self.status if self._in_group(d)] if device == ANY else [device]
             limits = {d: _board_limit(self.status.get(d)) for d in boards}
@@ -297,7 +299,9 @@ class Fleet:
         if not limits:
             return self.cfg.job_timeout_s
         board = max(limits, key=limits.__getitem__)
-        wait = max(self.cfg.job_timeout_s, min(limits[board] + BOARD_LIMIT_MARGIN_S, BOARD_LIMIT_MAX_WAIT_S))
+        # The margin is for the board's queue and the transfer: a quarter of its limit, 10 s to 300 s.
+        margin = min(BOARD_LIMIT_MARGIN_S, max(BOARD_LIMIT_MARGIN_MIN_S, 0.25 * limits[board]))
+        wait = max(self.cfg.job_timeout_s, min(limits[board] + margin, BOARD_LIMIT_MAX_WAIT_S))
         if wait > self.cfg.job_timeout_s and board not in self._limits_warned:
             self._limits_warned.add(board)
             log.warning("board_job_limit_longer", device=board, board_job_timeout_s=limits[board],
