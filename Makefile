@@ -24,7 +24,7 @@ PY36   ?= $(shell for p in $$HOME/.pyenv/versions/3.6*/bin/python3.6 $$(command 
                   "$$p" -c pass 2>/dev/null && echo "$$p" && break; done)
 VENV36 := .venv-py36
 
-.PHONY: evolve test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
+.PHONY: evolve gen0 test test-py36 lint docs broker bench-default bench-peers bench-precision bench-daemon bench-loop \
         bench-detect bench-pareto bench-pareto-quick bench-evolve-ab bench-security bench-load \
         bench-ddp bench-data bench-fleet clean
 
@@ -43,8 +43,21 @@ $(OLDEST_STAMP): pyproject.toml requirements-oldest.txt
 	$(OLDEST)/bin/python -m pip install -q --no-deps -e .
 	touch $(OLDEST_STAMP)
 
+# The trained generation 0 `make evolve` starts from, as a user starts from a model they trained (assets/README.md
+# has its sha256 and the command that made it: `make gen0`). Given --model, --dataset, --task, --weights,
+# --resume or --config, `make evolve` starts from those instead.
+GEN0 := assets/gen0-vgg-small-glyphs-s0.safetensors
+OWN_START := --model --dataset --task --weights --resume --config
+
 evolve: $(STAMP) broker
-	$(BIN)/host-trainer evolve $(ARGS)
+	$(BIN)/host-trainer evolve $(if $(filter $(OWN_START),$(ARGS)),,--weights $(GEN0)) $(ARGS)
+
+# Train that generation 0 again: vgg-small on glyphs, seed 0, until validation accuracy stops improving.
+gen0: $(STAMP)
+	rm -rf runs/gen0
+	$(BIN)/host-trainer evolve --generations 0 --final-epochs 0 --no-mqtt --run-dir runs/gen0
+	cp runs/gen0/*/final/model.safetensors $(GEN0)
+	sha256sum $(GEN0)
 
 # Debian packages the tests drive for real: the broker, its clients, and the Prometheus exporter
 # whose configs deploy/monitoring/ ships (tests/test_monitoring.py starts it on a free port).

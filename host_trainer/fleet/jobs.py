@@ -139,7 +139,7 @@ class Fleet:
                              "a message" if "enrolled" in problem else None)
             return
         what, why = verdict(data)
-        log.info("answer_bound", job_id=sent.job_id, device=device, verdict=what.value, reason=why)
+        log.debug("answer_bound", job_id=sent.job_id, device=device, verdict=what.value, reason=why)
         if what is Verdict.STOP:
             self.refused[sent.job_id] = data
         elif what is Verdict.BOUNCE:
