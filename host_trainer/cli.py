@@ -65,11 +65,18 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
 
 
-Task = _choices("Task", TASKS)
-Precision = _choices("Precision", PRECISION_FORMATS)
-ProbabilityModel = _choices("ProbabilityModel", PROBABILITY_MODELS)
-Init = _choices("Init", INITS)
-Allocation = _choices("Allocation", ALLOCATIONS)
+if TYPE_CHECKING:  # built at run time from config.py's tuples, which a type checker cannot follow
+    Task = Enum
+    Precision = Enum
+    ProbabilityModel = Enum
+    Init = Enum
+    Allocation = Enum
+else:
+    Task = _choices("Task", TASKS)
+    Precision = _choices("Precision", PRECISION_FORMATS)
+    ProbabilityModel = _choices("ProbabilityModel", PROBABILITY_MODELS)
+    Init = _choices("Init", INITS)
+    Allocation = _choices("Allocation", ALLOCATIONS)
 
 
 def _version(value: bool) -> None:

@@ -207,7 +207,7 @@ def file_size_limit(max_bytes: int) -> Iterator[bool]:
         saved_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
         saved_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except (ImportError, AttributeError, ValueError, OSError):  # not Linux, or not the main thread
-        saved_limit = saved_signal = None
+        saved_limit = saved_signal = None  # type: ignore[assignment]
     if saved_limit is None:
         yield False
         return

@@ -88,8 +88,8 @@ def hottest(telemetry: Dict[str, Any]) -> Optional[float]:
     zones = telemetry.get("temperatures")
     if not isinstance(zones, dict):
         return None
-    values = [_number(v) for k, v in zones.items() if str(k).split("@")[0] not in PLACEHOLDER_ZONES]
-    values = [v for v in values if v is not None]
+    read = [_number(v) for k, v in zones.items() if str(k).split("@")[0] not in PLACEHOLDER_ZONES]
+    values = [v for v in read if v is not None]
     return max(values) if values else None
 
 

@@ -294,8 +294,8 @@ class Fleet:
         on the status's word."""
         with self._cond:
             boards = [d for d in self.status if self._in_group(d)] if device == ANY else [device]
-            limits = {d: _board_limit(self.status.get(d)) for d in boards}
-        limits = {d: limit for d, limit in limits.items() if limit is not None}
+            read = {d: _board_limit(self.status.get(d)) for d in boards}
+        limits = {d: limit for d, limit in read.items() if limit is not None}
         if not limits:
             return self.cfg.job_timeout_s
         board = max(limits, key=limits.__getitem__)

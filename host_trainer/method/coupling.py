@@ -23,6 +23,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 import torch
@@ -90,7 +91,9 @@ def _read_group(group, names: dict[object, str], graph) -> tuple[ClusterGroup, t
     """The group as a ClusterGroup, its items, and why it must stay dense ("" when it need not)."""
     root = names[group[0].dep.target.module]
     size = int(group[0].dep.target.module.weight.shape[0])
-    members, consumers, items, reasons, segments = [], [], [], [], [1]
+    members: list[Any] = []
+    consumers: list[Any] = []
+    items, reasons, segments = [], [], [1]
     for entry in group:
         node, module = entry.dep.target, entry.dep.target.module
         side = "out" if getattr(entry.dep.handler, "__name__", "") == "prune_out_channels" else "in"
