@@ -19,29 +19,7 @@ import host_trainer
 from host_trainer.method.export import ATOL, RTOL
 
 from .deploy_support import FINAL_FILES, QUICK, accepted, evolve_cli, from_json, held_out_split, run_onnx
-
-USER_DETECTOR = '''
-from torch import nn
-
-
-class TinyDet(nn.Module):
-    output_stride = 8  # one output (N, K + 4, S/8, S/8) in det-small's layout (docs/detection.md)
-
-    def __init__(self, num_classes, in_channels):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
-        self.head = nn.Conv2d(32, num_classes + 4, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
-def build(num_classes, in_channels):
-    return TinyDet(num_classes, in_channels)
-'''
+from .test_detection import USER_DETECTOR  # the documented detector interface, written once
 
 
 def _yolo_set(root: Path, n: int = 24) -> Path:

@@ -220,15 +220,19 @@ def _yolo_set(root, n=12):
         (root / "labels" / f"im{i:02d}.txt").write_text(f"{cls} {cx:.5f} {cy:.5f} {s / 64:.5f} {s / 48:.5f}\n")
 
 
-def test_an_offspring_whose_onnx_disagrees_with_torch_is_rejected_not_fatal(tmp_path):
-    """This seeded run's magnitude offspring flips one of 4 boxes at fp16: it is rejected, and the run goes on."""
+def _user_detector_args(tmp_path, allocation):
+    """`evolve` of the documented user detector on a tiny yolo:PATH set, measured in-process."""
     (tmp_path / "det.py").write_text(USER_DETECTOR)
     _yolo_set(tmp_path / "yolo")
-    args = ["--task", "detect", "--model", f"{tmp_path / 'det.py'}:build", "--dataset", f"yolo:{tmp_path / 'yolo'}",
+    return ["--task", "detect", "--model", f"{tmp_path / 'det.py'}:build", "--dataset", f"yolo:{tmp_path / 'yolo'}",
             "--image-size", "32", "--generations", "1", "--gen0-epochs", "2", "--epochs", "1", "--final-epochs", "0",
-            "--no-mqtt", "--allocation", "magnitude", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1",
+            "--no-mqtt", "--allocation", allocation, "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1",
             "--bench-min-iterations", "10", "--run-dir", str(tmp_path / "runs")]
-    proc = _evolve(args, tmp_path)
+
+
+def test_an_offspring_whose_onnx_disagrees_with_torch_is_rejected_not_fatal(tmp_path):
+    """This seeded run's magnitude offspring flips one of 4 boxes at fp16: it is rejected, and the run goes on."""
+    proc = _evolve(_user_detector_args(tmp_path, "magnitude"), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
@@ -239,14 +243,7 @@ def test_an_offspring_whose_onnx_disagrees_with_torch_is_rejected_not_fatal(tmp_
 
 def test_a_user_detector_on_yolo_data_through_the_cli(tmp_path):
     """--model file.py:factory with the documented interface, on a yolo:PATH set, measured in-process."""
-    (tmp_path / "det.py").write_text(USER_DETECTOR)
-    _yolo_set(tmp_path / "yolo")
-    args = ["--task", "detect", "--model", f"{tmp_path / 'det.py'}:build", "--dataset", f"yolo:{tmp_path / 'yolo'}",
-            "--image-size", "32", "--generations", "1", "--gen0-epochs", "2", "--epochs", "1", "--final-epochs", "0",
-            "--no-mqtt", "--allocation", "device",  # the interface under test; magnitude: the next test
-            "--max-accuracy-drop", "100", "--bench-min-seconds", "0.1", "--bench-min-iterations", "10",
-            "--run-dir", str(tmp_path / "runs")]
-    proc = _evolve(args, tmp_path)
+    proc = _evolve(_user_detector_args(tmp_path, "device"), tmp_path)  # the interface; magnitude: the test above
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
