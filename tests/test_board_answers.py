@@ -63,7 +63,7 @@ def test_a_finished_job_s_answer_is_bound_to_its_payload(board):
     daemon._intake(payload)
     assert sent == [("queued", "ok-1")]
     daemon.outbox.send = lambda job_id, body: sent.append((body, None))  # type: ignore[method-assign]
-    daemon._finish("ok-1", {"status": "ok", "fps": 5.0}, {}, daemon._spooled_header("ok-1"))
+    daemon._finish("ok-1", {"status": "ok", "fps": 5.0}, {}, daemon._header_of(daemon._read_spool("ok-1")))
     body = sent[-1][0]
     assert body["payload_sha256"] == sha256_hex(payload) and body["model_sha256"] == sha256_hex(MODEL)
     assert body["job_auth"]["key_id"] == signer.key.key_id and "refusal" not in body

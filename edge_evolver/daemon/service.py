@@ -285,7 +285,7 @@ class EdgeDaemon:
             except Exception as exc:  # our own failure: the job still gets a final, coded answer
                 log.exception("job_internal_error", job_id=job_id)
                 self._finish(job_id, error_result(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), {},
-                             self._spooled_header(job_id))
+                             self._header_of(self._read_spool(job_id)))
             finally:
                 with self._lock:
                     self._known.discard(job_id)
@@ -295,22 +295,25 @@ class EdgeDaemon:
         board = self.board_state()
         started = time.time()
         self.activity = {"activity": "building", "job_id": job_id}
-        header = self._spooled_header(job_id)
+        payload = self._read_spool(job_id)  # read once: its header here, its bytes for the measuring process
+        header = self._header_of(payload)
         limit = min(header.get("timeout_s") or self.config.job_timeout_s, self.config.job_timeout_s)
-        measured = self.runner.run(self.store.job_path(job_id), limit, self._progress(job_id),
-                                   cancelled=self.stopping.is_set)
+        measured = self.runner.run(self.store.job_path(job_id) if payload is None else payload, limit,
+                                   self._progress(job_id), cancelled=self.stopping.is_set)
         if measured is None:
             log.info("job_interrupted", job_id=job_id, note="left in the spool; it runs again after restart")
             return
         self._finish(job_id, measured, board, header, started)
 
-    def _spooled_header(self, job_id: str) -> Dict[str, Any]:
-        """The spooled job's header (verified at intake and again at start-up), with what binds its answer to
-        it: the payload's SHA-256 and, for a signed job, its key id and sequence number; {} when unreadable."""
+    @staticmethod
+    def _header_of(payload: Optional[bytes]) -> Dict[str, Any]:
+        """A spooled job's header (verified at intake and again at start-up), with what binds its answer to it:
+        the payload's SHA-256 and, for a signed job, its key id and sequence number; {} when unreadable."""
+        if payload is None:
+            return {}
         try:
-            payload = self.store.read_job(job_id)
             header, _ = split_frame(unwrap(payload), len(payload))
-        except (OSError, FrameError):
+        except FrameError:
             return {}
         header["payload_sha256"] = sha256_hex(payload)
         header["job_auth"] = sealed_auth(payload)
