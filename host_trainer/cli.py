@@ -196,6 +196,8 @@ def evolve(
     offspring: Optional[int] = _opt("offspring", "--offspring",
                                     "K offspring per generation, measured in parallel; the fittest is kept."),
     hold: Optional[int] = _opt("hold", "--hold", "Stop once the goals are met for this many generations in a row."),
+    patience: Optional[int] = _opt("patience", "--patience", "Stop once this many generations in a row cut nothing "
+                                   "(then the final fine-tune; 0 = run every generation)."),
     allocation: Optional[Allocation] = _opt("allocation", "--allocation", "How the cut is spread over layers: "
                                             "device = by the board's measured per-layer latency, magnitude = by "
                                             "weight magnitude alone."),

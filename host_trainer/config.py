@@ -100,6 +100,7 @@ class EvolveConfig:
     target_latency_ms: float = 0.0
     max_power_w: float = 0.0
     hold: int = 2  # stop early once the targets are met for this many generations in a row
+    patience: int = 3  # stop early once this many generations in a row cut nothing (0 = never)
     offspring: int = 1  # K offspring per generation, measured in parallel; the fittest becomes the parent
     allocation: str = "device"  # how the cut is spread over layers: by the board's per-layer latency, or magnitude
     latency_model: str = ""     # a board latency model (JSON) to start from; "" = the run directory's own
@@ -164,7 +165,7 @@ class EvolveConfig:
             (min(self.target_fps, self.target_latency_ms, self.max_power_w) >= 0, "targets must be >= 0"),
             (self.job_timeout_s > 0 and self.device_timeout_s > 0, "timeouts must be > 0"),
             (self.job_retries >= 0 and self.hold >= 1, "--job-retries must be >= 0 and --hold >= 1"),
-            (self.offspring >= 1, "--offspring must be >= 1"),
+            (self.offspring >= 1 and self.patience >= 0, "--offspring must be >= 1 and --patience >= 0"),
             (not (self.devices and self.any_device), "give --device or --any-device, not both"),
             (not (self.broker and not self.devices and not self.any_device) or self.no_mqtt,
              "with --broker, say which boards measure: --device ID (repeatable) or --any-device"),

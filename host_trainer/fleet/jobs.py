@@ -172,15 +172,18 @@ class Fleet:
         return [ANY] if self.cfg.any_device or not self.cfg.devices else list(self.cfg.devices)
 
     def measure(self, name: str, model: bytes, inputs: dict[str, np.ndarray], reference: list[np.ndarray],
-                meta: dict, check: dict | None = None) -> dict[str, dict]:
-        """{destination: result} for every destination; results may carry a (final) status "error"."""
+                meta: dict, check: dict | None = None, bench: dict | None = None,
+                options: dict | None = None) -> dict[str, dict]:
+        """{destination: result} for every destination; results may carry a (final) status "error". `bench` and
+        `options` replace the run's benchmark settings and add backend options for this job (a probe's)."""
         out = {}
         digest = sha256_hex(model)
         for destination in self.destinations():
             base = f"{self.run_id}.{name}.{destination}"
             payload = lambda job_id, device: encode_job(  # noqa: E731
-                job_id, model, self.cfg.bench, inputs, reference, meta=meta, timeout_s=self.cfg.job_timeout_s,
-                check=check, run_id=self.run_id, signer=self.trust.signer, target=self.trust.target(device, ANY))
+                job_id, model, self.cfg.bench if bench is None else bench, inputs, reference, meta=meta,
+                timeout_s=self.cfg.job_timeout_s, check=check, run_id=self.run_id, options=options,
+                signer=self.trust.signer, target=self.trust.target(device, ANY))
             out[destination] = self._measure_one(destination, base, payload, digest)
         return out
 

@@ -29,6 +29,9 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
 PROBE_SETTINGS = BenchSettings(batch=1, min_iterations=50, min_seconds=0.2)  # a probe is one small layer
+# The same as a probe job's bench (docs/protocol.md): without it a board timed each of a run's ~90 probes for its
+# default second, and profiled it too (2.5 of make evolve's minutes went to probing; 1 with these).
+PROBE_BENCH = {"batch": 1, "min_iterations": PROBE_SETTINGS.min_iterations, "min_seconds": PROBE_SETTINGS.min_seconds}
 log = structlog.get_logger("host_trainer.fleet")
 # Device fields whose plain names mean something else in a record (precision = the host's macro
 # precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
@@ -130,10 +133,12 @@ class FleetMeasurer:
         return Measurement(fit, _profile(first))
 
     def probe(self, name: str, onnx_bytes: bytes, input_shape: tuple[int, ...]) -> float:
-        """A probe layer as a job to the leading device (random inputs; the engine must still agree)."""
+        """A probe layer as a job to the leading device (random inputs; the engine must still agree), timed on the
+        probe's short settings, without a per-layer profile."""
         samples = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
         inputs, reference = host_reference(onnx_bytes, samples)
-        results = self.fleet.measure(name, onnx_bytes, inputs, reference, {"probe": True})
+        results = self.fleet.measure(name, onnx_bytes, inputs, reference, {"probe": True}, bench=PROBE_BENCH,
+                                     options={"profile": False})
         return _probe_ms(name, next(iter(results.values())))
 
     def _raise_on_failure(self, results: dict[str, dict]) -> None:

@@ -34,6 +34,7 @@ from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Alpha, Controller, Goals, speed_pressure
 from host_trainer.loop.epochs import GEN0, OFFSPRING, EpochEvents, bar_reporter, validation_score
 from host_trainer.loop.selection import pareto_front, select
+from host_trainer.loop.stopping import goals_held, stalled
 from host_trainer.loop.training import (
     CAP_EPOCHS,
     TrainConfig,
@@ -133,9 +134,14 @@ class Evolution:
             parent = self.generation_zero()
         baseline = float(self.records[0].val_accuracy or 0.0)
         for generation in range(parent.generation + 1, self.cfg.generations + 1):
-            if self._goals_held():
+            if goals_held(self.records, self.goals, self.cfg.hold):
                 log.info("targets_met", generation=parent.generation, hold=self.cfg.hold)
                 self.view.note(f"targets met for {self.cfg.hold} generations in a row: stopping after generation "
+                               f"{parent.generation}")
+                break
+            if stalled(self.records, self.cfg.patience):
+                log.info("lineage_stalled", generation=parent.generation, patience=self.cfg.patience)
+                self.view.note(f"no cut for {self.cfg.patience} generations in a row: stopping after generation "
                                f"{parent.generation}")
                 break
             parent = self.next_generation(parent, generation, baseline)
@@ -168,11 +174,6 @@ class Evolution:
             return None
         self._commit(candidate)
         return candidate.member
-
-    def _goals_held(self) -> bool:
-        accepted = [r for r in self.records if r.accepted and r.generation > 0]
-        recent = accepted[-self.cfg.hold:]
-        return self.goals.any() and len(recent) == self.cfg.hold and all(self.goals.met(r) for r in recent)
 
     def _accepted(self, generation: int) -> GenerationRecord:
         return next(r for r in reversed(self.records) if r.accepted and r.generation == generation)
