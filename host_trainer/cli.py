@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from edge_evolver.cli.support import run_app
+from host_trainer.cli_support import env_name as _env
+from host_trainer.cli_support import fail as _fail
 from host_trainer.config import (
     ALLOCATIONS,
     INITS,
     PRECISION_FORMATS,
     PROBABILITY_MODELS,
     TASKS,
-    WATCH_BROKER,
     default_of,
     default_text,
 )
@@ -40,15 +41,6 @@ if TYPE_CHECKING:
 
 # add_completion: typer's --install-completion and --show-completion (bash, zsh, fish, PowerShell).
 app = typer.Typer(no_args_is_help=True, help="Evolutionary synthesis with synaptic precision restriction (host side).")
-
-
-def _env(name: str) -> str:
-    return "HOST_TRAINER_" + name.upper().replace("-", "_")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def _opt(name: str, flag: str, text: str, default_from: str | None = None, envvar: str | None = None):  # noqa: ANN202
@@ -333,70 +325,6 @@ def _configure_events(terminal: Terminal, log_level: str, quiet: bool) -> None:
         raise UserError(str(exc)) from None
 
 
-@app.command()
-def report(run: Path = typer.Argument(..., help="A run directory made by `host-trainer evolve`.")) -> None:
-    """Draw the run's figures (PNG) and write report.md."""
-    from host_trainer.report.writer import write_report
-
-    try:
-        outputs = write_report(run)
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    for path in outputs:
-        typer.echo(str(path))
-
-
-@app.command()
-def export(
-    run: Path = typer.Argument(..., help="A run directory made by `host-trainer evolve`."),
-    out: Path = typer.Option(..., "--out", help="Write the folder here (an earlier export there is replaced)."),
-    generation: Optional[int] = typer.Option(None, "--generation", help="This generation \\[default: the last "
-                                             "accepted one]."),
-    pick: Optional[tuple[str, float]] = typer.Option(None, "--pick", metavar="fastest-within DROP",
-                                                     help="From the Pareto front: the fastest generation within DROP "
-                                                          "accuracy points of the front's best."),
-) -> None:
-    """Write one generation as a deployable folder: model.onnx, model.safetensors, architecture.json,
-    preprocess.json, README.md (docs/deploy.md)."""
-    from host_trainer.deploy import PICKS
-    from host_trainer.loop.result import export as export_result
-
-    try:
-        if pick is not None and pick[0] not in PICKS:
-            raise UserError(f"--pick takes {' or '.join(PICKS)} DROP, got {pick[0]!r}")
-        folder = export_result(run, out, generation, None if pick is None else pick[1])
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(str(folder))
-
-
-@app.command()
-def watch(
-    broker: str = typer.Option(WATCH_BROKER, "--broker", envvar=_env("broker"),
-                               help="mqtt://host:port (the embedded run prints its own)."),
-    prefix: str = typer.Option(default_of("prefix"), "--prefix", envvar=_env("prefix"), help="MQTT topic prefix."),
-    run: Optional[str] = typer.Option(None, "--run", envvar=_env("run"), help="Only this run id (its directory name)."),
-    duration: Optional[float] = typer.Option(None, "--duration", envvar=_env("duration"),
-                                             help="Watch this long, print once, exit."),
-    json_out: bool = typer.Option(False, "--json", envvar=_env("json"),
-                                  help="JSON: one object per update (live), or one snapshot with --duration."),
-    ca_file: str = typer.Option("", "--ca-file", envvar=_env("ca_file"), help="mqtts://: the broker's CA."),
-    cert_file: str = typer.Option("", "--cert-file", envvar=_env("cert_file"), help="mqtts://: client certificate."),
-    key_file: str = typer.Option("", "--key-file", envvar=_env("key_file"), help="mqtts://: its private key."),
-) -> None:
-    """Runs (generation, synapses, α, accuracy, fps) and devices (fps, power): a live table on a TTY,
-    one line per update elsewhere."""
-    from host_trainer.fleet.watch import watch as run_watch
-
-    try:
-        from edge_evolver.mqtt import TlsFiles
-
-        tls = TlsFiles(ca_file, cert_file, key_file)
-        raise typer.Exit(code=run_watch(broker, prefix, run, duration, json_out, tls))
-    except (ValueError, ConnectionError) as exc:
-        raise _fail(str(exc)) from None
-
-
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -433,7 +361,11 @@ def _run_id(cfg) -> str:  # noqa: ANN001
 
 
 from host_trainer.keys_cli import keys_app  # noqa: E402  (after app: it registers nothing on it)
+from host_trainer.run_cli import export, report, watch  # noqa: E402
 
+app.command()(report)
+app.command()(export)
+app.command()(watch)
 app.add_typer(keys_app, name="keys")
 
 

@@ -18,6 +18,7 @@ from edge_evolver.errors import EdgeError
 from edge_evolver.protocol import valid_device_id
 from edge_evolver.trust.keys import ensure_signing_key, load_signing_key, parse_public_key, read_trusted
 from edge_evolver.trust.results import check_result, result_key_id
+from host_trainer.cli_support import fail as _fail
 from host_trainer.errors import UserError
 from host_trainer.fleet.trust import BOARDS, HOST_KEY, default_keys_dir, enroll
 from host_trainer.rundir import BOARD_KEYS, RESULTS
@@ -30,11 +31,6 @@ KEYS_DIR = typer.Option(None, "--keys-dir", envvar="HOST_TRAINER_KEYS_DIR",
 
 def _folder(keys_dir: Optional[Path]) -> Path:
     return Path(keys_dir).expanduser() if keys_dir else default_keys_dir()
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 @keys_app.command("init")

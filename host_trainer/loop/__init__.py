@@ -8,6 +8,7 @@
 - epochs.py      what a training tells the user: the bar after every step, one `epoch` event after every epoch
 - controller.py  the environmental factor α from the measured speed gap and the accuracy brake
 - selection.py   the fittest of K offspring, and the Pareto front
+- stopping.py    the early stops: goals met (--hold), a lineage that cut nothing (--patience)
 - checkpoint.py  self-describing checkpoints (JSON + npz, no pickles)
 - result.py      the run's result: a generation read back and written as final/ (deploy/), or loaded for Python
 """

@@ -67,6 +67,13 @@ class ClassificationTask:
         self.num_classes = num_classes
         self.distill, self.temperature = distill, temperature  # weight of the parent's soft labels (0 = off)
 
+    def expected_output(self) -> tuple[int, ...]:
+        return (self.num_classes,)
+
+    def output_contract(self) -> str:
+        return (f"a classifier has one output of shape (N, K): here (N, {self.num_classes}) for the data set's "
+                f"{self.num_classes} classes (docs/your-model.md)")
+
     def labels(self, split: Split) -> list[torch.Tensor]:
         return [torch.from_numpy(split.y)]
 

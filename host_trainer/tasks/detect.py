@@ -33,6 +33,14 @@ class DetectionTask:
         # Built once per split and run; the split is kept with its labels so that its id is never reused.
         self._labels: dict[int, tuple[DetSplit, list[torch.Tensor]]] = {}
 
+    def expected_output(self) -> tuple[int, ...]:
+        return (self.num_classes + 4, *self.grid)
+
+    def output_contract(self) -> str:
+        return ("a detector has one output of shape (N, K + 4, H/stride, W/stride): here (N, "
+                f"{', '.join(map(str, self.expected_output()))}) for K = {self.num_classes} classes and output_stride "
+                f"{self.stride} (docs/detection.md; a YOLO head with anchors, DFL or several scales does not fit)")
+
     def labels(self, split: DetSplit) -> list[torch.Tensor]:
         key = id(split)
         if key not in self._labels:
