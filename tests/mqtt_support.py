@@ -48,13 +48,19 @@ class Collector:
                                    persistent=False)
         self._subacks = 0
         self.conn.on_message = self._on_message
-        self.conn.on_connect = lambda _present: [self.conn.subscribe(t, 1) for t in topics]
+        self.conn.on_connect = lambda _present: self._on_connect(topics)
         self.conn.client.on_subscribe = self._on_subscribe  # paho 1.x and 2.x differ after `mid`
         self.conn.start(first_delay=0.2)
         # The test publishes only once the broker has every subscription (60 s: a bound for a stuck broker).
         with self._cond:
             if not self._cond.wait_for(lambda: self._subacks >= len(topics) and self.conn.connected.is_set(), 60):
                 raise TimeoutError("collector got no CONNACK or SUBACK")
+
+    def _on_connect(self, topics: List[str]) -> None:
+        for topic in topics:
+            self.conn.subscribe(topic, 1)
+        with self._cond:  # a publisher-only collector (no topics) waits for this alone
+            self._cond.notify_all()
 
     def _on_subscribe(self, *_args: Any) -> None:
         with self._cond:

@@ -40,14 +40,15 @@ def test_exporter_config_turns_topics_into_metrics(config, tmp_path):
     port = free_port()
     text = (CONFIGS / config).read_text().replace("tcp://localhost:1883", f"tcp://127.0.0.1:{broker.port}")
     (tmp_path / config).write_text(text)
+    # Retained, and published before the exporter starts: it gets the message with its subscription, whenever that
+    # lands (no race with its start on a loaded machine).
+    publisher = Collector(broker.url, [])
+    publisher.conn.publish(topic, dumps(payload), qos=1, retain=True).wait_for_publish()
+    publisher.close()
     exporter = subprocess.Popen([EXPORTER, "-config", str(tmp_path / config), "-listen-address", "127.0.0.1",
                                  "-listen-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=60)
-        # Retained: the exporter gets it whenever its subscription lands (no race with its start on a loaded machine).
-        publisher = Collector(broker.url, [])
-        publisher.conn.publish(topic, dumps(payload), qos=1, retain=True).wait_for_publish()
-        publisher.close()
         metrics = ""
         deadline = time.monotonic() + 60  # a bound for a stuck exporter, not a timing
         while time.monotonic() < deadline and not all(name in metrics for name in expected):
