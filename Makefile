@@ -78,10 +78,19 @@ broker:
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl systemd; }; \
 	fi
 
+# The main suite on TEST_WORKERS processes (a file stays on one, so its module fixtures are built once), with
+# edge_evolver's suite on the oldest library versions a Python 3.6 Jetson gets running beside it (its own temporary
+# folder; its output is printed when it ends). Most of both is waiting on brokers, daemons and subprocesses.
+TEST_WORKERS ?= 3
+OLDEST_LOG := $(VENV)/oldest-tests.log
+
 test: $(STAMP) $(OLDEST_STAMP) broker
-	$(BIN)/python -m pytest -q $(ARGS)
-	# edge_evolver again, on the oldest library versions a Python 3.6 Jetson gets
-	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
+	@$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider --basetemp=$(VENV)/oldest-tests-tmp $(EDGE_TESTS) \
+	    > $(OLDEST_LOG) 2>&1 & oldest=$$!; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS); main=$$?; \
+	wait $$oldest; status=$$?; \
+	echo "# edge_evolver again, on the oldest library versions a Python 3.6 Jetson gets:"; cat $(OLDEST_LOG); \
+	test $$main -eq 0 && test $$status -eq 0
 
 # Optional: the edge suite on a real Python 3.6 (JetPack 4.6's interpreter), where one is installed.
 test-py36: broker

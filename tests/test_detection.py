@@ -150,8 +150,8 @@ def test_bad_detection_options_are_one_line_errors(tmp_path, args, fragment):
 
 @pytest.mark.slow
 def test_two_generation_detection_run_through_the_cli_and_report(tmp_path):
-    args = ["--task", "detect", "--generations", "2", "--gen0-epochs", "2", "--epochs", "0.5", "--train-subset",
-            "256", "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.2",
+    args = ["--task", "detect", "--generations", "2", "--gen0-epochs", "1", "--epochs", "0.5", "--train-subset",
+            "256", "--final-epochs", "1", "--env-factor", "0.7", "--max-accuracy-drop", "100", "--bench-min-seconds", "0.2",
             "--bench-min-iterations", "20", "--run-dir", str(tmp_path / "runs")]
     proc = _evolve(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,7 +159,7 @@ def test_two_generation_detection_run_through_the_cli_and_report(tmp_path):
     rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     accepted = [r for r in rows if r["accepted"]]
     assert [r["generation"] for r in accepted if not r["final_tune"]] == [0, 1, 2]
-    final = rows[-1]  # the final fine-tune (--final-epochs, default 3): generation 3, landed or rejected
+    final = rows[-1]  # the final fine-tune (--final-epochs): generation 3, landed or rejected
     assert final["final_tune"] and final["generation"] == 3 and final["parent"] == 2
     for r in accepted:
         assert r["task"] == "detect" and r["accuracy"] == r["map50"] and 0 <= r["map50"] <= 1
