@@ -2,6 +2,7 @@
 
 - session.py     start and resume a run: every input checked before anything is written
 - evolve.py      the generation loop: synthesise, compact, train, restrict, export, measure, select, land
+- lineage.py     the members in memory, their seeds, generation 0's network, a resumed parent
 - breeding.py    one offspring from its parent: importance, the cut, synthesis, compaction
 - allocator.py   the loop's side of device-aware allocation: the latency model learns, the cut is spent
 - training.py    fp32 training with synapse masks (the task gives labels and loss)

@@ -1,10 +1,8 @@
 """The generation loop: synthesis → compaction → training → restriction → export → measurement.
 
-Each offspring is a pure function of (parent checkpoint, config, generation, attempt): its seed
-comes from numpy's SeedSequence([seed, generation, attempt]) (plus the offspring index k when
-`--offspring` K > 1), so `--resume` reproduces exactly
-what an uninterrupted run computes. Every offspring, accepted or rejected, becomes one
-GenerationRecord (host_trainer/record.py) in the run directory.
+Every offspring, accepted or rejected, becomes one GenerationRecord (host_trainer/record.py) in the run directory;
+its seed, and so the whole offspring, depends only on the run's seed, the generation and the attempt
+(loop/lineage.py), so `--resume` reproduces what an uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -14,11 +12,9 @@ import copy
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 import torch
 from torch import nn
@@ -33,6 +29,7 @@ from host_trainer.loop.allocator import DeviceAllocator
 from host_trainer.loop.breeding import Breeder, failed_cuts
 from host_trainer.loop.controller import Alpha, Controller, Goals, speed_pressure
 from host_trainer.loop.epochs import GEN0, OFFSPRING, EpochEvents, bar_reporter, validation_score
+from host_trainer.loop.lineage import Candidate, Member, dense_model, derive_seed, offspring_seed
 from host_trainer.loop.selection import pareto_front, select
 from host_trainer.loop.stopping import goals_held, stalled
 from host_trainer.loop.training import (
@@ -47,9 +44,6 @@ from host_trainer.method.export import sha256, to_onnx_bytes
 from host_trainer.method.masks import apply_masks, dense_masks
 from host_trainer.method.restriction import restrict
 from host_trainer.method.size import size_metrics
-from host_trainer.models.input_fit import InputCheck, check_input_fit
-from host_trainer.models.registry import build_model
-from host_trainer.models.weights import check_unchanged, load_weights, read_state_dict
 from host_trainer.progress import NULL, RunView
 from host_trainer.record import GenerationRecord
 from host_trainer.rundir import MODEL, RunDir, onnx_path
@@ -65,50 +59,6 @@ log = structlog.get_logger("host_trainer")
 class ParityError(UserError):
     """A generation's exported ONNX computes something else than its torch network: an offspring is rejected
     for it; generation 0 or a carried-over parent ends the run with this one line."""
-
-
-def derive_seed(seed: int, generation: int, attempt: int) -> int:
-    return int(np.random.SeedSequence([seed, generation, attempt]).generate_state(1)[0])
-
-
-def offspring_seed(seed: int, generation: int, attempt: int, k: int, count: int) -> int:
-    """One offspring's seed; with K = 1 exactly the single-offspring seed (runs stay comparable)."""
-    if count == 1:
-        return derive_seed(seed, generation, attempt)
-    return int(np.random.SeedSequence([seed, generation, attempt, k]).generate_state(1)[0])
-
-
-@dataclass
-class Member:
-    """One network of the lineage, in memory."""
-
-    generation: int
-    model: nn.Module
-    masks: dict[str, torch.Tensor]
-    val_accuracy: float
-
-
-@dataclass
-class Candidate:
-    """An offspring on its way through export and measurement."""
-
-    member: Member
-    record: GenerationRecord
-    seed: int
-    onnx: bytes = b""
-
-
-def dense_model(cfg: EvolveConfig, data: Any, load: bool = True) -> nn.Module:
-    """Generation 0's network, built with the run's generation-0 seed (so its initial weights are the run's), with
-    --weights loaded into it (unless `load` is False: a follower, or a resumed run past generation 0)."""
-    torch.manual_seed(derive_seed(cfg.seed, 0, 0))
-    model = build_model(cfg.model, data.num_classes, data.input_shape)
-    if cfg.weights and load:
-        check_unchanged(cfg.weights, cfg.weights_sha256)
-        state = read_state_dict(cfg.weights)
-        check_input_fit(model, state, InputCheck.for_run(cfg, data))  # channels and size first: what to set
-        load_weights(model, cfg.weights, cfg.model, state)
-    return model
 
 
 class Evolution:
@@ -431,15 +381,3 @@ class Evolution:
 
     def _architecture(self, model: nn.Module) -> dict:
         return ckpt.architecture(model, self.cfg.model, self.data.num_classes, self.data.input_shape)
-
-
-def resume_member(run: RunDir, records: list[GenerationRecord]) -> Member:
-    last = records[-1]
-    folder = run.gen_dir(last.generation)
-    try:
-        checkpoint = ckpt.read_checkpoint(folder)
-    except UserError:
-        raise
-    except Exception as exc:  # a damaged or hand-edited checkpoint: say which, in one line
-        raise UserError(f"cannot read checkpoint {folder}: {type(exc).__name__}: {exc}") from None
-    return Member(last.generation, checkpoint.model, checkpoint.masks, float(last.val_accuracy or 0.0))

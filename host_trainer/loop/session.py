@@ -28,7 +28,8 @@ from host_trainer.fleet.measurers import FleetMeasurer, LocalMeasurer, Measurer
 from host_trainer.fleet.trust import open_trust
 from host_trainer.loop import checkpoint as ckpt
 from host_trainer.loop import result
-from host_trainer.loop.evolve import Evolution, dense_model, resume_member
+from host_trainer.loop.evolve import Evolution
+from host_trainer.loop.lineage import dense_model, resume_member
 from host_trainer.loop.training import TrainConfig, train, train_until_plateau
 from host_trainer.models.weights import file_sha256
 from host_trainer.progress import NULL, RunView
