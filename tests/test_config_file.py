@@ -163,7 +163,9 @@ def test_version():
 
 def test_shell_completion_prints_a_script_and_completes_choices(tmp_path):
     run = [sys.executable, "-m", "host_trainer.cli"]
-    script = subprocess.run([*run, "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    # In bash, as a user runs it: typer names the shell after the nearest shell parent (tests/test_edge_cli.py).
+    script = subprocess.run(["bash", "-c", '"$@"; exit $?', "bash", *run, "--show-completion", "bash"],
+                            capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and "_HOST_TRAINER_COMPLETE=complete_bash" in script.stdout, script.stderr
     assert "complete -o default -F _host_trainer_completion host-trainer" in script.stdout
     env = {**os.environ, "_HOST_TRAINER_COMPLETE": "complete_bash", "COMP_WORDS": "host-trainer evolve --allocation ",
