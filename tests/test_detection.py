@@ -151,7 +151,7 @@ def test_bad_detection_options_are_one_line_errors(tmp_path, args, fragment):
 @pytest.mark.slow
 def test_two_generation_detection_run_through_the_cli_and_report(tmp_path):
     args = ["--task", "detect", "--generations", "2", "--gen0-epochs", "1", "--epochs", "0.5", "--train-subset",
-            "256", "--final-epochs", "1", "--env-factor", "0.7", "--max-accuracy-drop", "100",
+            "256", "--final-epochs", "1", "--image-size", "32", "--env-factor", "0.7", "--max-accuracy-drop", "100",
             "--bench-min-seconds", "0.2", "--bench-min-iterations", "20", "--run-dir", str(tmp_path / "runs")]
     proc = _evolve(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
