@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from edge_evolver.cli.support import run_app
+from edge_evolver.cli.support import run_app, version_option
 from host_trainer.cli_support import env_name as _env
 from host_trainer.cli_support import fail as _fail
 from host_trainer.config import (
@@ -71,18 +71,8 @@ else:
     Allocation = _choices("Allocation", ALLOCATIONS)
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"host-trainer {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _root(
-    # The one option without an environment variable: one left set would turn every command into a version print.
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
-) -> None:
+def _root(version: bool = version_option("host-trainer", __version__)) -> None:
     pass
 
 

@@ -57,21 +57,20 @@ def read_options(path: Path, options: Mapping[str, Option], renamed: Mapping[str
 
 
 def _read(path: Path) -> dict[str, Any]:
-    """A TOML file, or JSON where the name ends in .json (a run's config.json)."""
+    """A TOML file (parsed as `edge-evolver serve --config` parses its own), or JSON where the name ends in .json (a
+    run's config.json)."""
+    json_file = Path(path).suffix.lower() == ".json"
     try:
-        text = Path(path).read_bytes()
+        if json_file:
+            data = json.loads(Path(path).read_bytes())
+        else:
+            from edge_evolver.daemon.config import read_toml
+
+            data = read_toml(str(path))
     except OSError as exc:
         raise UserError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    try:
-        if Path(path).suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
-
-            data = tomllib.loads(text.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        kind = "JSON" if Path(path).suffix.lower() == ".json" else "TOML"
-        raise UserError(f"{path}: not valid {kind}: {' '.join(str(exc).split())}") from None
+    except ValueError as exc:  # TOMLDecodeError, JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: not valid {'JSON' if json_file else 'TOML'}: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a table of options at the top level")
     return data

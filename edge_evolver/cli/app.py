@@ -24,25 +24,17 @@ from ..measure.pipeline import MeasureRequest, MeasureResult, measure_model
 from .keys import keys_app
 from .mqtt_commands import register as register_mqtt_commands
 from .support import fail as _fail
-from .support import run_app
+from .support import run_app, version_option
 
 # add_completion: typer's --install-completion and --show-completion (bash, zsh, fish, PowerShell).
 app = typer.Typer(help="Measure ONNX models on the device they will run on.")
 log = structlog.get_logger("edge_evolver.cli")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"edge-evolver {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
 def _root(
     ctx: typer.Context,
-    # The one option without an environment variable: one left set would turn every command into a version print.
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = version_option("edge-evolver", __version__),
     log_level: Optional[str] = typer.Option(
         None, "--log-level", envvar="EDGE_EVOLVER_LOG_LEVEL",
         help="debug, info, warning, error or critical (default: info; with serve --config, the file's log_level).",

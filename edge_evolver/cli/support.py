@@ -23,6 +23,19 @@ def fail(code: str, message: str) -> None:
     raise typer.Exit(code=EXIT_ERROR)
 
 
+def version_option(prog_name: str, version: str) -> Any:
+    """The root `--version` option of `prog_name`: prints `<prog_name> <version>` and exits. It is the one option
+    without an environment variable: one left set would turn every command into a version print."""
+    import typer
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{prog_name} {version}")
+            raise typer.Exit()
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
 def _is(exc: BaseException, name: str) -> bool:
     return any(cls.__name__ == name for cls in type(exc).__mro__)
 

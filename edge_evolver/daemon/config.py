@@ -80,14 +80,20 @@ class ServeConfig:
         return asdict(self)
 
 
-def _load_toml(path: str) -> Dict[str, Any]:
+def read_toml(path: str) -> Dict[str, Any]:
+    """A TOML file's table (tomllib, or tomli before Python 3.11). Raises OSError, or ValueError when the file is not
+    TOML. `host-trainer evolve --config` reads its TOML files with it too."""
     try:
         import tomllib  # novermin - Python 3.11+
     except ImportError:
         import tomli as tomllib  # type: ignore[no-redef]  # the same parser, packaged for Python < 3.11
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)
+
+
+def _load_toml(path: str) -> Dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return read_toml(path)
     except OSError as exc:
         raise EdgeError(ErrorCode.BAD_INPUT, f"cannot read config file '{path}': {exc.strerror or exc}") from None
     except ValueError as exc:  # TOMLDecodeError subclasses ValueError

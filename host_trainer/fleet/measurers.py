@@ -10,7 +10,7 @@ device's result sits under `devices`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,9 +29,9 @@ DEVICE_KEYS = ("device_id", "job_id", "backend", "backend_version", "precision",
                "power_mode", "clocks_locked", "iterations", "seconds", "status", "code", "message")
 AGREEMENT_SAMPLES = 8
 PROBE_SETTINGS = BenchSettings(batch=1, min_iterations=50, min_seconds=0.2)  # a probe is one small layer
-# The same as a probe job's bench (docs/protocol.md): without it a board timed each of a run's ~90 probes for its
-# default second, and profiled it too (2.5 of make evolve's minutes went to probing; 1 with these).
-PROBE_BENCH = {"batch": 1, "min_iterations": PROBE_SETTINGS.min_iterations, "min_seconds": PROBE_SETTINGS.min_seconds}
+# The same settings as a probe job's bench (docs/protocol.md): without them a board timed each of a run's ~90 probes
+# for its default second, and profiled it too (2.5 of make evolve's minutes went to probing; about 40 s with these).
+PROBE_BENCH = asdict(PROBE_SETTINGS)
 log = structlog.get_logger("host_trainer.fleet")
 # Device fields whose plain names mean something else in a record (precision = the host's macro
 # precision; backend/iterations = the in-process benchmark's) get a device_ prefix.
